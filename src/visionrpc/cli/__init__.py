@@ -1,0 +1,1 @@
+"""The visionrpc command line."""

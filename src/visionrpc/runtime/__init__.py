@@ -1,0 +1,1 @@
+"""Model runtime: loading, pre/post-processing and batching. Knows nothing of gRPC."""

@@ -1,0 +1,156 @@
+"""Protocol-neutral types passed between the wire layer and the model runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+
+class Task(StrEnum):
+    DETECT = "detect"
+    SEGMENT = "segment"
+
+
+class Layout(StrEnum):
+    YOLOV8 = "yolov8"    # [B, 4+nc(+nm), N] raw anchors, needs NMS
+    END2END = "end2end"  # [B, max_det, 6(+nm)] x1,y1,x2,y2,score,class(,coeffs), NMS-free
+
+
+class MaskFormat(StrEnum):
+    RLE = "rle"
+    PNG = "png"
+    POLYGON = "polygon"
+
+
+class PixelFormat(StrEnum):
+    RGB = "rgb"
+    BGR = "bgr"
+    GRAY = "gray"
+    RGBA = "rgba"
+    BGRA = "bgra"
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """A decoded 8-bit interleaved frame as sent by the client (validated by the runtime)."""
+
+    width: int
+    height: int
+    channels: int
+    pixel_format: PixelFormat | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Per-request knobs; ``None`` / 0 / empty mean "the model's default"."""
+
+    model: str = ""
+    confidence_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    classes: tuple[str, ...] = ()
+    return_masks: bool = False
+    mask_format: MaskFormat = MaskFormat.RLE
+
+
+@dataclass(frozen=True)
+class InferenceInput:
+    """One image to run: either encoded bytes or a raw frame, plus its options."""
+
+    options: InferenceOptions
+    image_bytes: bytes | None = None
+    raw: RawImage | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class BoxXYXY:
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x_max - self.x_min) * max(0.0, self.y_max - self.y_min)
+
+
+@dataclass(frozen=True)
+class EncodedMask:
+    """A mask in the requested wire-neutral encoding, in original-image pixels."""
+
+    format: MaskFormat
+    area_px: int
+    rle_counts: str = ""                    # RLE: COCO compressed counts
+    rle_size: tuple[int, int] = (0, 0)      # RLE: (height, width)
+    png: bytes = b""                        # PNG: box-region image
+    png_origin: tuple[int, int] = (0, 0)    # PNG: (x, y) of its top-left pixel
+    polygons: tuple[np.ndarray, ...] = ()   # POLYGON: (N, 2) float arrays, x/y
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: BoxXYXY
+    score: float
+    class_id: int
+    class_name: str
+    mask: EncodedMask | None = None
+    mask_area_px: int | None = None  # set for segmentation models, even when no mask is returned
+
+
+@dataclass(frozen=True)
+class DefectSummary:
+    """All detections of one class in one image."""
+
+    class_name: str
+    count: int
+    max_score: float
+    total_area_px: float
+    area_fraction: float
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage."""
+
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    queue_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    model: str
+    model_version: str
+    image_width: int
+    image_height: int
+    detections: tuple[Detection, ...]
+    defects: tuple[DefectSummary, ...]
+    timings: Timings = field(default_factory=Timings)
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What ListModels / GetModelInfo report about a loaded model."""
+
+    name: str
+    version: str
+    display_name: str
+    task: Task
+    input_width: int
+    input_height: int
+    class_names: tuple[str, ...]
+    execution_provider: str
+    default_confidence_threshold: float
+    default_iou_threshold: float
+    default_max_detections: int
+    layout: Layout
+    dynamic_batch: bool
+    max_batch_size: int

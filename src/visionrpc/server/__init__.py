@@ -1,0 +1,1 @@
+"""The gRPC wire layer: app, servicers, converters, interceptors, error→status map."""

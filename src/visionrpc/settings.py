@@ -1,0 +1,101 @@
+"""The one settings object. Every knob is read from ``VISIONRPC_<NAME>`` env vars; CLI flags override.
+
+Nested groups use a double underscore, e.g. ``VISIONRPC_BATCHING__MAX_BATCH_SIZE=8``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class BatchingSettings(BaseModel):
+    """Server-wide batching defaults (Triton's names); a model's model.yaml may override them."""
+
+    max_batch_size: int = Field(8, ge=1, description="Largest batch handed to ONNX Runtime.")
+    max_queue_delay_us: int = Field(
+        0, ge=0, description="How long a batch may wait for more requests; 0 = never wait."
+    )
+    max_queue_size: int = Field(
+        256, ge=1, description="Queued requests per model before RESOURCE_EXHAUSTED is returned."
+    )
+
+
+class RuntimeSettings(BaseModel):
+    """ONNX Runtime session options."""
+
+    device: str = Field(
+        "auto", description="auto (CUDA/TensorRT when present, else CPU), cpu, cuda or tensorrt."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="Threads inside one operator; 0 = ORT default.")
+    inter_op_threads: int = Field(0, ge=0, description="Threads across operators; 0 = ORT default.")
+    graph_optimization: str = Field(
+        "all", description="disable, basic, extended or all (ONNX Runtime graph optimisation level)."
+    )
+    execution_mode: str = Field("sequential", description="sequential or parallel.")
+    decode_workers: int = Field(
+        2, ge=1, description="Threads that decode and letterbox images (OpenCV releases the GIL)."
+    )
+
+
+class Settings(BaseSettings):
+    """Server and client configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VISIONRPC_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all interfaces).")
+    port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    max_receive_message_bytes: int = Field(
+        64 * MiB, ge=1024, description="Largest request message; larger ones get RESOURCE_EXHAUSTED."
+    )
+    max_send_message_bytes: int = Field(64 * MiB, ge=1024, description="Largest response message.")
+    max_stream_count: int = Field(
+        100_000, ge=1, description="Largest StreamNumbers count; more is INVALID_ARGUMENT."
+    )
+    chat_buffer_size: int = Field(
+        256, ge=1, description="Messages buffered per chat participant before it is dropped."
+    )
+    grace_period_s: float = Field(
+        10.0, ge=0, description="How long in-flight calls may run after SIGTERM/SIGINT."
+    )
+    max_concurrent_streams: int = Field(
+        0, ge=0, description="HTTP/2 streams per connection; 0 = gRPC default."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(LogFormat.TEXT, description="text or json access/application logs.")
+    access_log: bool = Field(True, description="One structured log line per call.")
+
+    models_dir: Path | None = Field(
+        None, description="Model repository directory; unset = the model shipped in the package."
+    )
+    default_model: str = Field("", description="Model used when a request names none.")
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Decoded images larger than this are refused (decompression bombs)."
+    )
+    max_image_side: int = Field(
+        16384, ge=1, description="Largest width or height accepted, encoded or raw."
+    )
+    reduced_decode: bool = Field(
+        True, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale when the model input is smaller."
+    )
+    stream_window: int = Field(
+        4, ge=1, description="InferStream frames in flight per stream before the server stops reading."
+    )
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+
+    # client-side defaults
+    target: str = Field("127.0.0.1:50051", description="Server address used by the client and CLI.")
+    timeout_s: float = Field(30.0, gt=0, description="Default client deadline per call.")

@@ -1,0 +1,1 @@
+"""Generated from protos/visionrpc/v1 by tools/gen_protos.py. Do not edit."""
