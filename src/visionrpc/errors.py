@@ -25,3 +25,7 @@ class ModelLoadError(VisionRPCError):
 
 class OutOfRangeError(VisionRPCError):
     """A computed value does not fit its field (e.g. an int64 sum)."""
+
+
+class NotReadyError(VisionRPCError):
+    """The server is starting (models loading) or draining; retrying shortly may work."""

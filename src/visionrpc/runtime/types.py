@@ -14,7 +14,7 @@ class Task(StrEnum):
 
 
 class Layout(StrEnum):
-    YOLOV8 = "yolov8"    # [B, 4+nc(+nm), N] raw anchors, needs NMS
+    YOLOV8 = "yolov8"  # [B, 4+nc(+nm), N] raw anchors, needs NMS
     END2END = "end2end"  # [B, max_det, 6(+nm)] x1,y1,x2,y2,score,class(,coeffs), NMS-free
 
 
@@ -84,11 +84,11 @@ class EncodedMask:
 
     format: MaskFormat
     area_px: int
-    rle_counts: str = ""                    # RLE: COCO compressed counts
-    rle_size: tuple[int, int] = (0, 0)      # RLE: (height, width)
-    png: bytes = b""                        # PNG: box-region image
-    png_origin: tuple[int, int] = (0, 0)    # PNG: (x, y) of its top-left pixel
-    polygons: tuple[np.ndarray, ...] = ()   # POLYGON: (N, 2) float arrays, x/y
+    rle_counts: str = ""  # RLE: COCO compressed counts
+    rle_size: tuple[int, int] = (0, 0)  # RLE: (height, width)
+    png: bytes = b""  # PNG: box-region image
+    png_origin: tuple[int, int] = (0, 0)  # PNG: (x, y) of its top-left pixel
+    polygons: tuple[np.ndarray, ...] = ()  # POLYGON: (N, 2) float arrays, x/y
 
 
 @dataclass(frozen=True)

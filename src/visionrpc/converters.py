@@ -1,0 +1,256 @@
+"""Proto ↔ domain converters for the inference service: one class per message family.
+
+The server converts once on the way in and once on the way out, so the runtime never sees protobuf;
+the client uses the same classes the other way round to hand users typed results. They live at the
+package top level, not under ``server/``, because both ends of the wire share them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visionrpc.errors import InvalidInputError
+from visionrpc.runtime import types
+from visionrpc.v1 import inference_pb2 as pb
+
+_MASK_FORMATS = {
+    pb.MASK_FORMAT_UNSPECIFIED: types.MaskFormat.RLE,
+    pb.MASK_FORMAT_RLE: types.MaskFormat.RLE,
+    pb.MASK_FORMAT_PNG: types.MaskFormat.PNG,
+    pb.MASK_FORMAT_POLYGON: types.MaskFormat.POLYGON,
+}
+_PIXEL_FORMATS = {
+    pb.PIXEL_FORMAT_UNSPECIFIED: None,
+    pb.PIXEL_FORMAT_RGB: types.PixelFormat.RGB,
+    pb.PIXEL_FORMAT_BGR: types.PixelFormat.BGR,
+    pb.PIXEL_FORMAT_GRAY: types.PixelFormat.GRAY,
+    pb.PIXEL_FORMAT_RGBA: types.PixelFormat.RGBA,
+    pb.PIXEL_FORMAT_BGRA: types.PixelFormat.BGRA,
+}
+_PIXEL_FORMATS_TO_PB = {v: k for k, v in _PIXEL_FORMATS.items() if v is not None}
+_MASK_FORMATS_TO_PB = {
+    types.MaskFormat.RLE: pb.MASK_FORMAT_RLE,
+    types.MaskFormat.PNG: pb.MASK_FORMAT_PNG,
+    types.MaskFormat.POLYGON: pb.MASK_FORMAT_POLYGON,
+}
+_TASKS = {types.Task.DETECT: pb.TASK_DETECT, types.Task.SEGMENT: pb.TASK_SEGMENT}
+
+
+class InferRequestConverter:
+    """``InferRequest`` ↔ :class:`types.InferenceInput`."""
+
+    @staticmethod
+    def to_types(request: pb.InferRequest) -> types.InferenceInput:
+        if request.mask_format not in _MASK_FORMATS:
+            raise InvalidInputError(
+                f"unknown mask_format {request.mask_format}; use RLE, PNG or POLYGON"
+            )
+        options = types.InferenceOptions(
+            model=request.model,
+            confidence_threshold=request.confidence_threshold or None,
+            iou_threshold=request.iou_threshold or None,
+            max_detections=request.max_detections or None,
+            classes=tuple(request.classes),
+            return_masks=request.return_masks,
+            mask_format=_MASK_FORMATS[request.mask_format],
+        )
+        which = request.WhichOneof("image")
+        if which == "raw":
+            raw = request.raw
+            if raw.pixel_format not in _PIXEL_FORMATS:
+                raise InvalidInputError(
+                    f"unknown pixel_format {raw.pixel_format}; use RGB, BGR, GRAY, RGBA or BGRA"
+                )
+            return types.InferenceInput(
+                options=options,
+                raw=types.RawImage(
+                    width=raw.width, height=raw.height, channels=raw.channels,
+                    pixel_format=_PIXEL_FORMATS[raw.pixel_format], data=raw.data,
+                ),
+                request_id=request.request_id,
+            )
+        # No oneof set and an empty image_bytes look the same on the wire: both are "no image".
+        return types.InferenceInput(
+            options=options, image_bytes=request.image_bytes, request_id=request.request_id
+        )
+
+    @staticmethod
+    def from_types(item: types.InferenceInput) -> pb.InferRequest:
+        o = item.options
+        request = pb.InferRequest(
+            model=o.model,
+            confidence_threshold=o.confidence_threshold or 0.0,
+            iou_threshold=o.iou_threshold or 0.0,
+            max_detections=o.max_detections or 0,
+            classes=list(o.classes),
+            return_masks=o.return_masks,
+            mask_format=_MASK_FORMATS_TO_PB[o.mask_format],
+            request_id=item.request_id,
+        )
+        if item.raw is not None:
+            r = item.raw
+            request.raw.CopyFrom(
+                pb.RawImage(
+                    width=r.width, height=r.height, channels=r.channels,
+                    pixel_format=_PIXEL_FORMATS_TO_PB.get(r.pixel_format, 0)  # type: ignore[arg-type]
+                    if r.pixel_format is not None else pb.PIXEL_FORMAT_UNSPECIFIED,
+                    data=r.data,
+                )
+            )
+        else:
+            request.image_bytes = item.image_bytes or b""
+        return request
+
+
+class MaskConverter:
+    @staticmethod
+    def to_types(mask: pb.Mask) -> types.EncodedMask | None:
+        which = mask.WhichOneof("encoding")
+        if which == "rle":
+            size = tuple(mask.rle.size)
+            return types.EncodedMask(
+                format=types.MaskFormat.RLE, area_px=mask.area_px, rle_counts=mask.rle.counts,
+                rle_size=(size[0], size[1]) if len(size) == 2 else (0, 0),
+            )
+        if which == "png":
+            return types.EncodedMask(
+                format=types.MaskFormat.PNG, area_px=mask.area_px, png=mask.png.data,
+                png_origin=(mask.png.x, mask.png.y),
+            )
+        if which == "polygon":
+            return types.EncodedMask(
+                format=types.MaskFormat.POLYGON, area_px=mask.area_px,
+                polygons=tuple(
+                    np.array([(p.x, p.y) for p in poly.points], np.float32).reshape(-1, 2)
+                    for poly in mask.polygon.polygons
+                ),
+            )
+        return None
+
+    @staticmethod
+    def from_types(mask: types.EncodedMask) -> pb.Mask:
+        out = pb.Mask(area_px=mask.area_px)
+        if mask.format is types.MaskFormat.RLE:
+            out.rle.size.extend(mask.rle_size)
+            out.rle.counts = mask.rle_counts
+        elif mask.format is types.MaskFormat.PNG:
+            out.png.x, out.png.y = mask.png_origin
+            out.png.data = mask.png
+        else:
+            for polygon in mask.polygons:
+                out.polygon.polygons.add().points.extend(
+                    pb.Point(x=float(x), y=float(y)) for x, y in polygon
+                )
+        return out
+
+
+class InferResponseConverter:
+    """:class:`types.InferenceResult` ↔ ``InferResponse``."""
+
+    @staticmethod
+    def to_types(response: pb.InferResponse) -> types.InferenceResult:
+        t = response.timings
+        return types.InferenceResult(
+            model=response.model,
+            model_version=response.model_version,
+            image_width=response.image_width,
+            image_height=response.image_height,
+            detections=tuple(
+                types.Detection(
+                    box=types.BoxXYXY(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max),
+                    score=d.score,
+                    class_id=d.class_id,
+                    class_name=d.class_name,
+                    mask=MaskConverter.to_types(d.mask) if d.HasField("mask") else None,
+                    mask_area_px=d.mask.area_px if d.HasField("mask") else None,
+                )
+                for d in response.detections
+            ),
+            defects=tuple(
+                types.DefectSummary(
+                    class_name=s.class_name, count=s.count, max_score=s.max_score,
+                    total_area_px=s.total_area_px, area_fraction=s.area_fraction,
+                )
+                for s in response.defects
+            ),
+            timings=types.Timings(
+                decode_ms=t.decode_ms, preprocess_ms=t.preprocess_ms, inference_ms=t.inference_ms,
+                postprocess_ms=t.postprocess_ms, queue_ms=t.queue_ms, total_ms=t.total_ms,
+            ),
+            request_id=response.request_id,
+        )
+
+    @staticmethod
+    def from_types(result: types.InferenceResult) -> pb.InferResponse:
+        t = result.timings
+        response = pb.InferResponse(
+            request_id=result.request_id,
+            model=result.model,
+            model_version=result.model_version,
+            image_width=result.image_width,
+            image_height=result.image_height,
+            timings=pb.Timings(
+                decode_ms=t.decode_ms, preprocess_ms=t.preprocess_ms, inference_ms=t.inference_ms,
+                postprocess_ms=t.postprocess_ms, queue_ms=t.queue_ms, total_ms=t.total_ms,
+            ),
+        )
+        for d in result.detections:
+            det = response.detections.add(
+                box=pb.BoundingBox(
+                    x_min=d.box.x_min, y_min=d.box.y_min, x_max=d.box.x_max, y_max=d.box.y_max
+                ),
+                score=d.score,
+                class_id=d.class_id,
+                class_name=d.class_name,
+            )
+            if d.mask is not None:
+                det.mask.CopyFrom(MaskConverter.from_types(d.mask))
+        for s in result.defects:
+            response.defects.add(
+                class_name=s.class_name, count=s.count, max_score=s.max_score,
+                total_area_px=s.total_area_px, area_fraction=s.area_fraction,
+            )
+        return response
+
+
+_TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
+
+
+class ModelInfoConverter:
+    @staticmethod
+    def to_types(info: pb.ModelInfo) -> types.ModelDescription:
+        return types.ModelDescription(
+            name=info.name,
+            version=info.version,
+            display_name=info.display_name,
+            task=_TASKS_FROM_PB.get(info.task, types.Task.DETECT),
+            input_width=info.input_width,
+            input_height=info.input_height,
+            class_names=tuple(info.class_names),
+            execution_provider=info.execution_provider,
+            default_confidence_threshold=info.default_confidence_threshold,
+            default_iou_threshold=info.default_iou_threshold,
+            default_max_detections=info.default_max_detections,
+            layout=types.Layout(info.layout) if info.layout else types.Layout.YOLOV8,
+            dynamic_batch=info.dynamic_batch,
+            max_batch_size=info.max_batch_size,
+        )
+
+    @staticmethod
+    def from_types(info: types.ModelDescription) -> pb.ModelInfo:
+        return pb.ModelInfo(
+            name=info.name,
+            version=info.version,
+            display_name=info.display_name,
+            task=_TASKS.get(info.task, pb.TASK_UNSPECIFIED),
+            input_width=info.input_width,
+            input_height=info.input_height,
+            class_names=list(info.class_names),
+            execution_provider=info.execution_provider,
+            default_confidence_threshold=info.default_confidence_threshold,
+            default_iou_threshold=info.default_iou_threshold,
+            default_max_detections=info.default_max_detections,
+            layout=info.layout.value,
+            dynamic_batch=info.dynamic_batch,
+            max_batch_size=info.max_batch_size,
+        )

@@ -1,0 +1,246 @@
+"""OnnxModel: one ONNX Runtime session plus what its metadata and output shapes say about it."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from visionrpc.errors import ModelLoadError
+from visionrpc.runtime.types import Task
+from visionrpc.runtime.yolo import OutputSpec, detect_layout
+from visionrpc.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+_GRAPH_OPT = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_EXEC_MODE = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+_DEVICE_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+DEFAULT_INPUT_SIZE = 640
+
+
+def select_providers(device: str, available: Sequence[str] | None = None) -> list[Any]:
+    """Execution providers to ask for, best first; CPU is always the last fallback.
+
+    "auto" takes TensorRT and CUDA when this onnxruntime build offers them; an explicit device that
+    is not offered is a ModelLoadError rather than a silent CPU fallback.
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    device = device.lower().strip()
+    trt: tuple[str, dict[str, Any]] = (
+        "TensorrtExecutionProvider",
+        {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(Path(tempfile.gettempdir()) / "visionrpc-trt-cache"),
+        },
+    )
+    if device == "auto":
+        chosen: list[Any] = []
+        if "TensorrtExecutionProvider" in available:
+            chosen.append(trt)
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+        return [*chosen, "CPUExecutionProvider"]
+    if device not in _DEVICE_PROVIDERS:
+        raise ModelLoadError(f"runtime.device is {device!r}; use auto, cpu, cuda or tensorrt")
+    wanted = _DEVICE_PROVIDERS[device]
+    if wanted not in available:
+        raise ModelLoadError(
+            f"runtime.device={device} needs {wanted}, but this onnxruntime offers only "
+            f"{', '.join(available)}; install onnxruntime-gpu with a matching CUDA/TensorRT, "
+            "or set runtime.device=auto or cpu"
+        )
+    if device == "tensorrt":
+        return [trt, "CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
+    """ORT session options from settings.runtime; unknown names are a ModelLoadError."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_threads
+    try:
+        opts.graph_optimization_level = _GRAPH_OPT[settings.graph_optimization.lower()]
+    except KeyError:
+        raise ModelLoadError(
+            f"runtime.graph_optimization is {settings.graph_optimization!r}; "
+            f"use one of {', '.join(_GRAPH_OPT)}"
+        ) from None
+    try:
+        opts.execution_mode = _EXEC_MODE[settings.execution_mode.lower()]
+    except KeyError:
+        raise ModelLoadError(
+            f"runtime.execution_mode is {settings.execution_mode!r}; use sequential or parallel"
+        ) from None
+    return opts
+
+
+def parse_names(raw: str | None) -> dict[int, str]:
+    """Ultralytics writes names as a Python dict literal: "{0: 'scratch', 1: 'dent'}"."""
+    if not raw:
+        return {}
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError) as exc:
+        raise ModelLoadError(f"metadata 'names' is not a dict/list literal: {raw[:80]!r}") from exc
+    if isinstance(value, list | tuple):
+        value = dict(enumerate(value))
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"metadata 'names' is not a dict/list literal: {raw[:80]!r}")
+    return {int(k): str(v) for k, v in value.items()}
+
+
+def parse_imgsz(raw: str | None) -> tuple[int, int] | None:
+    """ "[320, 320]" (h, w) or "640" -> (w, h)."""
+    if not raw:
+        return None
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, list | tuple) and len(value) == 2:
+        h, w = (int(v) for v in value)
+        return w, h
+    return None
+
+
+class OnnxModel:
+    """A loaded, warmed-up ONNX model: session, input geometry, batch axis and output layout."""
+
+    def __init__(self, path: Path, runtime: RuntimeSettings, *, warmup: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} does not exist")
+        providers = select_providers(runtime.device)
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(runtime), providers=providers
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
+            raise ModelLoadError(f"cannot load ONNX model {self.path}: {exc}") from exc
+        self.provider: str = self.session.get_providers()[0]
+        requested = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if runtime.device.lower().strip() != "auto" and self.provider != requested:
+            raise ModelLoadError(
+                f"{self.path}: runtime.device={runtime.device} asked for {requested}, but ONNX "
+                f"Runtime fell back to {self.provider} (driver or library missing?)"
+            )
+        log.info("loaded %s with %s", self.path, self.provider)
+
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, str] = dict(meta)
+        self.names: dict[int, str] = parse_names(meta.get("names"))
+        self.stride = int(meta["stride"]) if meta.get("stride", "").isdigit() else 32
+        e2e = meta.get("end2end")
+        self.end2end_hint: bool | None = None if e2e is None else e2e.strip().lower() == "true"
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            shapes = [(i.name, i.shape) for i in inputs]
+            raise ModelLoadError(
+                f"{self.path}: unsupported inputs {shapes}; "
+                "expected one [batch, 3, H, W] image input"
+            )
+        inp = inputs[0]
+        self.input_name: str = inp.name
+        batch_dim, channels, h_dim, w_dim = inp.shape
+        if channels not in (3, None) and not isinstance(channels, str):
+            raise ModelLoadError(f"{self.path}: input has {channels} channels; expected 3 (RGB)")
+        self.dynamic_batch = not isinstance(batch_dim, int)
+        self.fixed_batch_size: int | None = None if self.dynamic_batch else int(batch_dim)
+        imgsz = parse_imgsz(meta.get("imgsz"))
+        if isinstance(h_dim, int) and isinstance(w_dim, int):
+            self.input_size: tuple[int, int] = (w_dim, h_dim)
+        elif imgsz is not None:
+            self.input_size = imgsz
+        else:
+            self.input_size = (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+        self.spec: OutputSpec = self._probe_layout() if warmup else self._static_layout()
+        meta_task = meta.get("task", "").lower()
+        if meta_task in ("detect", "segment") and Task(meta_task) is not self.spec.task:
+            log.warning(
+                "%s: metadata says task=%s but the outputs are a %s model; using the outputs",
+                self.path,
+                meta_task,
+                self.spec.task.value,
+            )
+
+    @property
+    def task(self) -> Task:
+        return self.spec.task
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes or (max(self.names) + 1 if self.names else 0)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run a [B, 3, H, W] batch; a fixed-batch model gets zero padding up to its batch size.
+
+        Returned outputs always have a leading batch axis of B.
+        """
+        n = batch.shape[0]
+        feed = batch if batch.dtype == self.input_dtype else batch.astype(self.input_dtype)
+        if self.fixed_batch_size is not None and n != self.fixed_batch_size:
+            if n > self.fixed_batch_size:
+                raise ValueError(f"batch of {n} exceeds the model's fixed batch size")
+            pad = np.zeros((self.fixed_batch_size - n, *feed.shape[1:]), dtype=feed.dtype)
+            feed = np.concatenate([feed, pad])
+        outputs = self.session.run(None, {self.input_name: feed})
+        if not self.spec.batched:
+            return [np.asarray(o)[None] for o in outputs]
+        return [np.asarray(o)[:n] for o in outputs]
+
+    def _probe_layout(self) -> OutputSpec:
+        """Warm up with a zero batch and read the layout from the real output shapes."""
+        n = self.fixed_batch_size or 1
+        w, h = self.input_size
+        try:
+            outputs = self.session.run(
+                None, {self.input_name: np.zeros((n, 3, h, w), self.input_dtype)}
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: warm-up inference failed: {exc}") from exc
+        return self._layout([list(o.shape) for o in outputs])
+
+    def _layout(self, shapes: list[list[int]]) -> OutputSpec:
+        try:
+            return detect_layout(
+                shapes,
+                num_classes=len(self.names) or None,
+                input_size=self.input_size,
+                end2end_hint=self.end2end_hint,
+            )
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from None
+
+    def _static_layout(self) -> OutputSpec:
+        outs = self.session.get_outputs()
+        return self._layout([[d if isinstance(d, int) else -1 for d in o.shape] for o in outs])

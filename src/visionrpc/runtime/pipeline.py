@@ -1,0 +1,329 @@
+"""InferencePipeline: InferenceInput -> InferenceResult (validate, decode, letterbox, run, decode).
+
+``infer`` never blocks the event loop: decoding, letterboxing and post-processing run in a pool of
+``runtime.decode_workers`` threads (OpenCV and numpy release the GIL), and model calls go through a
+per-model DynamicBatcher that runs ONNX Runtime in its own executor. ``infer_sync`` does the same
+work in the calling thread, one image per model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from visionrpc.errors import InvalidInputError
+from visionrpc.runtime.batching import DynamicBatcher
+from visionrpc.runtime.imaging import (
+    DecodedImage,
+    ImageTransform,
+    decode_image,
+    letterbox_uint8,
+    raw_to_rgb,
+    to_chw_float,
+)
+from visionrpc.runtime.masks import MaskEncoder
+from visionrpc.runtime.repository import LoadedModel, ModelRepository
+from visionrpc.runtime.types import (
+    BoxXYXY,
+    DefectSummary,
+    Detection,
+    InferenceInput,
+    InferenceOptions,
+    InferenceResult,
+    MaskFormat,
+    Task,
+    Timings,
+)
+from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
+from visionrpc.settings import Settings
+
+ItemOutputs = list[np.ndarray]  # one image's model outputs, batch axis removed
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """Request options with the model's defaults filled in, validated."""
+
+    params: DecodeParams
+    return_masks: bool
+    mask_format: MaskFormat
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A letterboxed uint8 canvas waiting for the model, and how to map results back."""
+
+    canvas: np.ndarray  # (in_h, in_w, 3) uint8
+    transform: ImageTransform
+    decode_ms: float
+    preprocess_ms: float
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOptions:
+    """Fill defaults and refuse out-of-range values with messages that say what to send."""
+    config = model.config
+
+    def threshold(value: float | None, default: float, field: str) -> float:
+        if value is None or value == 0:
+            return default
+        if not 0 < value <= 1:  # also refuses NaN
+            raise InvalidInputError(
+                f"{field} is {value}; send a value in (0, 1], or 0 for the default"
+            )
+        return float(value)
+
+    confidence = threshold(
+        options.confidence_threshold, config.confidence_threshold, "confidence_threshold"
+    )
+    iou = threshold(options.iou_threshold, config.iou_threshold, "iou_threshold")
+    max_det = options.max_detections or model.default_max_detections
+    limit = model.max_detections_limit
+    if not 1 <= max_det <= limit:
+        raise InvalidInputError(
+            f"max_detections is {max_det}; model {model.name!r} returns at most {limit}, "
+            f"send 1..{limit} or 0 for the default"
+        )
+    class_ids: frozenset[int] | None = None
+    if options.classes:
+        unknown = [c for c in options.classes if model.class_id(c) is None]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown class name(s) {unknown} for model {model.name!r}; "
+                f"valid names: {', '.join(model.class_names)}"
+            )
+        class_ids = frozenset(i for c in options.classes if (i := model.class_id(c)) is not None)
+    if options.return_masks and model.model.task is not Task.SEGMENT:
+        raise InvalidInputError(
+            f"return_masks is set but model {model.name!r} only detects (no masks); "
+            "unset return_masks or choose a segmentation model"
+        )
+    return ResolvedOptions(
+        DecodeParams(confidence, iou, max_det, class_ids), options.return_masks, options.mask_format
+    )
+
+
+class BatchRunner:
+    """Runs letterboxed canvases through one model, normalising them into a reused input buffer.
+
+    Only the batcher's single worker calls it, so one buffer per model suffices.
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model.model
+        w, h = self._model.input_size
+        self._buffer = np.empty((model.max_batch_size, 3, h, w), dtype=np.float32)
+
+    def __call__(self, items: Sequence[PreparedImage]) -> list[ItemOutputs]:
+        n = len(items)
+        for i, item in enumerate(items):
+            to_chw_float(item.canvas, out=self._buffer[i])
+        outputs = self._model.run(self._buffer[:n])
+        return [[out[i] for out in outputs] for i in range(n)]
+
+
+class InferencePipeline:
+    """Serves InferenceInputs with the models of a ModelRepository."""
+
+    def __init__(self, repository: ModelRepository, settings: Settings) -> None:
+        self.repository = repository
+        self.settings = settings
+        self._decode_pool = ThreadPoolExecutor(
+            settings.runtime.decode_workers, thread_name_prefix="visionrpc-decode"
+        )
+        self._infer_pool = ThreadPoolExecutor(
+            max(1, len(repository)), thread_name_prefix="visionrpc-infer"
+        )
+        self._batchers: dict[str, DynamicBatcher[PreparedImage, ItemOutputs]] = {}
+
+    # -- public API ------------------------------------------------------------------------
+
+    def infer_sync(self, item: InferenceInput) -> InferenceResult:
+        """Run one input in the calling thread (no batching)."""
+        start = time.perf_counter()
+        model = self.repository.get(item.options.model)
+        options = resolve_options(item.options, model)
+        prepared = self._prepare(item, model)
+        t0 = time.perf_counter()
+        outputs = model.model.run(to_chw_float(prepared.canvas)[None])
+        inference_ms = _ms_since(t0)
+        return self._finish(
+            item, model, options, prepared, [o[0] for o in outputs], inference_ms, 0.0, start
+        )
+
+    async def infer(self, item: InferenceInput) -> InferenceResult:
+        """Run one input without blocking the event loop; concurrent calls may share a batch."""
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        model = self.repository.get(item.options.model)
+        options = resolve_options(item.options, model)
+        batcher = self._batcher(model, loop)
+        with batcher.admit() as slot:  # sheds load before any decode work is spent
+            prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)
+            batched = await slot.submit(prepared)
+        return await loop.run_in_executor(
+            self._decode_pool,
+            self._finish,
+            item,
+            model,
+            options,
+            prepared,
+            batched.value,
+            batched.run_ms,
+            batched.queue_ms,
+            start,
+        )
+
+    async def aclose(self) -> None:
+        """Stop the batchers of the running loop and the thread pools."""
+        loop = asyncio.get_running_loop()
+        for batcher in list(self._batchers.values()):
+            if batcher.loop in (None, loop):
+                await batcher.aclose()
+        self._batchers.clear()
+        self.close()
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _batcher(
+        self, model: LoadedModel, loop: asyncio.AbstractEventLoop
+    ) -> DynamicBatcher[PreparedImage, ItemOutputs]:
+        batcher = self._batchers.get(model.name)
+        if batcher is None or batcher.loop not in (None, loop):
+            batcher = DynamicBatcher(
+                BatchRunner(model),
+                max_batch_size=model.max_batch_size,
+                max_queue_delay_us=model.batching.max_queue_delay_us,
+                max_queue_size=model.batching.max_queue_size,
+                executor=self._infer_pool,
+                name=model.name,
+            )
+            self._batchers[model.name] = batcher
+        return batcher
+
+    def _prepare(self, item: InferenceInput, model: LoadedModel) -> PreparedImage:
+        t0 = time.perf_counter()
+        image = self._decode(item, model)
+        t1 = time.perf_counter()
+        canvas, transform = letterbox_uint8(image, model.model.input_size)
+        return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1))
+
+    def _decode(self, item: InferenceInput, model: LoadedModel) -> DecodedImage:
+        s = self.settings
+        if item.image_bytes is not None and item.raw is not None:
+            raise InvalidInputError("send either image_bytes or raw, not both")
+        if item.raw is not None:
+            return raw_to_rgb(item.raw, max_pixels=s.max_image_pixels, max_side=s.max_image_side)
+        if item.image_bytes is None:
+            raise InvalidInputError("no image: send image_bytes (encoded) or raw (decoded frame)")
+        return decode_image(
+            item.image_bytes,
+            max_pixels=s.max_image_pixels,
+            max_side=s.max_image_side,
+            input_size=model.model.input_size,
+            reduced_decode=s.reduced_decode,
+        )
+
+    def _finish(
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        options: ResolvedOptions,
+        prepared: PreparedImage,
+        outputs: ItemOutputs,
+        inference_ms: float,
+        queue_ms: float,
+        start: float,
+    ) -> InferenceResult:
+        t0 = time.perf_counter()
+        detections = self._detections(model, options, prepared.transform, outputs)
+        tr = prepared.transform
+        timings = Timings(
+            decode_ms=prepared.decode_ms,
+            preprocess_ms=prepared.preprocess_ms,
+            inference_ms=inference_ms,
+            postprocess_ms=_ms_since(t0),
+            queue_ms=queue_ms,
+        )
+        timings.total_ms = _ms_since(start)
+        return InferenceResult(
+            model=model.name,
+            model_version=model.config.version,
+            image_width=tr.orig_width,
+            image_height=tr.orig_height,
+            detections=detections,
+            defects=summarize_defects(detections, tr.orig_width, tr.orig_height),
+            timings=timings,
+            request_id=item.request_id,
+        )
+
+    @staticmethod
+    def _detections(
+        model: LoadedModel,
+        options: ResolvedOptions,
+        transform: ImageTransform,
+        outputs: ItemOutputs,
+    ) -> tuple[Detection, ...]:
+        spec = model.model.spec
+        raw = decode_detections(outputs, spec, options.params)
+        boxes = transform.boxes_to_original(raw.boxes)
+        areas: list[int | None] = [None] * len(raw)
+        encoded: list = [None] * len(raw)
+        if spec.task is Task.SEGMENT and raw.coeffs is not None and len(raw):
+            masks = instance_masks(raw.coeffs, outputs[1], raw.boxes, boxes, transform)
+            areas = [m.area for m in masks]
+            if options.return_masks:
+                encoder = MaskEncoder(transform.orig_width, transform.orig_height)
+                encoded = [encoder.encode(m, options.mask_format) for m in masks]
+        return tuple(
+            Detection(
+                box=BoxXYXY(*(float(v) for v in box)),
+                score=float(score),
+                class_id=int(cid),
+                class_name=model.class_name(int(cid)),
+                mask=enc,
+                mask_area_px=area,
+            )
+            for box, score, cid, area, enc in zip(
+                boxes, raw.scores, raw.class_ids, areas, encoded, strict=True
+            )
+        )
+
+
+def summarize_defects(
+    detections: Sequence[Detection], image_width: int, image_height: int
+) -> tuple[DefectSummary, ...]:
+    """One summary per class found, sorted by class name; area = mask area when known, else box."""
+    groups: dict[str, list[Detection]] = {}
+    for det in detections:
+        groups.setdefault(det.class_name, []).append(det)
+    image_area = float(image_width * image_height) or math.inf
+    summaries = []
+    for name in sorted(groups):
+        dets = groups[name]
+        total = float(
+            sum(d.mask_area_px if d.mask_area_px is not None else d.box.area for d in dets)
+        )
+        summaries.append(
+            DefectSummary(
+                class_name=name,
+                count=len(dets),
+                max_score=max(d.score for d in dets),
+                total_area_px=total,
+                area_fraction=total / image_area,
+            )
+        )
+    return tuple(summaries)

@@ -1,0 +1,281 @@
+"""ModelRepository: every model of a directory, loaded at start-up, looked up by name.
+
+Layout of the directory (Triton-like, but flat):
+  NAME.onnx                    a model with default settings
+  NAME/model.onnx (any *.onnx) plus an optional NAME/model.yaml with ModelConfig's keys
+Anything broken fails the start-up with ModelLoadError naming the path, never the first request.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from visionrpc.errors import ModelLoadError, ModelNotFoundError
+from visionrpc.runtime.model import OnnxModel
+from visionrpc.runtime.types import ModelDescription
+from visionrpc.settings import BatchingSettings, Settings
+
+log = logging.getLogger(__name__)
+
+MAX_DETECTIONS_LIMIT = 10_000  # per image; more is refused as a request error
+CONFIG_FILE = "model.yaml"
+DEFAULT_MODEL_NAME = "default"
+
+
+class ModelConfig(BaseModel):
+    """The keys a model.yaml may hold; unknown keys are refused so typos do not go unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = "1"
+    display_name: str = ""
+    confidence_threshold: float = Field(default=0.25, gt=0, le=1)
+    iou_threshold: float = Field(default=0.7, gt=0, le=1)
+    max_detections: int = Field(default=300, ge=1, le=MAX_DETECTIONS_LIMIT)
+    class_names: list[str] | dict[int, str] | None = None
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_queue_delay_us: int | None = Field(default=None, ge=0)
+    max_queue_size: int | None = Field(default=None, ge=1)
+
+    @field_validator("version", "display_name", mode="before")
+    @classmethod
+    def _to_str(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) else value
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model of the repository with its resolved configuration."""
+
+    name: str
+    path: Path
+    model: OnnxModel
+    config: ModelConfig
+    class_names: tuple[str, ...]
+    batching: BatchingSettings
+
+    @property
+    def max_batch_size(self) -> int:
+        """Largest batch one ORT call gets: the fixed batch size, or the configured maximum."""
+        if self.model.fixed_batch_size is not None:
+            return self.model.fixed_batch_size
+        return self.batching.max_batch_size
+
+    @property
+    def max_detections_limit(self) -> int:
+        """What a request may ask for: the global limit or what the model can give at all."""
+        return min(MAX_DETECTIONS_LIMIT, self.model.spec.capacity)
+
+    @property
+    def default_max_detections(self) -> int:
+        return min(self.config.max_detections, self.max_detections_limit)
+
+    def class_id(self, name: str) -> int | None:
+        try:
+            return self.class_names.index(name)
+        except ValueError:
+            return None
+
+    def class_name(self, class_id: int) -> str:
+        if 0 <= class_id < len(self.class_names):
+            return self.class_names[class_id]
+        return f"class_{class_id}"
+
+    def describe(self) -> ModelDescription:
+        w, h = self.model.input_size
+        return ModelDescription(
+            name=self.name,
+            version=self.config.version,
+            display_name=self.config.display_name or self.name,
+            task=self.model.task,
+            input_width=w,
+            input_height=h,
+            class_names=self.class_names,
+            execution_provider=self.model.provider,
+            default_confidence_threshold=self.config.confidence_threshold,
+            default_iou_threshold=self.config.iou_threshold,
+            default_max_detections=self.default_max_detections,
+            layout=self.model.spec.layout,
+            dynamic_batch=self.model.dynamic_batch,
+            max_batch_size=self.max_batch_size,
+        )
+
+
+def packaged_models_dir() -> Path:
+    """src/visionrpc/models/, the model shipped with the package."""
+    root = importlib.resources.files("visionrpc").joinpath("models")
+    if not isinstance(root, Path):
+        raise ModelLoadError(
+            "the packaged models are not on the file system (zipped install?); set models_dir"
+        )
+    return root
+
+
+class ModelRepository:
+    """All models of ``settings.models_dir`` (or the packaged one), loaded eagerly."""
+
+    def __init__(self, settings: Settings, models_dir: Path | None = None) -> None:
+        directory = models_dir or settings.models_dir or packaged_models_dir()
+        self.directory = Path(directory)
+        self._settings = settings
+        if not self.directory.is_dir():
+            raise ModelLoadError(
+                f"model directory {self.directory} does not exist; set models_dir to a directory "
+                "holding NAME.onnx files or NAME/ folders"
+            )
+        sources = self._scan()
+        if not sources:
+            raise ModelLoadError(
+                f"model directory {self.directory} holds no models (NAME.onnx or NAME/*.onnx)"
+            )
+        self._models: dict[str, LoadedModel] = {
+            name: self._load(name, onnx_path, config_path)
+            for name, (onnx_path, config_path) in sorted(sources.items())
+        }
+        self.default_name = self._pick_default(settings.default_model)
+        log.info(
+            "model repository %s: %s (default %s)",
+            self.directory,
+            ", ".join(self._models),
+            self.default_name,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
+    def get(self, name: str = "") -> LoadedModel:
+        """The named model; "" is the default. ModelNotFoundError lists what is available."""
+        key = name or self.default_name
+        try:
+            return self._models[key]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"model {name!r} is not loaded; available models: {', '.join(self._models)}"
+            ) from None
+
+    def describe(self, name: str = "") -> ModelDescription:
+        return self.get(name).describe()
+
+    def describe_all(self) -> list[ModelDescription]:
+        return [m.describe() for m in self._models.values()]
+
+    def _scan(self) -> dict[str, tuple[Path, Path | None]]:
+        found: dict[str, tuple[Path, Path | None]] = {}
+        for entry in sorted(self.directory.iterdir()):
+            if entry.name.startswith((".", "_")):
+                continue
+            source: tuple[Path, Path | None]
+            if entry.is_file() and entry.suffix == ".onnx":
+                name, source = entry.stem, (entry, None)
+            elif entry.is_dir():
+                config = entry / CONFIG_FILE
+                onnx_files = sorted(entry.glob("*.onnx"))
+                if not onnx_files:
+                    if config.is_file():
+                        raise ModelLoadError(
+                            f"model folder {entry} has a {CONFIG_FILE} but no .onnx file"
+                        )
+                    log.warning("ignoring %s: no .onnx file inside", entry)
+                    continue
+                if len(onnx_files) > 1:
+                    preferred = entry / "model.onnx"
+                    if not preferred.is_file():
+                        raise ModelLoadError(
+                            f"model folder {entry} holds several .onnx files "
+                            f"({', '.join(p.name for p in onnx_files)}); "
+                            "keep one or name it model.onnx"
+                        )
+                    onnx_files = [preferred]
+                name, source = entry.name, (onnx_files[0], config if config.is_file() else None)
+            else:
+                continue
+            if name in found:
+                raise ModelLoadError(
+                    f"model {name!r} is defined twice in {self.directory} ({found[name][0]} and "
+                    f"{source[0]}); remove one"
+                )
+            found[name] = source
+        return found
+
+    def _load(self, name: str, onnx_path: Path, config_path: Path | None) -> LoadedModel:
+        config = _read_config(config_path)
+        model = OnnxModel(onnx_path, self._settings.runtime)
+        class_names = _class_names(model, config, config_path or onnx_path)
+        base = self._settings.batching
+        batching = BatchingSettings(
+            max_batch_size=config.max_batch_size or base.max_batch_size,
+            max_queue_delay_us=(
+                base.max_queue_delay_us
+                if config.max_queue_delay_us is None
+                else config.max_queue_delay_us
+            ),
+            max_queue_size=config.max_queue_size or base.max_queue_size,
+        )
+        return LoadedModel(name, onnx_path, model, config, class_names, batching)
+
+    def _pick_default(self, configured: str) -> str:
+        if configured:
+            if configured not in self._models:
+                raise ModelLoadError(
+                    f"default_model {configured!r} is not in {self.directory}; "
+                    f"available models: {', '.join(self._models)}"
+                )
+            return configured
+        if DEFAULT_MODEL_NAME in self._models:
+            return DEFAULT_MODEL_NAME
+        return next(iter(self._models))
+
+
+def _read_config(path: Path | None) -> ModelConfig:
+    if path is None:
+        return ModelConfig()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ModelLoadError(f"invalid {path}: {problems}") from None
+
+
+def _class_names(model: OnnxModel, config: ModelConfig, where: Path) -> tuple[str, ...]:
+    nc = model.num_classes
+    names = {i: model.names.get(i, f"class_{i}") for i in range(nc)}
+    override = config.class_names
+    if isinstance(override, list):
+        if nc and len(override) != nc:
+            raise ModelLoadError(
+                f"{where}: class_names lists {len(override)} names but the model has {nc} classes"
+            )
+        names = dict(enumerate(override))
+    elif isinstance(override, dict):
+        for class_id, class_name in override.items():
+            if nc and not 0 <= class_id < nc:
+                raise ModelLoadError(
+                    f"{where}: class_names has id {class_id}, but the model's ids are 0..{nc - 1}"
+                )
+            names[class_id] = class_name
+    ordered = tuple(names.get(i, f"class_{i}") for i in range(max(names, default=-1) + 1))
+    if len(set(ordered)) != len(ordered):
+        raise ModelLoadError(f"{where}: class names are not unique: {list(ordered)}")
+    return ordered

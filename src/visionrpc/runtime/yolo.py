@@ -1,0 +1,276 @@
+"""YOLO output decoding: layout detection, thresholds, class-aware NMS and instance masks.
+
+Two layouts are understood (see types.Layout):
+* YOLOV8 (YOLOv8/YOLO11): output0 [B, 4+nc(+nm), N] of cx,cy,w,h (input pixels) and sigmoid class
+  scores, no objectness; needs NMS. Segment models add output1 protos [B, nm, H/4, W/4].
+* END2END (YOLOv10/YOLO26, Ultralytics ``nms=True``): output0 [B, max_det, 6(+nm)] of
+  x1,y1,x2,y2,score,class(,coeffs); already de-duplicated, so only thresholds apply.
+All work is vectorised with numpy; NMS is OpenCV's class-aware ``NMSBoxesBatched``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from visionrpc.errors import ModelLoadError
+from visionrpc.runtime.imaging import ImageTransform
+from visionrpc.runtime.types import Layout, Task
+
+MAX_NMS_CANDIDATES = 30_000  # like Ultralytics' max_nms: bounds NMS time at very low thresholds
+MASK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How to read a model's outputs; fixed at load time from real output shapes."""
+
+    layout: Layout
+    task: Task
+    num_classes: int  # 0 = unknown (no names in metadata, END2END layout)
+    num_masks: int  # prototype count, 0 for detect models
+    capacity: int  # anchors (YOLOV8) or rows (END2END): the most detections the model can give
+    transposed: bool = False  # YOLOV8 only: [B, N, C] instead of [B, C, N]
+    batched: bool = True  # False when output0 is 2-D (no batch axis)
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    confidence: float
+    iou: float
+    max_detections: int
+    class_ids: frozenset[int] | None = None  # keep only these; None = all
+
+
+@dataclass(frozen=True)
+class RawDetections:
+    """Detections of one image in model-input pixels, best score first."""
+
+    boxes: np.ndarray  # (K, 4) float32 x1,y1,x2,y2
+    scores: np.ndarray  # (K,) float32
+    class_ids: np.ndarray  # (K,) int64
+    coeffs: np.ndarray | None  # (K, nm) float32 mask coefficients, segment models only
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass(frozen=True)
+class BoxMask:
+    """A binary instance mask stored only over its box: ``mask`` starts at pixel (x, y)."""
+
+    x: int
+    y: int
+    mask: np.ndarray  # (h, w) bool
+    image_width: int
+    image_height: int
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+def expected_anchor_count(input_size: tuple[int, int], strides: Sequence[int] = (8, 16, 32)) -> int:
+    """Anchor points of a P3-P5 YOLO head: how long N is for this input size."""
+    w, h = input_size
+    return sum(math.ceil(w / s) * math.ceil(h / s) for s in strides)
+
+
+def detect_layout(
+    shapes: Sequence[Sequence[int]],
+    *,
+    num_classes: int | None,
+    input_size: tuple[int, int],
+    end2end_hint: bool | None = None,
+) -> OutputSpec:
+    """Tell YOLOV8 from END2END (and plain from transposed) by output shapes; metadata breaks ties.
+
+    Shapes win over the ``end2end`` metadata key, which some exports get wrong. Ambiguity only
+    arises when 4+nc equals 6 (two classes); then an N equal to the anchor count of the input size
+    wins, then the metadata flag, then the usual [B, C, N] with N > C.
+    """
+    if not shapes:
+        raise ModelLoadError("the model has no outputs")
+    out0 = tuple(shapes[0])
+    if len(out0) not in (2, 3):
+        raise ModelLoadError(f"unsupported YOLO output0 shape {list(out0)}: expected 2 or 3 dims")
+    batched = len(out0) == 3
+    nm, task = 0, Task.DETECT
+    if len(shapes) > 1:
+        protos = tuple(shapes[1])
+        if len(protos) != (4 if batched else 3):
+            raise ModelLoadError(
+                f"unsupported YOLO output1 shape {list(protos)}: expected protos [B, nm, H/4, W/4]"
+            )
+        nm, task = protos[-3], Task.SEGMENT
+    a, b = out0[-2], out0[-1]
+    e2e_cols = 6 + nm
+    anchors = expected_anchor_count(input_size)
+    candidates: list[OutputSpec] = []
+
+    def add(layout: Layout, nc: int, capacity: int, transposed: bool = False) -> None:
+        candidates.append(OutputSpec(layout, task, nc, nm, capacity, transposed, batched))
+
+    if num_classes:
+        c = 4 + num_classes + nm
+        if a == c:
+            add(Layout.YOLOV8, num_classes, b)
+        if b == c:
+            add(Layout.YOLOV8, num_classes, a, transposed=True)
+    else:
+        if 4 + nm < a < b:
+            add(Layout.YOLOV8, a - 4 - nm, b)
+        if 4 + nm < b < a:
+            add(Layout.YOLOV8, b - 4 - nm, a, transposed=True)
+    if b == e2e_cols:
+        add(Layout.END2END, num_classes or 0, a)
+    if not candidates:
+        nc_text = f"{num_classes} classes" if num_classes else "unknown class count"
+        raise ModelLoadError(
+            f"unsupported YOLO output layout {[list(s) for s in shapes]} ({nc_text}, {nm} mask "
+            f"coefficients): expected [B, 4+nc+nm, N] (YOLOv8/YOLO11) or [B, max_det, 6+nm] "
+            "(end-to-end); check the export and the class names in the metadata"
+        )
+    if len(candidates) == 1:
+        return candidates[0]
+    for spec in candidates:
+        if spec.layout is Layout.YOLOV8 and spec.capacity == anchors:
+            return spec
+    if end2end_hint is not None:
+        for spec in candidates:
+            if (spec.layout is Layout.END2END) == end2end_hint:
+                return spec
+    return candidates[0]
+
+
+def decode_detections(
+    outputs: Sequence[np.ndarray], spec: OutputSpec, params: DecodeParams
+) -> RawDetections:
+    """One image's outputs (batch axis already removed) -> thresholded, de-duplicated detections."""
+    pred = np.asarray(outputs[0])
+    if spec.layout is Layout.END2END:
+        return _decode_end2end(pred, spec, params)
+    return _decode_yolov8(pred.T if spec.transposed else pred, spec, params)
+
+
+def _empty(nm: int) -> RawDetections:
+    return RawDetections(
+        np.zeros((0, 4), np.float32),
+        np.zeros((0,), np.float32),
+        np.zeros((0,), np.int64),
+        np.zeros((0, nm), np.float32) if nm else None,
+    )
+
+
+def _decode_yolov8(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> RawDetections:
+    nc, nm = spec.num_classes, spec.num_masks
+    cls_scores = pred[4 : 4 + nc]  # (nc, N)
+    class_ids = cls_scores.argmax(axis=0)
+    scores = np.take_along_axis(cls_scores, class_ids[None, :], axis=0)[0]
+    keep = scores >= params.confidence
+    if params.class_ids is not None:
+        # filter after the arg-max, like Ultralytics: the result is a subset of the unfiltered one
+        keep &= np.isin(class_ids, np.fromiter(params.class_ids, dtype=np.int64))
+    idx = np.flatnonzero(keep)
+    if idx.size == 0:
+        return _empty(nm)
+    if idx.size > MAX_NMS_CANDIDATES:
+        idx = idx[np.argpartition(-scores[idx], MAX_NMS_CANDIDATES)[:MAX_NMS_CANDIDATES]]
+    cand = pred[:, idx].T.astype(np.float32, copy=False)  # (M, C)
+    cx, cy, w, h = cand[:, 0], cand[:, 1], cand[:, 2], cand[:, 3]
+    xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
+    cand_scores = scores[idx].astype(np.float32)
+    cand_classes = class_ids[idx].astype(np.int32)
+    nms = cv2.dnn.NMSBoxesBatched(
+        xywh,  # type: ignore[arg-type]  # the stubs say Sequence, numpy arrays are accepted
+        cand_scores,
+        cand_classes,
+        0.0,
+        float(params.iou),
+    )
+    kept = np.asarray(nms, dtype=np.int64).reshape(-1)
+    kept = kept[np.argsort(-cand_scores[kept], kind="stable")][: params.max_detections]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)[kept]
+    coeffs = cand[kept, 4 + nc : 4 + nc + nm] if nm else None
+    return RawDetections(
+        boxes.astype(np.float32), cand_scores[kept], cand_classes[kept].astype(np.int64), coeffs
+    )
+
+
+def _decode_end2end(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> RawDetections:
+    nm = spec.num_masks
+    scores = pred[:, 4]
+    class_ids = np.rint(pred[:, 5]).astype(np.int64)
+    keep = scores >= params.confidence
+    if params.class_ids is not None:
+        keep &= np.isin(class_ids, np.fromiter(params.class_ids, dtype=np.int64))
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(-scores[idx], kind="stable")][: params.max_detections]
+    rows = pred[idx].astype(np.float32, copy=False)
+    return RawDetections(
+        rows[:, :4].copy(),
+        rows[:, 4].copy(),
+        class_ids[idx],
+        rows[:, 6 : 6 + nm].copy() if nm else None,
+    )
+
+
+def instance_masks(
+    coeffs: np.ndarray,
+    protos: np.ndarray,
+    boxes_input: np.ndarray,
+    boxes_original: np.ndarray,
+    transform: ImageTransform,
+) -> list[BoxMask]:
+    """Ultralytics-style masks, computed only over each box of the original image.
+
+    sigmoid(coeffs @ protos) is cropped to the box at proto resolution (crop_mask), then sampled by
+    one bilinear warp straight into the box's original-image pixels: the same geometry as
+    "upsample to the input size, cut the letterbox padding, resize to the original", without
+    materialising full-size masks. Thresholded at 0.5.
+    """
+    if len(coeffs) == 0:
+        return []
+    nm, mh, mw = protos.shape
+    logits = coeffs.astype(np.float32) @ protos.reshape(nm, -1).astype(np.float32, copy=False)
+    probs = (1.0 / (1.0 + np.exp(-logits))).reshape(-1, mh, mw).astype(np.float32, copy=False)
+    rx, ry = mw / transform.input_width, mh / transform.input_height
+    pb = boxes_input * np.array([rx, ry, rx, ry], dtype=np.float32)
+    cols = np.arange(mw, dtype=np.float32)[None, None, :]
+    rows = np.arange(mh, dtype=np.float32)[None, :, None]
+    inside = (
+        (cols >= pb[:, 0, None, None])
+        & (cols < pb[:, 2, None, None])
+        & (rows >= pb[:, 1, None, None])
+        & (rows < pb[:, 3, None, None])
+    )
+    probs *= inside
+    kx, ky = transform.input_to_original
+    W, H = transform.orig_width, transform.orig_height
+    result: list[BoxMask] = []
+    for prob, box in zip(probs, boxes_original, strict=True):
+        x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
+        x1, y1 = min(W, math.ceil(box[2])), min(H, math.ceil(box[3]))
+        if x1 <= x0 or y1 <= y0:
+            result.append(BoxMask(x0, y0, np.zeros((0, 0), bool), W, H))
+            continue
+        # destination pixel (u, v) of the box -> proto sample coordinate (pixel centres at +0.5)
+        m = np.array(
+            [
+                [rx / kx, 0.0, ((x0 + 0.5) / kx + transform.pad_x) * rx - 0.5],
+                [0.0, ry / ky, ((y0 + 0.5) / ky + transform.pad_y) * ry - 0.5],
+            ]
+        )
+        region = cv2.warpAffine(
+            prob,
+            m,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        result.append(BoxMask(x0, y0, region > MASK_THRESHOLD, W, H))
+    return result

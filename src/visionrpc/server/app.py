@@ -1,0 +1,221 @@
+"""The grpc.aio server: built in one place, with health, reflection, interceptors and draining.
+
+Adding a service (e.g. InferenceMethods) means writing a class that satisfies ``Service`` and
+passing an instance to ``VisionServer``/``serve`` – usually by returning it from
+``default_services``. The server then:
+
+1. builds the grpc.aio server with the message-size options from Settings and the interceptors,
+2. calls every service's ``add_to_server`` and registers health + reflection for all of them,
+3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls),
+4. awaits every service's ``start()`` (model loading) in order, then flips health to SERVING,
+5. on ``stop(grace)``: health NOT_SERVING, new calls refused, in-flight calls get ``grace``
+   seconds, then every service's ``stop()`` runs in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from visionrpc.server.core_services import CoreService, CoreServicesServicer
+from visionrpc.server.interceptors import AccessLogInterceptor, ReadinessGate
+from visionrpc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@runtime_checkable
+class Service(Protocol):
+    """What VisionServer needs from a gRPC service.
+
+    ``name`` is the full proto service name (``visionrpc.v1.InferenceMethods``): it is the health
+    service name and the name reflection lists. ``start`` runs after the server listens and before
+    it reports SERVING (load models here); ``stop`` runs after in-flight calls have finished.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def default_services(settings: Settings) -> list[Service]:
+    """Extra services ``visionrpc serve`` runs next to CoreServices (always included).
+
+    LEAD: add the inference service here, e.g. ``return [InferenceService(settings)]``.
+    """
+    return []
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Channel arguments of the server, all derived from Settings."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        # Refuse to share a fixed port with another process silently (Linux SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_concurrent_streams:
+        options.append(("grpc.max_concurrent_streams", settings.max_concurrent_streams))
+    return options
+
+
+class VisionServer:
+    """One server process: CoreServices + the given services, with health and reflection."""
+
+    def __init__(self, settings: Settings, services: Sequence[Service] = ()) -> None:
+        self.settings = settings
+        self.core = CoreService(settings)
+        self.services: list[Service] = [self.core, *services]
+        names = [s.name for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate service names: {names}")
+        self.health = health_aio.HealthServicer()
+        self._gate = ReadinessGate(always_open=[HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME])
+        self._server: grpc.aio.Server | None = None
+        self._started: list[Service] = []
+        self._stopping: asyncio.Task[None] | None = None
+        self._port = 0
+
+    @property
+    def core_servicer(self) -> CoreServicesServicer:
+        return self.core.servicer
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when settings.port is 0); 0 before start()."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` a client on this machine can dial."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self._port}"
+
+    @property
+    def ready(self) -> bool:
+        return self._gate.ready
+
+    def _build(self) -> grpc.aio.Server:
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.settings.access_log:
+            interceptors.append(AccessLogInterceptor())
+        interceptors.append(self._gate)
+        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
+        for service in self.services:
+            service.add_to_server(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*(s.name for s in self.services), HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME],
+            server,
+        )
+        return server
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *(s.name for s in self.services)):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Listen (NOT_SERVING), start the services, then report SERVING."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        await self._set_health(NOT_SERVING)
+        server = self._server = self._build()
+        bind = f"{self.settings.host}:{self.settings.port}"
+        if ":" in self.settings.host and not self.settings.host.startswith("["):
+            bind = f"[{self.settings.host}]:{self.settings.port}"
+        self._port = server.add_insecure_port(bind)  # raises RuntimeError when it cannot bind
+        await server.start()
+        log.info("listening on %s (starting services)", self.address)
+        try:
+            for service in self.services:
+                await service.start()
+                self._started.append(service)
+        except BaseException:
+            log.exception("service start-up failed; shutting down")
+            await self.stop(0)
+            raise
+        await self._set_health(SERVING)
+        self._gate.ready = True
+        log.info("serving %s on %s", ", ".join(s.name for s in self.services), self.address)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones run ``grace`` s, stop services.
+
+        Safe to call more than once and concurrently; later callers wait for the first drain.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _drain(self, grace: float | None) -> None:
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            log.info("draining: in-flight calls have %.1fs to finish", grace)
+            await self._server.stop(grace)
+        for service in reversed(self._started):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", service.name)
+        self._started.clear()
+        log.info("server stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped.
+
+        Beware: cancelling this wait makes grpc.aio stop the server at once (no grace).
+        """
+        if self._server is not None:
+            await self._server.wait_for_termination()
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+
+
+async def serve(settings: Settings, services: Sequence[Service] = ()) -> None:
+    """Run until SIGTERM/SIGINT, then drain for ``settings.grace_period_s``."""
+    server = VisionServer(settings, services)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # e.g. Windows
+            loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        await server.start()
+        # Not server.wait_for_termination(): grpc.aio shuts the server down *without grace* when
+        # that wait is cancelled, which would cut in-flight calls.
+        await stop_requested.wait()
+        log.info("shutdown requested")
+    finally:
+        await server.stop(settings.grace_period_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+def run(settings: Settings, services: Sequence[Service] = ()) -> None:
+    """Blocking entry point for the CLI."""
+    asyncio.run(serve(settings, services))

@@ -1,0 +1,209 @@
+"""Core CLI commands against a live server (typer's CliRunner, and a subprocess for serve)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import RunningServer
+from visionrpc.cli.main import app
+from visionrpc.client import Client
+
+runner = CliRunner()
+CLI = [sys.executable, "-m", "visionrpc.cli.main"]
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input, catch_exceptions=False)
+
+
+def test_ping_json(threaded_server: RunningServer) -> None:
+    result = invoke("ping", "hello", "--target", threaded_server.address, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["message"] == "hello"
+    assert data["instance_id"] == threaded_server.core.instance_id
+    assert data["rtt_ms"] >= 0
+
+
+def test_ping_text(threaded_server: RunningServer) -> None:
+    result = invoke("ping", "--target", threaded_server.address)
+    assert result.exit_code == 0
+    assert threaded_server.core.instance_id in result.stdout
+
+
+def test_ping_unreachable_is_a_clean_error() -> None:
+    result = invoke("ping", "--target", "127.0.0.1:1", "--timeout", "1")
+    assert result.exit_code == 1
+    assert "error: UNAVAILABLE" in result.stderr or "error: DEADLINE_EXCEEDED" in result.stderr
+
+
+def test_numbers_stream(threaded_server: RunningServer) -> None:
+    args = ["numbers", "stream", "--start", "2", "--count", "3", "--step", "4"]
+    text = invoke(*args, "--target", threaded_server.address)
+    assert text.exit_code == 0
+    assert text.stdout.splitlines() == ["0\t2", "1\t6", "2\t10"]
+    as_json = invoke(*args, "--interval-ms", "5", "--json", "--target", threaded_server.address)
+    assert [json.loads(line) for line in as_json.stdout.splitlines()] == [
+        {"index": 0, "value": 2},
+        {"index": 1, "value": 6},
+        {"index": 2, "value": 10},
+    ]
+
+
+def test_numbers_stream_over_limit(start_threaded_server) -> None:
+    running = start_threaded_server(max_stream_count=3)
+    result = invoke("numbers", "stream", "--count", "4", "--target", running.address)
+    assert result.exit_code == 1
+    assert "INVALID_ARGUMENT" in result.stderr and "3" in result.stderr
+
+
+def test_numbers_upload_args_and_stdin(threaded_server: RunningServer) -> None:
+    target = ["--target", threaded_server.address, "--json"]
+    from_args = invoke("numbers", "upload", *target, "--", "1", "-2", "7")
+    assert json.loads(from_args.stdout) == {"count": 3, "sum": 6, "min": -2, "max": 7, "mean": 2.0}
+    from_stdin = invoke("numbers", "upload", *target, input="1 2\n3\n")
+    assert json.loads(from_stdin.stdout)["sum"] == 6
+    empty = invoke("numbers", "upload", *target, input="")
+    assert json.loads(empty.stdout) == {"count": 0, "sum": 0, "min": 0, "max": 0, "mean": 0.0}
+    overflow = invoke(
+        "numbers", "upload", "--target", threaded_server.address, "--", "9223372036854775807", "1"
+    )
+    assert overflow.exit_code == 1 and "OUT_OF_RANGE" in overflow.stderr
+
+
+def test_health(threaded_server: RunningServer) -> None:
+    result = invoke("health", "--target", threaded_server.address, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"service": "", "status": "SERVING"}
+    core = invoke(
+        "health", "--service", "visionrpc.v1.CoreServices", "--target", threaded_server.address
+    )
+    assert core.stdout.strip() == "SERVING"
+    unknown = invoke("health", "--service", "nope", "--target", threaded_server.address)
+    assert unknown.exit_code == 1 and "NOT_FOUND" in unknown.stderr
+
+
+def test_chat_sends_lines_and_prints_others(threaded_server: RunningServer) -> None:
+    room = "cli-room"
+    bob_seen: queue.Queue = queue.Queue()
+    bob_out: queue.Queue = queue.Queue()
+    leave = threading.Event()
+
+    def outgoing():
+        while (text := bob_out.get()) is not None:
+            yield text
+
+    def bob() -> None:
+        with Client(threaded_server.address) as client:
+            for message in client.chat(room, "bob", outgoing()):
+                bob_seen.put(message)
+                if (message.sender, message.text) == ("alice", "hello bob"):
+                    bob_out.put("hi alice")
+                if (message.sender, message.text) == ("bob", "hi alice"):
+                    leave.set()  # posted before alice leaves: she must receive it
+                    bob_out.put(None)
+
+    bob_out.put("")  # join before alice
+    thread = threading.Thread(target=bob, daemon=True)
+    thread.start()
+    assert bob_seen.get(timeout=5).sender == "bob"
+
+    # a subprocess: the chat command reads the real stdin, which must stay open until bob spoke
+    alice = subprocess.Popen(
+        [*CLI, "chat", "--room", room, "--name", "alice", "--target", threaded_server.address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert alice.stdin is not None
+        alice.stdin.write("hello bob\n")
+        alice.stdin.flush()
+        assert leave.wait(20), "bob never saw alice's line"
+        stdout, stderr = alice.communicate(timeout=20)  # closes stdin: alice leaves
+    finally:
+        if alice.poll() is None:
+            alice.kill()
+    thread.join(5)
+    assert alice.returncode == 0, stderr
+    assert "joined cli-room as alice" in stderr
+    lines = stdout.splitlines()
+    assert any(line.endswith("bob: hi alice") for line in lines)
+    assert not any("alice: hello bob" in line for line in lines)  # own lines are not echoed
+    bob_texts = []
+    while not bob_seen.empty():
+        message = bob_seen.get()
+        bob_texts.append((message.sender, message.text))
+    assert ("alice", "") in bob_texts and ("alice", "hello bob") in bob_texts
+
+
+def test_demo_runs_all_four_calls(threaded_server: RunningServer) -> None:
+    result = invoke("demo", "--target", threaded_server.address)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for title in ("Ping", "StreamNumbers", "UploadNumbers", "Chat"):
+        assert f"== {title}" in out
+    assert "[10, 15, 20, 25, 30]" in out
+    assert "count=6 sum=11 min=-5 max=9" in out
+    assert "in the same order: True" in out
+    assert "bob: hi alice" in out
+
+
+@pytest.mark.timeout(60)
+def test_serve_subprocess_drains_on_sigterm() -> None:
+    env = {**os.environ, "VISIONRPC_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grace",
+            "5",
+            "--log-format",
+            "text",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        address = None
+        deadline = time.monotonic() + 30
+        while address is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "server exited early"
+            assert not line.startswith("{"), "--log-format must override VISIONRPC_LOG_FORMAT"
+            if match := re.search(r"serving .* on (127\.0\.0\.1:\d+)", line):
+                address = match.group(1)
+        assert address
+        with Client(address) as client:
+            assert client.health().serving
+            stream = client.stream_numbers(count=3, interval_ms=200)
+            first = next(stream)
+            proc.send_signal(signal.SIGTERM)
+            rest = list(stream)  # the in-flight stream completes during the drain
+        assert [first.index] + [n.index for n in rest] == [0, 1, 2]
+        assert proc.wait(15) == 0
+        log = proc.stderr.read()
+        assert "draining" in log and "server stopped" in log
+        assert "/visionrpc.v1.CoreServices/StreamNumbers OK" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

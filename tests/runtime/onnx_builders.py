@@ -1,0 +1,157 @@
+"""Tiny ONNX graphs with exactly known outputs, built with onnx.helper for the runtime tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str]) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _metadata(
+    names: dict[int, str] | None, task: str, imgsz: tuple[int, int], extra: dict[str, str] | None
+) -> dict[str, str]:
+    meta = {"task": task, "imgsz": f"[{imgsz[1]}, {imgsz[0]}]", "stride": "32"}
+    if names is not None:
+        meta["names"] = repr(names)
+    meta.update(extra or {})
+    return meta
+
+
+def constant_model(
+    path: Path,
+    outputs: list[np.ndarray],
+    *,
+    input_size: tuple[int, int] = (320, 320),
+    names: dict[int, str] | None = None,
+    task: str = "detect",
+    fixed_batch: int | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """A model that ignores the image: output i is ``outputs[i]`` (no batch axis) for every image.
+
+    The input is "images" [batch, 3, H, W] (batch symbolic unless ``fixed_batch``).
+    """
+    w, h = input_size
+    batch: int | str = fixed_batch if fixed_batch is not None else "batch"
+    nodes = [
+        helper.make_node("Shape", ["images"], ["in_shape"]),
+        helper.make_node("Slice", ["in_shape", "zero", "one"], ["batch_dim"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+    ]
+    graph_outputs = []
+    for i, value in enumerate(outputs):
+        value = np.asarray(value, dtype=np.float32)
+        inits.append(numpy_helper.from_array(value[None], f"const{i}"))
+        inits.append(numpy_helper.from_array(np.array(value.shape, np.int64), f"tail{i}"))
+        nodes.append(helper.make_node("Concat", ["batch_dim", f"tail{i}"], [f"shape{i}"], axis=0))
+        nodes.append(helper.make_node("Expand", [f"const{i}", f"shape{i}"], [f"output{i}"]))
+        graph_outputs.append(
+            helper.make_tensor_value_info(f"output{i}", TensorProto.FLOAT, [batch, *value.shape])
+        )
+    graph = helper.make_graph(
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
+        graph_outputs,
+        initializer=inits,
+    )
+    return _save(graph, path, _metadata(names, task, input_size, metadata))
+
+
+def box_finder_model(
+    path: Path, *, input_size: tuple[int, int] = (320, 320), threshold: float = 0.8
+) -> Path:
+    """A one-class YOLOv8-layout model that really looks at the image.
+
+    It outputs one anchor ([B, 5, 1]: cx, cy, w, h, score 0.9) boxing the pixels brighter than
+    ``threshold`` (in 0..1), so boxes can be checked against what was drawn in the original image.
+    """
+    w, h = input_size
+    f = TensorProto.FLOAT
+    inits = [
+        numpy_helper.from_array(np.array(threshold, np.float32), "thr"),
+        numpy_helper.from_array(np.arange(w, dtype=np.float32)[None], "idx_w"),
+        numpy_helper.from_array(np.arange(h, dtype=np.float32)[None], "idx_h"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one_f"),
+        numpy_helper.from_array(np.array(1e6, np.float32), "big"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"),
+        numpy_helper.from_array(np.array(0.9, np.float32), "score"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+    ]
+    nodes = [helper.make_node("ReduceMax", ["images"], ["gray"], axes=[1], keepdims=0)]
+    for axis_name, reduce_axis, idx in (("x", 1, "idx_w"), ("y", 2, "idx_h")):
+        p = axis_name
+        nodes += [
+            helper.make_node("ReduceMax", ["gray"], [f"{p}_prof"], axes=[reduce_axis], keepdims=0),
+            helper.make_node("Greater", [f"{p}_prof", "thr"], [f"{p}_gt"]),
+            helper.make_node("Cast", [f"{p}_gt"], [f"{p}_on"], to=f),
+            helper.make_node("Add", [idx, "one_f"], [f"{p}_idx1"]),
+            helper.make_node("Mul", [f"{p}_on", f"{p}_idx1"], [f"{p}_hi_all"]),
+            helper.make_node("ReduceMax", [f"{p}_hi_all"], [f"{p}2"], axes=[1], keepdims=1),
+            helper.make_node("Sub", ["one_f", f"{p}_on"], [f"{p}_off"]),
+            helper.make_node("Mul", [f"{p}_off", "big"], [f"{p}_offbig"]),
+            helper.make_node("Mul", [f"{p}_on", idx], [f"{p}_lo_on"]),
+            helper.make_node("Add", [f"{p}_lo_on", f"{p}_offbig"], [f"{p}_lo_all"]),
+            helper.make_node("ReduceMin", [f"{p}_lo_all"], [f"{p}1"], axes=[1], keepdims=1),
+            helper.make_node("Add", [f"{p}1", f"{p}2"], [f"{p}_sum"]),
+            helper.make_node("Mul", [f"{p}_sum", "half"], [f"c{p}"]),
+            helper.make_node("Sub", [f"{p}2", f"{p}1"], [f"{p}_len"]),
+        ]
+    nodes += [
+        helper.make_node("Mul", ["x1", "zero_f"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "score"], ["scores"]),
+        helper.make_node(
+            "Concat", ["cx", "cy", "x_len", "y_len", "scores"], ["rows"], axis=1
+        ),  # [B, 5]
+        helper.make_node("Unsqueeze", ["rows", "axis2"], ["output0"]),  # [B, 5, 1]
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "box_finder",
+        [helper.make_tensor_value_info("images", f, ["batch", 3, h, w])],
+        [helper.make_tensor_value_info("output0", f, ["batch", 5, 1])],
+        initializer=inits,
+    )
+    return _save(graph, path, _metadata({0: "bright"}, "detect", input_size, None))
+
+
+def yolov8_detect_outputs(
+    boxes_cxcywh: list[tuple[float, float, float, float]],
+    classes: list[int],
+    scores: list[float],
+    num_classes: int,
+    num_anchors: int = 64,
+) -> np.ndarray:
+    """A [4+nc, N] YOLOv8 output holding the given anchors first, zero scores elsewhere."""
+    out = np.zeros((4 + num_classes, num_anchors), np.float32)
+    out[:4, :] = np.array([10, 10, 4, 4], np.float32)[:, None]
+    for i, (box, cls, score) in enumerate(zip(boxes_cxcywh, classes, scores, strict=True)):
+        out[:4, i] = box
+        out[4 + cls, i] = score
+    return out
+
+
+def broken_model_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not an onnx protobuf \x00\x01\x02")
+    return path

@@ -1,0 +1,188 @@
+"""DynamicBatcher: grouping, isolation of failures and cancellations, queue limits and delays."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from visionrpc.errors import ResourceLimitError
+from visionrpc.runtime.batching import DynamicBatcher
+
+
+class Recorder:
+    """A batch function that records batch sizes and can be held or made to fail."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.gate.wait(5)
+        time.sleep(self.delay_s)
+        self.batches.append(list(items))
+        if any(i < 0 for i in items):
+            raise ValueError(f"bad item in {items}")
+        return [i * 10 for i in items]
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+async def test_each_result_reaches_its_caller_and_batches_form(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()  # hold the first batch so the others queue up behind it
+    batcher = DynamicBatcher(rec, max_batch_size=4, executor=executor, name="m")
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 9)]
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert [r.value for r in results] == [i * 10 for i in range(9)]
+    assert [len(b) for b in rec.batches] == [1, 4, 4]
+    assert results[1].batch_size == 4 and results[1].queue_ms > 0
+    await batcher.aclose()
+
+
+async def test_failing_batch_fails_only_its_requests(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = DynamicBatcher(rec, max_batch_size=2, executor=executor, name="m")
+    blocker = asyncio.ensure_future(batcher.submit(100))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.ensure_future(batcher.submit(i)) for i in (-1, 2, 3, 4)]
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    results = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+    assert rec.batches == [[100], [-1, 2], [3, 4]]
+    assert isinstance(results[1], ValueError) and isinstance(results[2], ValueError)
+    assert [r.value for r in results[3:]] == [30, 40]  # type: ignore[union-attr]
+    assert (await batcher.submit(5)).value == 50  # the worker survived
+    await batcher.aclose()
+
+
+async def test_cancelling_one_caller_does_not_cancel_others(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = DynamicBatcher(rec, max_batch_size=8, executor=executor, name="m")
+    blocker = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.ensure_future(batcher.submit(2))
+    survivor = asyncio.ensure_future(batcher.submit(3))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    rec.gate.set()
+    assert (await survivor).value == 30
+    assert (await blocker).value == 10
+    assert doomed.cancelled()
+    assert rec.batches == [[1], [3]]  # the cancelled request was not even run
+    await batcher.aclose()
+
+
+async def test_cancelling_while_running_keeps_batch_mates(executor) -> None:
+    rec = Recorder(delay_s=0.1)
+    batcher = DynamicBatcher(rec, max_batch_size=8, executor=executor, name="m")
+    a = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.03)  # batch [1] is running
+    b = asyncio.ensure_future(batcher.submit(2))
+    c = asyncio.ensure_future(batcher.submit(3))
+    await asyncio.sleep(0.13)  # batch [2, 3] is running
+    b.cancel()
+    assert (await c).value == 30 and (await a).value == 10
+    assert b.cancelled()
+    await batcher.aclose()
+
+
+async def test_full_queue_sheds_with_resource_limit(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = DynamicBatcher(rec, max_batch_size=1, max_queue_size=2, executor=executor, name="m")
+    running = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)  # taken into a batch: no longer counted
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceLimitError, match="max_queue_size=2"):
+        await batcher.submit(3)
+    # admitted-but-not-submitted requests count too
+    rec.gate.set()
+    await asyncio.gather(running, *queued)
+    slot = batcher.admit()
+    batcher.admit().release()
+    with batcher.admit(), pytest.raises(ResourceLimitError):
+        batcher.admit()
+    slot.release()
+    assert batcher.depth == 0
+    await batcher.aclose()
+
+
+async def test_lone_request_never_waits_for_the_delay(executor) -> None:
+    batcher = DynamicBatcher(
+        Recorder(), max_batch_size=8, max_queue_delay_us=2_000_000, executor=executor, name="m"
+    )
+    t0 = time.perf_counter()
+    assert (await batcher.submit(1)).value == 10
+    assert time.perf_counter() - t0 < 0.5
+    await batcher.aclose()
+
+
+async def test_delay_waits_for_admitted_requests_but_is_bounded(executor) -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(
+        rec, max_batch_size=8, max_queue_delay_us=300_000, executor=executor, name="m"
+    )
+
+    async def late(item: int, after_s: float):
+        with batcher.admit() as slot:  # admitted now, "decoding" for a while
+            await asyncio.sleep(after_s)
+            return await slot.submit(item)
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(batcher.submit(1), late(2, 0.05), late(3, 0.1), late(4, 1.0))
+    elapsed = time.perf_counter() - t0
+    assert rec.batches[0] == [1, 2, 3]  # waited for 2 and 3 ...
+    assert rec.batches[1] == [4]  # ... but not past the 300 ms delay for 4
+    assert results[0].queue_ms == pytest.approx(300, abs=120)
+    assert elapsed < 1.6
+
+
+async def test_released_admission_stops_the_wait(executor) -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(
+        rec, max_batch_size=8, max_queue_delay_us=2_000_000, executor=executor, name="m"
+    )
+
+    async def gives_up() -> None:
+        with batcher.admit():
+            await asyncio.sleep(0.05)
+            # e.g. the image failed to decode: never submitted
+
+    t0 = time.perf_counter()
+    result, _ = await asyncio.gather(batcher.submit(1), gives_up())
+    assert result.value == 10 and time.perf_counter() - t0 < 1.0
+    await batcher.aclose()
+
+
+async def test_close_fails_queued_requests(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = DynamicBatcher(rec, max_batch_size=1, executor=executor, name="m")
+    running = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    await batcher.aclose()
+    rec.gate.set()
+    for task in (running, queued):
+        with pytest.raises(ResourceLimitError, match="shutting down"):
+            await task
+    with pytest.raises(ResourceLimitError):
+        batcher.admit()

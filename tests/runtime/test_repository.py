@@ -1,0 +1,184 @@
+"""OnnxModel loading/metadata and the ModelRepository directory layout, defaults and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
+
+from visionrpc.errors import ModelLoadError, ModelNotFoundError
+from visionrpc.runtime.model import OnnxModel, parse_imgsz, parse_names, select_providers
+from visionrpc.runtime.repository import ModelRepository
+from visionrpc.runtime.types import Layout, Task
+from visionrpc.settings import RuntimeSettings, Settings
+
+NAMES = {0: "scratch", 1: "dent", 2: "stain"}
+
+
+def detect_model(path: Path, **kwargs) -> Path:
+    out = yolov8_detect_outputs([(100, 100, 20, 20)], [1], [0.9], num_classes=3)
+    return constant_model(path, [out], names=NAMES, **kwargs)
+
+
+def test_onnx_model_reads_metadata_and_shapes(tmp_path: Path) -> None:
+    model = OnnxModel(detect_model(tmp_path / "m.onnx", input_size=(320, 256)), RuntimeSettings())
+    assert model.names == NAMES and model.input_size == (320, 256)
+    assert model.dynamic_batch and model.fixed_batch_size is None
+    assert model.provider == "CPUExecutionProvider"
+    assert model.spec.layout is Layout.YOLOV8 and model.task is Task.DETECT
+    outputs = model.run(np.zeros((3, 3, 256, 320), np.float32))
+    assert outputs[0].shape == (3, 7, 64)
+
+
+def test_fixed_batch_model_pads(tmp_path: Path) -> None:
+    model = OnnxModel(detect_model(tmp_path / "m.onnx", fixed_batch=2), RuntimeSettings())
+    assert not model.dynamic_batch and model.fixed_batch_size == 2
+    assert model.run(np.zeros((1, 3, 320, 320), np.float32))[0].shape == (1, 7, 64)
+
+
+def test_metadata_parsers() -> None:
+    assert parse_names("{0: 'a', 1: 'b'}") == {0: "a", 1: "b"}
+    assert parse_names("['a', 'b']") == {0: "a", 1: "b"}
+    assert parse_imgsz("[320, 416]") == (416, 320)
+    assert parse_imgsz("640") == (640, 640)
+    with pytest.raises(ModelLoadError, match="names"):
+        parse_names("{0: scratch")
+
+
+def test_provider_selection() -> None:
+    assert select_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    auto_gpu = select_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert auto_gpu == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
+        select_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match="use auto, cpu, cuda or tensorrt"):
+        select_providers("tpu", ["CPUExecutionProvider"])
+
+
+def test_bad_session_options(tmp_path: Path) -> None:
+    path = detect_model(tmp_path / "m.onnx")
+    with pytest.raises(ModelLoadError, match="graph_optimization"):
+        OnnxModel(path, RuntimeSettings(graph_optimization="max"))
+
+
+def test_missing_corrupt_and_unsupported_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        OnnxModel(tmp_path / "nope.onnx", RuntimeSettings())
+    bad = broken_model_file(tmp_path / "bad.onnx")
+    with pytest.raises(ModelLoadError, match=str(bad)):
+        OnnxModel(bad, RuntimeSettings())
+    odd = constant_model(tmp_path / "odd.onnx", [np.zeros((50, 10))], names=NAMES)
+    with pytest.raises(ModelLoadError, match="unsupported YOLO output layout"):
+        OnnxModel(odd, RuntimeSettings())
+
+
+# -- repository -----------------------------------------------------------------------------
+
+
+def test_repository_layouts_and_model_yaml(tmp_path: Path) -> None:
+    detect_model(tmp_path / "plain.onnx")
+    detect_model(tmp_path / "tuned" / "weights.onnx")
+    (tmp_path / "tuned" / "model.yaml").write_text(
+        "version: 3\n"
+        "display_name: Tuned inspector\n"
+        "confidence_threshold: 0.4\n"
+        "iou_threshold: 0.5\n"
+        "max_detections: 20\n"
+        "class_names: {1: bump}\n"
+        "max_batch_size: 4\n"
+        "max_queue_delay_us: 500\n"
+        "max_queue_size: 7\n"
+    )
+    (tmp_path / "notes").mkdir()  # folders without a model are ignored
+    repo = ModelRepository(Settings(models_dir=tmp_path))
+    assert repo.names == ["plain", "tuned"] and repo.default_name == "plain"
+    tuned = repo.get("tuned")
+    assert tuned.class_names == ("scratch", "bump", "stain")
+    assert (tuned.batching.max_batch_size, tuned.batching.max_queue_delay_us) == (4, 500)
+    assert tuned.batching.max_queue_size == 7
+    d = repo.describe("tuned")
+    assert (d.version, d.display_name, d.default_confidence_threshold) == (
+        "3",
+        "Tuned inspector",
+        0.4,
+    )
+    assert (d.default_iou_threshold, d.default_max_detections, d.max_batch_size) == (0.5, 20, 4)
+    assert d.dynamic_batch and d.layout is Layout.YOLOV8 and d.input_width == 320
+    plain = repo.describe("")
+    assert plain.name == "plain" and plain.default_confidence_threshold == 0.25
+    assert [m.name for m in repo.describe_all()] == ["plain", "tuned"]
+
+
+def test_default_model_selection(tmp_path: Path) -> None:
+    detect_model(tmp_path / "alpha.onnx")
+    detect_model(tmp_path / "default" / "model.onnx")
+    assert ModelRepository(Settings(models_dir=tmp_path)).default_name == "default"
+    repo = ModelRepository(Settings(models_dir=tmp_path, default_model="alpha"))
+    assert repo.get("").name == "alpha"
+    with pytest.raises(ModelLoadError, match=r"default_model 'beta'.*alpha, default"):
+        ModelRepository(Settings(models_dir=tmp_path, default_model="beta"))
+
+
+def test_unknown_model_lists_available(tmp_path: Path) -> None:
+    detect_model(tmp_path / "a.onnx")
+    detect_model(tmp_path / "b.onnx")
+    repo = ModelRepository(Settings(models_dir=tmp_path))
+    with pytest.raises(ModelNotFoundError, match="'c' is not loaded; available models: a, b"):
+        repo.get("c")
+
+
+def test_repository_load_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        ModelRepository(Settings(models_dir=tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=f"{empty} holds no models"):
+        ModelRepository(Settings(models_dir=empty))
+    broken = tmp_path / "broken"
+    detect_model(broken / "good.onnx")
+    broken_model_file(broken / "bad" / "model.onnx")
+    with pytest.raises(ModelLoadError, match=str(broken / "bad" / "model.onnx")):
+        ModelRepository(Settings(models_dir=broken))
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("confidence: 0.3\n", "confidence: Extra inputs are not permitted"),
+        ("iou_threshold: 1.5\n", "iou_threshold"),
+        ("class_names: [a, b]\n", "lists 2 names but the model has 3 classes"),
+        ("class_names: {7: x}\n", "id 7"),
+        ("- just\n- a list\n", "mapping"),
+    ],
+)
+def test_invalid_model_yaml(tmp_path: Path, yaml_text: str, message: str) -> None:
+    detect_model(tmp_path / "m" / "model.onnx")
+    (tmp_path / "m" / "model.yaml").write_text(yaml_text)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        ModelRepository(Settings(models_dir=tmp_path))
+    assert "model.yaml" in str(info.value)
+
+
+def test_duplicate_model_names(tmp_path: Path) -> None:
+    detect_model(tmp_path / "m.onnx")
+    detect_model(tmp_path / "m" / "model.onnx")
+    with pytest.raises(ModelLoadError, match="defined twice"):
+        ModelRepository(Settings(models_dir=tmp_path))
+
+
+def test_packaged_models_used_when_models_dir_unset(tmp_path: Path, monkeypatch) -> None:
+    import visionrpc.runtime.repository as repository
+
+    detect_model(tmp_path / "default" / "model.onnx")
+    monkeypatch.setattr(repository, "packaged_models_dir", lambda: tmp_path)
+    repo = ModelRepository(Settings(models_dir=None))
+    assert repo.directory == tmp_path and repo.default_name == "default"
+
+
+def test_packaged_models_dir_points_into_the_package() -> None:
+    from visionrpc.runtime.repository import packaged_models_dir
+
+    path = packaged_models_dir()
+    assert path.name == "models" and path.parent.name == "visionrpc"
