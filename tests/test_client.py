@@ -183,7 +183,8 @@ async def test_unavailable_is_retried_by_grpc(
             await asyncio.sleep(0.01)
 
         def codes() -> list[str]:
-            return [r.__dict__["fields"]["grpc_code"] for r in caplog.records if r.name == ACCESS_LOGGER]
+            records = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+            return [r.__dict__["fields"]["grpc_code"] for r in records]
 
         async with AsyncClient(server.address) as client:
             ping = asyncio.create_task(client.ping("retry me"))

@@ -31,8 +31,13 @@ def generate(out_root: Path) -> dict[str, bytes]:
 
     googleapis = str(Path(next(iter(google.rpc.__path__))).parent.parent)
     args = [
-        "protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"-I{googleapis}",
-        f"--python_out={out_root}", f"--pyi_out={out_root}", f"--grpc_python_out={out_root}",
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"-I{googleapis}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
         *(str(p) for p in protos),
     ]
     if protoc.main(args) != 0:

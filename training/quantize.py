@@ -62,7 +62,14 @@ def _head_nodes(model: onnx.ModelProto) -> list[str]:
         keep.append(node.name)
         for inp in node.input:
             parent = producers.get(inp)
-            if parent is not None and parent.op_type in {"Concat", "Sigmoid", "Mul", "Add", "Sub", "Div"}:
+            if parent is not None and parent.op_type in {
+                "Concat",
+                "Sigmoid",
+                "Mul",
+                "Add",
+                "Sub",
+                "Div",
+            }:
                 keep.append(parent.name)
     return keep
 
@@ -77,9 +84,13 @@ def quantize(source: Path, target: Path, images: int, seed: int) -> None:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(target), GeneratedImages(input_name, size, images, seed),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(target),
+            GeneratedImages(input_name, size, images, seed),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=_head_nodes(onnx.load(str(prepared))),
         )

@@ -49,8 +49,11 @@ def main() -> None:
     if not data_yaml.exists():
         started = time.time()
         write_yolo_dataset(
-            out / "dataset", train_seed=TRAIN_SEED, train_count=args.train_count,
-            val_seed=VAL_SEED, val_count=args.val_count,
+            out / "dataset",
+            train_seed=TRAIN_SEED,
+            train_count=args.train_count,
+            val_seed=VAL_SEED,
+            val_count=args.val_count,
         )
         print(f"dataset written in {time.time() - started:.0f} s", flush=True)
 
@@ -61,10 +64,24 @@ def main() -> None:
     else:
         model = YOLO(args.model, task="segment")
         model.train(
-            data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
-            time=args.hours or None, device=args.device, workers=0, cache="ram", amp=False,
-            plots=False, pretrained=False, project=str(out), name="train", exist_ok=True,
-            flipud=0.5, patience=0, seed=0, deterministic=False,
+            data=str(data_yaml),
+            imgsz=args.imgsz,
+            batch=args.batch,
+            epochs=args.epochs,
+            time=args.hours or None,
+            device=args.device,
+            workers=0,
+            cache="ram",
+            amp=False,
+            plots=False,
+            pretrained=False,
+            project=str(out),
+            name="train",
+            exist_ok=True,
+            flipud=0.5,
+            patience=0,
+            seed=0,
+            deterministic=False,
         )
     best = out / "train" / "weights" / "best.pt"
     final = YOLO(str(best))
@@ -74,11 +91,17 @@ def main() -> None:
     shutil.copyfile(exported, target)
     summary = {
         "model_yaml": Path(args.model).name,
-        "train_seed": TRAIN_SEED, "val_seed": VAL_SEED,
-        "train_images": args.train_count, "val_images": args.val_count,
-        "imgsz": args.imgsz, "batch": args.batch, "hours": args.hours,
-        "val_box_map50": float(metrics.box.map50), "val_box_map50_95": float(metrics.box.map),
-        "val_mask_map50": float(metrics.seg.map50), "val_mask_map50_95": float(metrics.seg.map),
+        "train_seed": TRAIN_SEED,
+        "val_seed": VAL_SEED,
+        "train_images": args.train_count,
+        "val_images": args.val_count,
+        "imgsz": args.imgsz,
+        "batch": args.batch,
+        "hours": args.hours,
+        "val_box_map50": float(metrics.box.map50),
+        "val_box_map50_95": float(metrics.box.map),
+        "val_mask_map50": float(metrics.seg.map50),
+        "val_mask_map50_95": float(metrics.seg.map),
         "onnx_bytes": target.stat().st_size,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

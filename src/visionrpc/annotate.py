@@ -9,8 +9,19 @@ from pycocotools import mask as coco_mask
 from visionrpc.runtime.types import EncodedMask, InferenceResult, MaskFormat
 
 _PALETTE = np.array(
-    [(255, 56, 56), (50, 205, 50), (255, 157, 151), (0, 194, 255), (255, 178, 29), (207, 210, 49),
-     (72, 249, 10), (146, 204, 23), (61, 219, 134), (26, 147, 52)], np.uint8,
+    [
+        (255, 56, 56),
+        (50, 205, 50),
+        (255, 157, 151),
+        (0, 194, 255),
+        (255, 178, 29),
+        (207, 210, 49),
+        (72, 249, 10),
+        (146, 204, 23),
+        (61, 219, 134),
+        (26, 147, 52),
+    ],
+    np.uint8,
 )  # RGB
 
 
@@ -58,6 +69,14 @@ def draw(image_rgb: np.ndarray, result: InferenceResult) -> np.ndarray:
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(p1[1] - th - base - 2, 0)
         cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw + 2, top + th + base + 2), color, -1)
-        cv2.putText(canvas, label, (p1[0] + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            label,
+            (p1[0] + 1, top + th + 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
     return canvas

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -30,11 +31,14 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from visionrpc.converters import InferResponseConverter, ModelInfoConverter
+from visionrpc.runtime.types import InferenceResult, MaskFormat, ModelDescription
 from visionrpc.settings import Settings
-from visionrpc.v1 import core_pb2, core_pb2_grpc
+from visionrpc.v1 import core_pb2, core_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -160,6 +164,107 @@ class HealthResult:
         return cls(service, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+# -- inference inputs and results ------------------------------------------------------------------
+
+ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any
+"""A path, encoded bytes (JPEG/PNG/BMP/WebP/TIFF), an RGB/gray/RGBA uint8 array or a PIL image."""
+
+_MASK_FORMATS = {
+    MaskFormat.RLE: inference_pb2.MASK_FORMAT_RLE,
+    MaskFormat.PNG: inference_pb2.MASK_FORMAT_PNG,
+    MaskFormat.POLYGON: inference_pb2.MASK_FORMAT_POLYGON,
+}
+_ARRAY_FORMATS = {
+    1: inference_pb2.PIXEL_FORMAT_GRAY,
+    3: inference_pb2.PIXEL_FORMAT_RGB,
+    4: inference_pb2.PIXEL_FORMAT_RGBA,
+}
+
+
+def _array_image(array: np.ndarray) -> inference_pb2.RawImage:
+    if array.dtype != np.uint8:
+        raise TypeError(f"arrays must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in _ARRAY_FORMATS:
+        raise TypeError(f"arrays must be HxW, HxWx3 (RGB) or HxWx4 (RGBA), got {array.shape}")
+    height, width, channels = array.shape
+    return inference_pb2.RawImage(
+        width=width,
+        height=height,
+        channels=channels,
+        pixel_format=_ARRAY_FORMATS[channels],
+        data=np.ascontiguousarray(array).tobytes(),
+    )
+
+
+def infer_request(
+    image: ImageLike,
+    *,
+    model: str = "",
+    confidence_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    max_detections: int | None = None,
+    classes: Iterable[str] = (),
+    return_masks: bool = False,
+    mask_format: MaskFormat | str = MaskFormat.RLE,
+    request_id: str = "",
+) -> inference_pb2.InferRequest:
+    """Build an ``InferRequest`` from any supported image type (arrays and PIL images go raw)."""
+    request = inference_pb2.InferRequest(
+        model=model,
+        confidence_threshold=confidence_threshold or 0.0,
+        iou_threshold=iou_threshold or 0.0,
+        max_detections=max_detections or 0,
+        classes=list(classes),
+        return_masks=return_masks,
+        mask_format=_MASK_FORMATS[MaskFormat(mask_format)],
+        request_id=request_id,
+    )
+    if isinstance(image, str | os.PathLike):
+        with open(image, "rb") as f:
+            request.image_bytes = f.read()
+    elif isinstance(image, bytes | bytearray | memoryview):
+        request.image_bytes = bytes(image)
+    elif isinstance(image, np.ndarray):
+        request.raw.CopyFrom(_array_image(image))
+    elif hasattr(image, "mode") and hasattr(image, "convert"):  # PIL.Image, without importing PIL
+        if image.mode not in ("L", "RGB", "RGBA"):
+            image = image.convert("RGB")
+        request.raw.CopyFrom(_array_image(np.asarray(image)))
+    else:
+        raise TypeError(f"unsupported image type {type(image).__name__}")
+    return request
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One frame's outcome in ``infer_stream``: a result, or the error of that frame alone."""
+
+    request_id: str
+    result: InferenceResult | None
+    error_code: str = ""  # gRPC status code name, e.g. "INVALID_ARGUMENT"
+    error_message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    @classmethod
+    def from_proto(cls, response: inference_pb2.InferResponse) -> StreamResult:
+        if response.HasField("error") and response.error.code != 0:
+            code = next(
+                (c.name for c in grpc.StatusCode if c.value[0] == response.error.code),
+                str(response.error.code),
+            )
+            return cls(response.request_id, None, code, response.error.message)
+        return cls(response.request_id, InferResponseConverter.to_types(response))
+
+
+def _models(reply: inference_pb2.ListModelsResponse) -> tuple[list[ModelDescription], str]:
+    return [ModelInfoConverter.to_types(m) for m in reply.models], reply.default_model
+
+
 # -- shared plumbing -------------------------------------------------------------------------------
 
 
@@ -224,6 +329,7 @@ class Client(_ClientBase):
         )
         self.channel: grpc.Channel = grpc.insecure_channel(self.target, options=self._options)
         self._core = core_pb2_grpc.CoreServicesStub(self.channel)
+        self._inference = inference_pb2_grpc.InferenceMethodsStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def __enter__(self) -> Self:
@@ -290,6 +396,48 @@ class Client(_ClientBase):
         )
         return self._stream(call, ChatMessageResult.from_proto)
 
+    def infer(
+        self, image: ImageLike, *, timeout: Timeout = DEFAULT_TIMEOUT, **options: Any
+    ) -> InferenceResult:
+        """Run one image; ``options`` are :func:`infer_request`'s keywords (model, thresholds)."""
+        reply = self._inference.Infer(
+            infer_request(image, **options), **self._call_options(timeout)
+        )
+        return InferResponseConverter.to_types(reply)
+
+    def infer_stream(
+        self, images: Iterable[ImageLike], *, timeout: Timeout = None, **options: Any
+    ) -> Generator[StreamResult, None, None]:
+        """Stream frames; yields one :class:`StreamResult` per frame, in order.
+
+        A frame's request_id is its index unless ``options`` names one. ``images`` is consumed on a
+        gRPC thread as the server's flow control allows.
+        """
+        explicit_id = options.pop("request_id", None)
+        requests = (
+            infer_request(image, request_id=explicit_id or str(i), **options)
+            for i, image in enumerate(images)
+        )
+        call = self._inference.InferStream(requests, **self._call_options(timeout))
+        return self._stream(call, StreamResult.from_proto)
+
+    def list_models(
+        self, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> tuple[list[ModelDescription], str]:
+        """(every model the server holds, the default model's name)."""
+        reply = self._inference.ListModels(
+            inference_pb2.ListModelsRequest(), **self._call_options(timeout)
+        )
+        return _models(reply)
+
+    def get_model_info(
+        self, name: str = "", *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> ModelDescription:
+        reply = self._inference.GetModelInfo(
+            inference_pb2.GetModelInfoRequest(name=name), **self._call_options(timeout)
+        )
+        return ModelInfoConverter.to_types(reply)
+
     def health(self, service: str = "", *, timeout: Timeout = DEFAULT_TIMEOUT) -> HealthResult:
         """grpc.health.v1 Check; NOT_FOUND (an RpcError) for a service the server does not know."""
         reply = self._health.Check(
@@ -323,6 +471,7 @@ class AsyncClient(_ClientBase):
             self.target, options=self._options
         )
         self._core = core_pb2_grpc.CoreServicesStub(self.channel)
+        self._inference = inference_pb2_grpc.InferenceMethodsStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def __aenter__(self) -> Self:
@@ -391,6 +540,49 @@ class AsyncClient(_ClientBase):
         )
         call = self._core.Chat(requests, **self._call_options(timeout))
         return self._stream(call, ChatMessageResult.from_proto)
+
+    async def infer(
+        self, image: ImageLike, *, timeout: Timeout = DEFAULT_TIMEOUT, **options: Any
+    ) -> InferenceResult:
+        """Run one image; ``options`` are :func:`infer_request`'s keywords (model, thresholds)."""
+        reply = await self._inference.Infer(
+            infer_request(image, **options), **self._call_options(timeout)
+        )
+        return InferResponseConverter.to_types(reply)
+
+    def infer_stream(
+        self,
+        images: Iterable[ImageLike] | AsyncIterable[ImageLike],
+        *,
+        timeout: Timeout = None,
+        **options: Any,
+    ) -> AsyncGenerator[StreamResult, None]:
+        """Stream frames; yields one :class:`StreamResult` per frame, in order."""
+        explicit_id = options.pop("request_id", None)
+        counter = iter(range(1 << 62))
+
+        def build(image: ImageLike) -> inference_pb2.InferRequest:
+            return infer_request(image, request_id=explicit_id or str(next(counter)), **options)
+
+        call = self._inference.InferStream(_amap(images, build), **self._call_options(timeout))
+        return self._stream(call, StreamResult.from_proto)
+
+    async def list_models(
+        self, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> tuple[list[ModelDescription], str]:
+        """(every model the server holds, the default model's name)."""
+        reply = await self._inference.ListModels(
+            inference_pb2.ListModelsRequest(), **self._call_options(timeout)
+        )
+        return _models(reply)
+
+    async def get_model_info(
+        self, name: str = "", *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> ModelDescription:
+        reply = await self._inference.GetModelInfo(
+            inference_pb2.GetModelInfoRequest(name=name), **self._call_options(timeout)
+        )
+        return ModelInfoConverter.to_types(reply)
 
     async def health(
         self, service: str = "", *, timeout: Timeout = DEFAULT_TIMEOUT

@@ -64,8 +64,11 @@ class InferRequestConverter:
             return types.InferenceInput(
                 options=options,
                 raw=types.RawImage(
-                    width=raw.width, height=raw.height, channels=raw.channels,
-                    pixel_format=_PIXEL_FORMATS[raw.pixel_format], data=raw.data,
+                    width=raw.width,
+                    height=raw.height,
+                    channels=raw.channels,
+                    pixel_format=_PIXEL_FORMATS[raw.pixel_format],
+                    data=raw.data,
                 ),
                 request_id=request.request_id,
             )
@@ -91,9 +94,12 @@ class InferRequestConverter:
             r = item.raw
             request.raw.CopyFrom(
                 pb.RawImage(
-                    width=r.width, height=r.height, channels=r.channels,
+                    width=r.width,
+                    height=r.height,
+                    channels=r.channels,
                     pixel_format=_PIXEL_FORMATS_TO_PB.get(r.pixel_format, 0)  # type: ignore[arg-type]
-                    if r.pixel_format is not None else pb.PIXEL_FORMAT_UNSPECIFIED,
+                    if r.pixel_format is not None
+                    else pb.PIXEL_FORMAT_UNSPECIFIED,
                     data=r.data,
                 )
             )
@@ -109,17 +115,22 @@ class MaskConverter:
         if which == "rle":
             size = tuple(mask.rle.size)
             return types.EncodedMask(
-                format=types.MaskFormat.RLE, area_px=mask.area_px, rle_counts=mask.rle.counts,
+                format=types.MaskFormat.RLE,
+                area_px=mask.area_px,
+                rle_counts=mask.rle.counts,
                 rle_size=(size[0], size[1]) if len(size) == 2 else (0, 0),
             )
         if which == "png":
             return types.EncodedMask(
-                format=types.MaskFormat.PNG, area_px=mask.area_px, png=mask.png.data,
+                format=types.MaskFormat.PNG,
+                area_px=mask.area_px,
+                png=mask.png.data,
                 png_origin=(mask.png.x, mask.png.y),
             )
         if which == "polygon":
             return types.EncodedMask(
-                format=types.MaskFormat.POLYGON, area_px=mask.area_px,
+                format=types.MaskFormat.POLYGON,
+                area_px=mask.area_px,
                 polygons=tuple(
                     np.array([(p.x, p.y) for p in poly.points], np.float32).reshape(-1, 2)
                     for poly in mask.polygon.polygons
@@ -168,14 +179,21 @@ class InferResponseConverter:
             ),
             defects=tuple(
                 types.DefectSummary(
-                    class_name=s.class_name, count=s.count, max_score=s.max_score,
-                    total_area_px=s.total_area_px, area_fraction=s.area_fraction,
+                    class_name=s.class_name,
+                    count=s.count,
+                    max_score=s.max_score,
+                    total_area_px=s.total_area_px,
+                    area_fraction=s.area_fraction,
                 )
                 for s in response.defects
             ),
             timings=types.Timings(
-                decode_ms=t.decode_ms, preprocess_ms=t.preprocess_ms, inference_ms=t.inference_ms,
-                postprocess_ms=t.postprocess_ms, queue_ms=t.queue_ms, total_ms=t.total_ms,
+                decode_ms=t.decode_ms,
+                preprocess_ms=t.preprocess_ms,
+                inference_ms=t.inference_ms,
+                postprocess_ms=t.postprocess_ms,
+                queue_ms=t.queue_ms,
+                total_ms=t.total_ms,
             ),
             request_id=response.request_id,
         )
@@ -190,8 +208,12 @@ class InferResponseConverter:
             image_width=result.image_width,
             image_height=result.image_height,
             timings=pb.Timings(
-                decode_ms=t.decode_ms, preprocess_ms=t.preprocess_ms, inference_ms=t.inference_ms,
-                postprocess_ms=t.postprocess_ms, queue_ms=t.queue_ms, total_ms=t.total_ms,
+                decode_ms=t.decode_ms,
+                preprocess_ms=t.preprocess_ms,
+                inference_ms=t.inference_ms,
+                postprocess_ms=t.postprocess_ms,
+                queue_ms=t.queue_ms,
+                total_ms=t.total_ms,
             ),
         )
         for d in result.detections:
@@ -207,8 +229,11 @@ class InferResponseConverter:
                 det.mask.CopyFrom(MaskConverter.from_types(d.mask))
         for s in result.defects:
             response.defects.add(
-                class_name=s.class_name, count=s.count, max_score=s.max_score,
-                total_area_px=s.total_area_px, area_fraction=s.area_fraction,
+                class_name=s.class_name,
+                count=s.count,
+                max_score=s.max_score,
+                total_area_px=s.total_area_px,
+                area_fraction=s.area_fraction,
             )
         return response
 

@@ -47,7 +47,8 @@ def encode_for_eval(sample: Sample) -> bytes:
 
 
 def _ground_truth(samples: list[Sample]) -> dict:
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id, sample in enumerate(samples, start=1):
         images.append({"id": image_id, "width": sample.width, "height": sample.height})
         for defect in sample.defects:
@@ -57,12 +58,17 @@ def _ground_truth(samples: list[Sample]) -> dict:
                 float(np.dot(poly[:, 0], np.roll(poly[:, 1], 1)))
                 - float(np.dot(poly[:, 1], np.roll(poly[:, 0], 1)))
             )
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": defect.class_id + 1, "iscrowd": 0,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area,
-                "segmentation": [poly.reshape(-1).tolist()],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": defect.class_id + 1,
+                    "iscrowd": 0,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": area,
+                    "segmentation": [poly.reshape(-1).tolist()],
+                }
+            )
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -74,16 +80,22 @@ def _predictions(results: list[InferenceResult], with_masks: bool) -> list[dict]
             if d.class_name not in CLASS_NAMES:
                 continue
             entry = {
-                "image_id": image_id, "category_id": CLASS_NAMES.index(d.class_name) + 1,
+                "image_id": image_id,
+                "category_id": CLASS_NAMES.index(d.class_name) + 1,
                 "score": d.score,
-                "bbox": [d.box.x_min, d.box.y_min, d.box.x_max - d.box.x_min,
-                         d.box.y_max - d.box.y_min],
+                "bbox": [
+                    d.box.x_min,
+                    d.box.y_min,
+                    d.box.x_max - d.box.x_min,
+                    d.box.y_max - d.box.y_min,
+                ],
             }
             if with_masks:
                 if d.mask is None or not d.mask.rle_counts:
                     continue
                 entry["segmentation"] = {
-                    "size": list(d.mask.rle_size), "counts": d.mask.rle_counts.encode(),
+                    "size": list(d.mask.rle_size),
+                    "counts": d.mask.rle_counts.encode(),
                 }
             out.append(entry)
     return out
@@ -98,7 +110,9 @@ def _score(coco_gt: COCO, predictions: list[dict], iou_type: str) -> tuple[float
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    precision = ev.eval["precision"]  # [T, R, K, A, M]; T=0 is IoU 0.5, A=0 all areas, M=-1 100 dets
+    precision = ev.eval[
+        "precision"
+    ]  # [T, R, K, A, M]; T=0 is IoU 0.5, A=0 all areas, M=-1 100 dets
     per_class = {}
     for k, name in enumerate(CLASS_NAMES):
         p = precision[0, :, k, 0, -1]
@@ -108,7 +122,10 @@ def _score(coco_gt: COCO, predictions: list[dict], iou_type: str) -> tuple[float
 
 
 def evaluate(
-    infer: InferFn, *, seed: int = EVAL_SEED, count: int = 200,
+    infer: InferFn,
+    *,
+    seed: int = EVAL_SEED,
+    count: int = 200,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
 ) -> EvalReport:
     """Generate ``count`` images of stream ``seed``, run each through ``infer``, score with COCOeval.
@@ -129,8 +146,13 @@ def evaluate(
     mask50, mask, mask_cls = _score(coco_gt, _predictions(results, True), "segm")
     latencies = [r.timings.total_ms for r in results]
     return EvalReport(
-        images=len(samples), instances=sum(len(s.defects) for s in samples),
-        box_map50=box50, mask_map50=mask50, box_map50_95=box, mask_map50_95=mask,
-        per_class_box_map50=box_cls, per_class_mask_map50=mask_cls,
+        images=len(samples),
+        instances=sum(len(s.defects) for s in samples),
+        box_map50=box50,
+        mask_map50=mask50,
+        box_map50_95=box,
+        mask_map50_95=mask,
+        per_class_box_map50=box_cls,
+        per_class_mask_map50=mask_cls,
         mean_latency_ms=float(np.mean(latencies)) if latencies else 0.0,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from pycocotools import mask as coco_mask
 
 from visionrpc.runtime.masks import MaskEncoder, encode_png, encode_polygons, encode_rle
@@ -32,14 +33,18 @@ def test_rle_round_trips_through_pycocotools() -> None:
     )
 
 
-def test_encoder_reuses_its_frame_without_leaking_masks() -> None:
-    encoder = MaskEncoder(90, 60)
-    first, _ = sample_mask()
-    encoder.encode(first, MaskFormat.RLE)
-    second = BoxMask(0, 0, np.ones((2, 2), bool), 90, 60)
-    enc = encoder.encode(second, MaskFormat.RLE)
-    decoded = coco_mask.decode({"size": [60, 90], "counts": enc.rle_counts})
-    assert decoded.sum() == 4 and decoded[:2, :2].all()
+@pytest.mark.parametrize("seed", range(20))
+def test_rle_matches_pycocotools_on_random_masks(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    H, W = (int(v) for v in rng.integers(1, 40, 2))
+    x, y = int(rng.integers(0, W)), int(rng.integers(0, H))
+    w, h = int(rng.integers(1, W - x + 1)), int(rng.integers(1, H - y + 1))
+    region = rng.random((h, w)) < rng.choice([0.0, 0.3, 0.9, 1.0])
+    full = np.zeros((H, W), np.uint8, order="F")
+    full[y : y + h, x : x + w] = region
+    expected = coco_mask.encode(full)["counts"].decode()
+    enc = MaskEncoder(W, H).encode(BoxMask(x, y, region, W, H), MaskFormat.RLE)
+    assert enc.rle_counts == expected and enc.rle_size == (H, W)
 
 
 def test_png_is_the_box_region() -> None:

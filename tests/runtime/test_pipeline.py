@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from onnx_builders import box_finder_model, constant_model, yolov8_detect_outputs
 from pycocotools import mask as coco_mask
 
+from tests.runtime.onnx_builders import box_finder_model, constant_model, yolov8_detect_outputs
 from visionrpc.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
 from visionrpc.runtime.pipeline import InferencePipeline, summarize_defects
 from visionrpc.runtime.repository import ModelRepository
@@ -84,7 +84,7 @@ def repo(repo_dir: Path) -> ModelRepository:
 def pipeline(repo: ModelRepository):
     p = InferencePipeline(repo, Settings(models_dir=repo.directory))
     yield p
-    p.close()
+    p.shutdown()
 
 
 def jpeg(img_bgr: np.ndarray, quality: int = 95) -> bytes:
@@ -143,7 +143,7 @@ def test_reduced_decoding_matches_full_decoding(repo, w, h) -> None:
         try:
             results.append(p.infer_sync(request(data, model="finder")))
         finally:
-            p.close()
+            p.shutdown()
     reduced_det, full_det = results[0].detections[0], results[1].detections[0]
     assert (results[0].image_width, results[0].image_height) == (w, h)
     one_input_px = max(w, h) / 320
@@ -299,7 +299,7 @@ async def test_async_matches_sync_and_batches(pipeline) -> None:
     )
     assert all(r.detections == expected.detections for r in results)
     assert all(r.timings.total_ms >= r.timings.queue_ms for r in results)
-    await pipeline.aclose()
+    await pipeline.close()
 
 
 async def test_async_fixed_batch_model_and_errors(pipeline) -> None:
@@ -314,12 +314,12 @@ async def test_async_fixed_batch_model_and_errors(pipeline) -> None:
         return_exceptions=True,
     )
     assert isinstance(bad[0], InvalidInputError) and not isinstance(bad[1], Exception)
-    await pipeline.aclose()
+    await pipeline.close()
 
 
 async def test_async_queue_limit(repo_dir: Path) -> None:
     settings = Settings(models_dir=repo_dir, batching={"max_queue_size": 2, "max_batch_size": 1})
-    p = InferencePipeline(ModelRepository(settings), settings)
+    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
     data = png(np.zeros((2000, 2000, 3), np.uint8))
     results = await asyncio.gather(
         *(p.infer(request(data, model="detect")) for _ in range(6)), return_exceptions=True
@@ -327,7 +327,7 @@ async def test_async_queue_limit(repo_dir: Path) -> None:
     shed = [r for r in results if isinstance(r, ResourceLimitError)]
     assert shed and "max_queue_size=2" in str(shed[0])
     assert any(not isinstance(r, Exception) for r in results)
-    await p.aclose()
+    await p.close()
 
 
 def test_defect_summaries_sorted_by_class_name() -> None:

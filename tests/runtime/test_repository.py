@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
 
+from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
 from visionrpc.errors import ModelLoadError, ModelNotFoundError
 from visionrpc.runtime.model import OnnxModel, parse_imgsz, parse_names, select_providers
 from visionrpc.runtime.repository import ModelRepository

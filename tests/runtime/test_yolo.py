@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx_builders import yolov8_detect_outputs
 
+from tests.runtime.onnx_builders import yolov8_detect_outputs
 from visionrpc.errors import ModelLoadError
 from visionrpc.runtime.imaging import DecodedImage, letterbox_uint8
 from visionrpc.runtime.types import Layout, Task

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import cv2
 import numpy as np
@@ -47,16 +47,23 @@ def _class_list(classes: str) -> tuple[str, ...]:
 
 def result_to_json(result: InferenceResult) -> dict:
     """A JSON-friendly dict of a result (masks as their encodings, PNG bytes as length only)."""
-    out = {
-        "request_id": result.request_id, "model": result.model,
+    out: dict[str, Any] = {
+        "request_id": result.request_id,
+        "model": result.model,
         "model_version": result.model_version,
-        "image_width": result.image_width, "image_height": result.image_height,
-        "detections": [], "defects": [asdict(d) for d in result.defects],
+        "image_width": result.image_width,
+        "image_height": result.image_height,
+        "detections": [],
+        "defects": [asdict(d) for d in result.defects],
         "timings": asdict(result.timings),
     }
     for d in result.detections:
-        det: dict = {"box": asdict(d.box), "score": round(d.score, 4), "class_id": d.class_id,
-                     "class_name": d.class_name}
+        det: dict = {
+            "box": asdict(d.box),
+            "score": round(d.score, 4),
+            "class_id": d.class_id,
+            "class_name": d.class_name,
+        }
         if d.mask is not None:
             m = d.mask
             det["mask"] = {"format": m.format.value, "area_px": m.area_px}
@@ -71,14 +78,20 @@ def result_to_json(result: InferenceResult) -> dict:
 
 
 def print_result(name: str, result: InferenceResult) -> None:
-    table = Table(title=f"{name}: {result.image_width}×{result.image_height}, model "
-                  f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms")
+    table = Table(
+        title=f"{name}: {result.image_width}×{result.image_height}, model "
+        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms"
+    )
     for col in ("class", "score", "x_min", "y_min", "x_max", "y_max", "mask px"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for d in result.detections:
         table.add_row(
-            d.class_name, f"{d.score:.3f}", f"{d.box.x_min:.1f}", f"{d.box.y_min:.1f}",
-            f"{d.box.x_max:.1f}", f"{d.box.y_max:.1f}",
+            d.class_name,
+            f"{d.score:.3f}",
+            f"{d.box.x_min:.1f}",
+            f"{d.box.y_min:.1f}",
+            f"{d.box.x_max:.1f}",
+            f"{d.box.y_max:.1f}",
             str(d.mask.area_px) if d.mask is not None else "",
         )
     console.print(table)
@@ -87,8 +100,13 @@ def print_result(name: str, result: InferenceResult) -> None:
         for col in ("class", "count", "max score", "area px", "area %"):
             defects.add_column(col, justify="left" if col == "class" else "right")
         for s in result.defects:
-            defects.add_row(s.class_name, str(s.count), f"{s.max_score:.3f}",
-                            f"{s.total_area_px:.0f}", f"{100 * s.area_fraction:.2f}")
+            defects.add_row(
+                s.class_name,
+                str(s.count),
+                f"{s.max_score:.3f}",
+                f"{s.total_area_px:.0f}",
+                f"{100 * s.area_fraction:.2f}",
+            )
         console.print(defects)
     else:
         console.print("no defects found")
@@ -96,9 +114,15 @@ def print_result(name: str, result: InferenceResult) -> None:
 
 def infer(
     images: Annotated[list[Path], typer.Argument(help="Image files to send.", exists=True)],
-    target: Target = None, model: ModelOpt = "", conf: Conf = 0.0, iou: Iou = 0.0,
-    max_det: MaxDet = 0, classes: Classes = "", masks: Masks = False,
-    mask_format: MaskFmt = MaskFormat.RLE, json_out: Json = False,
+    target: Target = None,
+    model: ModelOpt = "",
+    conf: Conf = 0.0,
+    iou: Iou = 0.0,
+    max_det: MaxDet = 0,
+    classes: Classes = "",
+    masks: Masks = False,
+    mask_format: MaskFmt = MaskFormat.RLE,
+    json_out: Json = False,
     save_annotated: Annotated[
         Path | None, typer.Option("--save-annotated", help="Folder for images with results drawn.")
     ] = None,
@@ -113,9 +137,14 @@ def infer(
     with Client(_target(target)) as client:
         for path in images:
             result = client.infer(
-                path, model=model, confidence_threshold=conf or None, iou_threshold=iou or None,
-                max_detections=max_det or None, classes=_class_list(classes),
-                return_masks=masks or save_annotated is not None, mask_format=mask_format,
+                path,
+                model=model,
+                confidence_threshold=conf or None,
+                iou_threshold=iou or None,
+                max_detections=max_det or None,
+                classes=_class_list(classes),
+                return_masks=masks or save_annotated is not None,
+                mask_format=mask_format,
                 request_id=path.name,
             )
             if json_out:
@@ -124,6 +153,8 @@ def infer(
                 print_result(str(path), result)
             if save_annotated is not None:
                 bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise typer.BadParameter(f"OpenCV cannot read {path} to annotate it")
                 drawn = draw(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), result)
                 out = save_annotated / f"{path.stem}.annotated.png"
                 cv2.imwrite(str(out), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
@@ -167,8 +198,14 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
 
 def infer_stream(
     source: Annotated[str, typer.Argument(help="A video file, a folder of images or a glob.")],
-    target: Target = None, model: ModelOpt = "", conf: Conf = 0.0, iou: Iou = 0.0,
-    max_det: MaxDet = 0, classes: Classes = "", masks: Masks = False, json_out: Json = False,
+    target: Target = None,
+    model: ModelOpt = "",
+    conf: Conf = 0.0,
+    iou: Iou = 0.0,
+    max_det: MaxDet = 0,
+    classes: Classes = "",
+    masks: Masks = False,
+    json_out: Json = False,
 ) -> None:
     """Stream frames through InferenceMethods.InferStream and print one line per frame."""
     from visionrpc.client import Client
@@ -184,16 +221,28 @@ def infer_stream(
     failures = 0
     with Client(_target(target)) as client, Progress(console=console, transient=True) as bar:
         task = bar.add_task("frames", total=total)
-        for index, item in enumerate(client.infer_stream(
-            named(), model=model, confidence_threshold=conf or None, iou_threshold=iou or None,
-            max_detections=max_det or None, classes=_class_list(classes), return_masks=masks,
-        )):
+        for index, item in enumerate(
+            client.infer_stream(
+                named(),
+                model=model,
+                confidence_threshold=conf or None,
+                iou_threshold=iou or None,
+                max_detections=max_det or None,
+                classes=_class_list(classes),
+                return_masks=masks,
+            )
+        ):
             name = names[index] if index < len(names) else str(index)
             bar.advance(task)
             if json_out:
-                line = {"frame": name, **(
-                    {"error": {"code": item.error_code, "message": item.error_message}}
-                    if item.result is None else result_to_json(item.result))}
+                line = {
+                    "frame": name,
+                    **(
+                        {"error": {"code": item.error_code, "message": item.error_message}}
+                        if item.result is None
+                        else result_to_json(item.result)
+                    ),
+                }
                 bar.console.print(json.dumps(line), markup=False, highlight=False)
                 failures += item.result is None
                 continue
@@ -215,19 +264,41 @@ def models(target: Target = None, json_out: Json = False) -> None:
     with Client(_target(target)) as client:
         infos, default = client.list_models()
     if json_out:
-        typer.echo(json.dumps(
-            {"default_model": default,
-             "models": [{**asdict(i), "task": i.task.value, "layout": i.layout.value}
-                        for i in infos]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "default_model": default,
+                    "models": [
+                        {**asdict(i), "task": i.task.value, "layout": i.layout.value} for i in infos
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     table = Table(title="models")
-    for col in ("name", "version", "task", "input", "classes", "provider", "conf", "iou", "max det"):
+    for col in (
+        "name",
+        "version",
+        "task",
+        "input",
+        "classes",
+        "provider",
+        "conf",
+        "iou",
+        "max det",
+    ):
         table.add_column(col)
     for i in infos:
         table.add_row(
-            i.name + (" (default)" if i.name == default else ""), i.version, i.task.value,
-            f"{i.input_width}×{i.input_height}", ", ".join(i.class_names), i.execution_provider,
-            f"{i.default_confidence_threshold:g}", f"{i.default_iou_threshold:g}",
+            i.name + (" (default)" if i.name == default else ""),
+            i.version,
+            i.task.value,
+            f"{i.input_width}×{i.input_height}",
+            ", ".join(i.class_names),
+            i.execution_provider,
+            f"{i.default_confidence_threshold:g}",
+            f"{i.default_iou_threshold:g}",
             str(i.default_max_detections),
         )
     console.print(table)
@@ -239,8 +310,9 @@ def evaluate(
         Path | None, typer.Option("--models", help="Serve this model folder locally instead.")
     ] = None,
     model: ModelOpt = "",
-    count: Annotated[int, typer.Option(help="Held-out images to generate (>= 200 for a report).")]
-    = 200,
+    count: Annotated[
+        int, typer.Option(help="Held-out images to generate (>= 200 for a report).")
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Generator seed; training used 1 and 2.")] = 1000,
     json_out: Json = False,
 ) -> None:
@@ -253,9 +325,15 @@ def evaluate(
 
     def go(address: str) -> None:
         with Client(address, timeout=120.0) as client:
+
             def infer_one(data: bytes) -> InferenceResult:
-                return client.infer(data, model=model, confidence_threshold=0.001,
-                                    max_detections=100, return_masks=True)
+                return client.infer(
+                    data,
+                    model=model,
+                    confidence_threshold=0.001,
+                    max_detections=100,
+                    return_masks=True,
+                )
 
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("evaluating", total=count)
@@ -269,16 +347,19 @@ def evaluate(
         if json_out:
             typer.echo(json.dumps(asdict(report), indent=2))
             return
-        table = Table(title=f"held-out set: seed {seed}, {report.images} images, "
-                      f"{report.instances} defects")
+        table = Table(
+            title=f"held-out set: seed {seed}, {report.images} images, {report.instances} defects"
+        )
         for col in ("class", "box mAP50", "mask mAP50"):
             table.add_column(col)
         for name, box in report.per_class_box_map50.items():
             table.add_row(name, f"{box:.3f}", f"{report.per_class_mask_map50[name]:.3f}")
         table.add_row("all", f"{report.box_map50:.3f}", f"{report.mask_map50:.3f}")
         console.print(table)
-        console.print(f"box mAP50-95 {report.box_map50_95:.3f}, mask mAP50-95 "
-                      f"{report.mask_map50_95:.3f}, mean server time {report.mean_latency_ms:.1f} ms")
+        console.print(
+            f"box mAP50-95 {report.box_map50_95:.3f}, mask mAP50-95 "
+            f"{report.mask_map50_95:.3f}, mean server time {report.mean_latency_ms:.1f} ms"
+        )
 
     if target:
         go(target)
@@ -288,8 +369,8 @@ def evaluate(
     overrides: dict = {"host": "127.0.0.1", "port": 0, "access_log": False}
     if models_dir is not None:
         overrides["models_dir"] = models_dir
-    with running_server(Settings(**overrides)) as address:
-        go(address)
+    with running_server(Settings(**overrides)) as server:
+        go(server.address)
 
 
 def register(app: typer.Typer) -> None:

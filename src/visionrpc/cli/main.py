@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from visionrpc.cli import core
+from visionrpc.cli import core, infer
 
 app = typer.Typer(
     name="visionrpc",
@@ -23,6 +23,7 @@ app.add_typer(core.numbers_app, name="numbers")
 app.command("chat")(core.chat)
 app.command("health")(core.health)
 app.command("demo")(core.demo)
+infer.register(app)
 
 
 def main() -> None:

@@ -153,7 +153,8 @@ def decode_image(
         max_side=max_side,
         what=f"the {header.format} image",
     )
-    if header.format is ImageFormat.JPEG and b"\xff\xd9" not in data[-4096:].rstrip(b"\x00")[-2048:]:
+    tail = data[-4096:].rstrip(b"\x00")[-2048:]
+    if header.format is ImageFormat.JPEG and b"\xff\xd9" not in tail:
         raise InvalidInputError(
             "the JPEG image is truncated (no end-of-image marker); send the complete file"
         )

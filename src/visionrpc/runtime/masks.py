@@ -11,45 +11,58 @@ from visionrpc.runtime.yolo import BoxMask
 
 
 class MaskEncoder:
-    """Encodes masks of one image; reuses one full-frame buffer for RLE instead of one per mask."""
+    """Encodes the masks of one image (width x height) into the requested format."""
 
     def __init__(self, image_width: int, image_height: int) -> None:
         self.width = image_width
         self.height = image_height
-        self._frame: np.ndarray | None = None
 
     def encode(self, box_mask: BoxMask, fmt: MaskFormat) -> EncodedMask:
         if fmt is MaskFormat.PNG:
             return encode_png(box_mask)
         if fmt is MaskFormat.POLYGON:
             return encode_polygons(box_mask)
-        return self.encode_rle(box_mask)
+        return encode_rle(box_mask)
 
-    def encode_rle(self, box_mask: BoxMask) -> EncodedMask:
-        """COCO compressed RLE over the full image frame, size (h, w); pycocotools decodes it."""
-        if self._frame is None:
-            # Fortran order: pycocotools runs are column-major
-            self._frame = np.zeros((self.height, self.width), dtype=np.uint8, order="F")
-        frame = self._frame
-        h, w = box_mask.mask.shape
-        region = frame[box_mask.y : box_mask.y + h, box_mask.x : box_mask.x + w]
-        region[...] = box_mask.mask
-        try:
-            rle = coco_mask.encode(frame)
-        finally:
-            region[...] = 0
-        counts = rle["counts"]
-        return EncodedMask(
-            format=MaskFormat.RLE,
-            area_px=box_mask.area,
-            rle_counts=counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
-            rle_size=(self.height, self.width),
-        )
+
+def rle_runs(box_mask: BoxMask) -> list[int]:
+    """COCO (column-major) run lengths of the full-frame mask, computed from the box region only.
+
+    Columns left and right of the box are all zeros, so only the box's columns (padded to the full
+    image height) are scanned: cost ~ height x box width instead of the whole frame.
+    """
+    H, W = box_mask.image_height, box_mask.image_width
+    mask = box_mask.mask
+    h, w = mask.shape
+    if mask.size == 0 or not mask.any():
+        return [H * W]
+    columns = np.zeros((w, H), dtype=np.int8)  # row i = image column x + i, top to bottom
+    columns[:, box_mask.y : box_mask.y + h] = mask.T
+    seq = columns.ravel()
+    starts = np.flatnonzero(seq[1:] != seq[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], starts, [seq.size])))
+    if seq[0]:
+        runs = np.concatenate(([0], runs))  # counts always start with a run of zeros
+    runs[0] += box_mask.x * H
+    trailing = (W - box_mask.x - w) * H
+    if seq[-1]:
+        runs = np.concatenate((runs, [trailing])) if trailing else runs
+    else:
+        runs[-1] += trailing
+    return [int(r) for r in runs]
 
 
 def encode_rle(box_mask: BoxMask) -> EncodedMask:
-    """One-off RLE encoding (see MaskEncoder to encode many masks of one image)."""
-    return MaskEncoder(box_mask.image_width, box_mask.image_height).encode_rle(box_mask)
+    """COCO compressed RLE over the full image frame, size (h, w); pycocotools decodes it."""
+    H, W = box_mask.image_height, box_mask.image_width
+    rle = coco_mask.frPyObjects({"counts": rle_runs(box_mask), "size": [H, W]}, H, W)
+    counts = rle["counts"]
+    return EncodedMask(
+        format=MaskFormat.RLE,
+        area_px=box_mask.area,
+        rle_counts=counts.decode("ascii") if isinstance(counts, bytes) else str(counts),
+        rle_size=(H, W),
+    )
 
 
 def encode_png(box_mask: BoxMask) -> EncodedMask:

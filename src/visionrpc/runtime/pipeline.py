@@ -183,16 +183,23 @@ class InferencePipeline:
             start,
         )
 
-    async def aclose(self) -> None:
-        """Stop the batchers of the running loop and the thread pools."""
+    async def close(self) -> None:
+        """Stop the batchers (queued requests fail with ResourceLimitError) and the thread pools."""
         loop = asyncio.get_running_loop()
         for batcher in list(self._batchers.values()):
             if batcher.loop in (None, loop):
                 await batcher.aclose()
         self._batchers.clear()
-        self.close()
+        self.shutdown()
 
-    def close(self) -> None:
+    async def __aenter__(self) -> InferencePipeline:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def shutdown(self) -> None:
+        """Synchronous close for code without an event loop (batchers are left to the GC)."""
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -147,6 +147,11 @@ class ModelRepository:
             self.default_name,
         )
 
+    @classmethod
+    def load(cls, models_dir: Path | None = None, *, settings: Settings) -> ModelRepository:
+        """Load ``models_dir`` (None: settings.models_dir, else the packaged model)."""
+        return cls(settings, models_dir)
+
     @property
     def names(self) -> list[str]:
         return list(self._models)

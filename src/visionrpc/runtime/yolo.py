@@ -226,43 +226,42 @@ def instance_masks(
     boxes_original: np.ndarray,
     transform: ImageTransform,
 ) -> list[BoxMask]:
-    """Ultralytics-style masks, computed only over each box of the original image.
+    """Ultralytics-style masks, computed only over each box.
 
-    sigmoid(coeffs @ protos) is cropped to the box at proto resolution (crop_mask), then sampled by
-    one bilinear warp straight into the box's original-image pixels: the same geometry as
-    "upsample to the input size, cut the letterbox padding, resize to the original", without
-    materialising full-size masks. Thresholded at 0.5.
+    sigmoid(coeffs @ protos) is evaluated only on the proto cells of the box plus a one-cell margin,
+    cropped to the box at proto resolution (crop_mask: zero outside), then sampled by one bilinear
+    warp straight into the box's original-image pixels: the same geometry as "upsample to the input
+    size, cut the letterbox padding, resize to the original", with cost proportional to box area
+    instead of detections x image size. Thresholded at 0.5.
     """
-    if len(coeffs) == 0:
-        return []
     nm, mh, mw = protos.shape
-    logits = coeffs.astype(np.float32) @ protos.reshape(nm, -1).astype(np.float32, copy=False)
-    probs = (1.0 / (1.0 + np.exp(-logits))).reshape(-1, mh, mw).astype(np.float32, copy=False)
+    protos = np.ascontiguousarray(protos, dtype=np.float32)
+    coeffs = np.asarray(coeffs, dtype=np.float32)
     rx, ry = mw / transform.input_width, mh / transform.input_height
-    pb = boxes_input * np.array([rx, ry, rx, ry], dtype=np.float32)
-    cols = np.arange(mw, dtype=np.float32)[None, None, :]
-    rows = np.arange(mh, dtype=np.float32)[None, :, None]
-    inside = (
-        (cols >= pb[:, 0, None, None])
-        & (cols < pb[:, 2, None, None])
-        & (rows >= pb[:, 1, None, None])
-        & (rows < pb[:, 3, None, None])
-    )
-    probs *= inside
+    proto_boxes = boxes_input * np.array([rx, ry, rx, ry], dtype=np.float32)
     kx, ky = transform.input_to_original
     W, H = transform.orig_width, transform.orig_height
     result: list[BoxMask] = []
-    for prob, box in zip(probs, boxes_original, strict=True):
+    for coeff, pb, box in zip(coeffs, proto_boxes, boxes_original, strict=True):
         x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
         x1, y1 = min(W, math.ceil(box[2])), min(H, math.ceil(box[3]))
-        if x1 <= x0 or y1 <= y0:
-            result.append(BoxMask(x0, y0, np.zeros((0, 0), bool), W, H))
+        # proto cells of the box, plus a margin cell on each side that crop_mask zeroes
+        cx0, cy0 = max(0, math.floor(pb[0]) - 1), max(0, math.floor(pb[1]) - 1)
+        cx1, cy1 = min(mw, math.ceil(pb[2]) + 1), min(mh, math.ceil(pb[3]) + 1)
+        if x1 <= x0 or y1 <= y0 or cx1 <= cx0 or cy1 <= cy0:
+            result.append(BoxMask(x0, y0, np.zeros((max(0, y1 - y0), max(0, x1 - x0)), bool), W, H))
             continue
-        # destination pixel (u, v) of the box -> proto sample coordinate (pixel centres at +0.5)
+        cells = protos[:, cy0:cy1, cx0:cx1]
+        logits = coeff @ cells.reshape(nm, -1)
+        prob = (1.0 / (1.0 + np.exp(-logits))).reshape(cy1 - cy0, cx1 - cx0).astype(np.float32)
+        cols = np.arange(cx0, cx1, dtype=np.float32)
+        rows = np.arange(cy0, cy1, dtype=np.float32)
+        prob *= ((rows >= pb[1]) & (rows < pb[3]))[:, None] & ((cols >= pb[0]) & (cols < pb[2]))
+        # destination pixel (u, v) of the box -> crop sample coordinate (pixel centres at +0.5)
         m = np.array(
             [
-                [rx / kx, 0.0, ((x0 + 0.5) / kx + transform.pad_x) * rx - 0.5],
-                [0.0, ry / ky, ((y0 + 0.5) / ky + transform.pad_y) * ry - 0.5],
+                [rx / kx, 0.0, ((x0 + 0.5) / kx + transform.pad_x) * rx - 0.5 - cx0],
+                [0.0, ry / ky, ((y0 + 0.5) / ky + transform.pad_y) * ry - 0.5 - cy0],
             ]
         )
         region = cv2.warpAffine(

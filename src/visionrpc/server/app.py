@@ -58,11 +58,10 @@ class Service(Protocol):
 
 
 def default_services(settings: Settings) -> list[Service]:
-    """Extra services ``visionrpc serve`` runs next to CoreServices (always included).
+    """Extra services ``visionrpc serve`` runs next to CoreServices (always included)."""
+    from visionrpc.server.inference_servicer import InferenceService
 
-    LEAD: add the inference service here, e.g. ``return [InferenceService(settings)]``.
-    """
-    return []
+    return [InferenceService(settings)]
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:

@@ -39,7 +39,7 @@ class Sample:
 def _pick_size(rng: np.random.Generator, min_side: int, max_side: int) -> tuple[int, int]:
     long_side = int(rng.integers(min_side, max_side + 1))
     aspect = rng.uniform(1.0, 2.5)
-    short_side = max(min_side, int(round(long_side / aspect)))
+    short_side = max(min_side, round(long_side / aspect))
     return (long_side, short_side) if rng.random() < 0.6 else (short_side, long_side)
 
 
@@ -50,7 +50,11 @@ def _boxes_overlap(a: tuple[float, ...], b: tuple[float, ...], margin: float) ->
 
 
 def _place(
-    rng: np.random.Generator, class_id: int, width: int, height: int, unit: float,
+    rng: np.random.Generator,
+    class_id: int,
+    width: int,
+    height: int,
+    unit: float,
     taken: list[PlantedDefect],
 ) -> PlantedDefect | None:
     margin = 3 * unit
@@ -105,6 +109,7 @@ def generate_sample(
     if jpeg if jpeg is not None else rng.random() < 0.8:
         quality = int(rng.integers(45, 96))
         ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if ok:
-            pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+        if decoded is not None:
+            pixels = np.asarray(decoded, np.uint8)
     return Sample(image=pixels, defects=defects, texture=texture_name, seed=seed, index=index)

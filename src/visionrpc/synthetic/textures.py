@@ -16,8 +16,8 @@ Texture = Callable[[np.random.Generator, int, int], np.ndarray]
 
 def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
     """Gaussian noise upsampled from a grid of ``cell``-pixel cells: value noise of one octave."""
-    gh = max(2, int(round(height / max(cell, 1.0))) + 2)
-    gw = max(2, int(round(width / max(cell, 1.0))) + 2)
+    gh = max(2, round(height / max(cell, 1.0)) + 2)
+    gw = max(2, round(width / max(cell, 1.0)) + 2)
     grid = rng.standard_normal((gh, gw)).astype(np.float32)
     return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
 
@@ -55,7 +55,7 @@ def brushed_metal(rng: np.random.Generator, height: int, width: int) -> np.ndarr
 def painted(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A painted panel: one saturated colour, low-frequency mottling and orange-peel grain."""
     hue = rng.uniform(0, 180)
-    hsv = np.uint8([[[hue, rng.uniform(60, 200), rng.uniform(120, 220)]]])
+    hsv = np.array([[[hue, rng.uniform(60, 200), rng.uniform(120, 220)]]], np.uint8)
     color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
     mottling = fractal_noise(rng, height, width, max(height, width) / 4.0, 3) * 0.05
     grain = smooth_noise(rng, height, width, rng.uniform(1.5, 3.0)) * 0.02
@@ -72,7 +72,7 @@ def fabric(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     checker = np.where(((xx // period) + (yy // period)) % 2 == 0, warp, weft)
     thread_var = smooth_noise(rng, height, width, period * 3) * 0.04
     hue = rng.uniform(0, 180)
-    hsv = np.uint8([[[hue, rng.uniform(20, 120), rng.uniform(110, 210)]]])
+    hsv = np.array([[[hue, rng.uniform(20, 120), rng.uniform(110, 210)]]], np.uint8)
     color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
     gray = 0.85 + 0.15 * checker + thread_var
     return _tint(gray, color)
@@ -82,7 +82,9 @@ def wood(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Wood grain: distorted growth rings in browns."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = max(height, width)
-    distortion = fractal_noise(rng, height, width, scale / 3.0, 3) * rng.uniform(10, 30) * scale / 640
+    distortion = (
+        fractal_noise(rng, height, width, scale / 3.0, 3) * rng.uniform(10, 30) * scale / 640
+    )
     period = rng.uniform(12, 30) * scale / 640.0 + 3.0
     vertical = bool(rng.integers(0, 2))
     coord = (xx if vertical else yy) + distortion
