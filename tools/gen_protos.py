@@ -3,8 +3,8 @@
     python tools/gen_protos.py          # rewrite src/visionrpc/v1/
     python tools/gen_protos.py --check  # exit 1 if the committed code is stale
 
-The generated modules live in ``src/visionrpc/v1/`` so that the proto package ``visionrpc.v1`` is also
-the Python package: protoc's own ``from visionrpc.v1 import ...`` lines work without rewriting.
+The generated modules live in ``src/visionrpc/v1/`` so that the proto package ``visionrpc.v1`` is
+also the Python package: protoc's own ``from visionrpc.v1 import ...`` lines work unchanged.
 """
 
 from __future__ import annotations
@@ -48,22 +48,30 @@ def generate(out_root: Path) -> dict[str, bytes]:
     return files
 
 
+def stale_files(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """Names of generated files in ``package_dir`` that differ from a fresh protoc run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = generate(Path(tmp))
+    current = {p.name: p.read_bytes() for p in package_dir.glob("*") if p.is_file()}
+    return sorted(n for n in fresh.keys() | current.keys() if fresh.get(n) != current.get(n))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="only compare, write nothing")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = generate(Path(tmp))
-    current = {p.name: p.read_bytes() for p in PACKAGE_DIR.glob("*") if p.is_file()}
     if args.check:
-        stale = sorted(n for n in fresh.keys() | current.keys() if fresh.get(n) != current.get(n))
+        stale = stale_files()
         if stale:
             print("stale generated code: " + ", ".join(stale), file=sys.stderr)
             print("run: python tools/gen_protos.py", file=sys.stderr)
             return 1
         return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = generate(Path(tmp))
+    current = {p.name for p in PACKAGE_DIR.glob("*") if p.is_file()}
     PACKAGE_DIR.mkdir(parents=True, exist_ok=True)
-    for name in current.keys() - fresh.keys():
+    for name in current - fresh.keys():
         (PACKAGE_DIR / name).unlink()
     for name, content in fresh.items():
         (PACKAGE_DIR / name).write_bytes(content)
