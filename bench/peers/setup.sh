@@ -11,14 +11,25 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 python=${PYTHON:-python3.11}
 
+# uvloop 0.22+ kills MLServer 1.7's worker ("There is no current event loop in thread").
 MLSERVER_PINS=("mlserver==1.7.1" "uvloop<0.22" "onnxruntime")
+MLSERVER_SMOKE="import mlserver, visionrpc.runtime.pipeline"
+# nvidia-pytriton pins numpy<2, so this venv gets OpenCV 4.x (the project's venv: numpy 2, OpenCV 5).
 TRITON_PINS=("nvidia-pytriton==0.7.0" "tritonclient[grpc]")
+TRITON_SMOKE="import pytriton.triton, tritonclient.grpc, visionrpc.bench.images, visionrpc.runtime.pipeline"
 
-# make_venv NAME PIN...: create bench/peers/NAME and install the pins plus visionrpc (editable).
-# A stamp file remembers the pins (and the interpreter) of the last successful install.
-make_venv() {
-  local name=$1
+# pip, minus the machine-wide "Location ... is ignored" warnings about absent local indexes.
+quiet_pip() {
+  local python=$1
   shift
+  "$python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
+# make_venv NAME SMOKE PIN...: create bench/peers/NAME, install the pins plus visionrpc (editable),
+# then import SMOKE. A stamp file remembers the pins and interpreter of the last good install.
+make_venv() {
+  local name=$1 smoke=$2
+  shift 2
   local venv="$here/$name"
   local want
   want="$("$python" -c 'import sys; print(sys.version)') | $* | visionrpc -e $root"
@@ -28,12 +39,13 @@ make_venv() {
   fi
   echo "$name: installing $*"
   [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet "$@" -e "$root"
-  "$venv/bin/python" -m pip check || echo "$name: pip check reported conflicts (see above)" >&2
+  quiet_pip "$venv/bin/python" install --quiet --upgrade pip
+  quiet_pip "$venv/bin/python" install --quiet "$@" -e "$root"
+  quiet_pip "$venv/bin/python" check || echo "$name: pip check reported conflicts (see above)" >&2
+  "$venv/bin/python" -c "$smoke"
   echo "$want" >"$venv/.setup-done"
   echo "$name: ready ($(du -sh "$venv" | cut -f1))"
 }
 
-make_venv .venv-mlserver "${MLSERVER_PINS[@]}"
-make_venv .venv-triton "${TRITON_PINS[@]}"
+make_venv .venv-mlserver "$MLSERVER_SMOKE" "${MLSERVER_PINS[@]}"
+make_venv .venv-triton "$TRITON_SMOKE" "${TRITON_PINS[@]}"

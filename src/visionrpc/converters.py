@@ -72,7 +72,10 @@ class InferRequestConverter:
                 ),
                 request_id=request.request_id,
             )
-        # No oneof set and an empty image_bytes look the same on the wire: both are "no image".
+        if which is None:
+            # Oneof members have presence: an unset oneof ("no image") and an empty image_bytes
+            # differ on the wire, and each gets its own error message from the pipeline.
+            return types.InferenceInput(options=options, request_id=request.request_id)
         return types.InferenceInput(
             options=options, image_bytes=request.image_bytes, request_id=request.request_id
         )
@@ -103,8 +106,8 @@ class InferRequestConverter:
                     data=r.data,
                 )
             )
-        else:
-            request.image_bytes = item.image_bytes or b""
+        elif item.image_bytes is not None:
+            request.image_bytes = item.image_bytes
         return request
 
 

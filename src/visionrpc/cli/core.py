@@ -305,13 +305,54 @@ async def demo_chat(client: AsyncClient, say: Say) -> None:
     say(f"room {room}: both saw seq {shared} in the same order: {same}")
 
 
+DEMO_SAMPLE = (1001, 11)
+"""(seed, index) of the generated image the demo sends: held out from training, 2 defects."""
+
+
+def _box_text(box: tuple[float, float, float, float]) -> str:
+    return "(" + ", ".join(f"{v:.0f}" for v in box) + ")"
+
+
+async def demo_infer(client: AsyncClient, say: Say) -> None:
+    """Send a generated image with planted defects to Infer; print planted vs found."""
+    from visionrpc.evaluation import encode_for_eval
+    from visionrpc.synthetic import generate_sample
+
+    sample = generate_sample(*DEMO_SAMPLE)
+    data = encode_for_eval(sample)
+    try:
+        result = await client.infer(data, return_masks=True, request_id="demo")
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        say("skipped: this server does not offer visionrpc.v1.InferenceMethods")
+        return
+    say(
+        f"generated image seed={DEMO_SAMPLE[0]} index={DEMO_SAMPLE[1]} "
+        f"({sample.width}x{sample.height}, {sample.texture}, JPEG {len(data)} bytes)"
+    )
+    say(
+        f"model {result.model} (version {result.model_version}), "
+        f"{result.timings.total_ms:.1f} ms on the server"
+    )
+    say(f"planted ({len(sample.defects)}):")
+    for defect in sample.defects:
+        say(f"  {defect.class_name:<8} box={_box_text(defect.bbox)}")
+    say(f"found ({len(result.detections)}):")
+    for d in result.detections:
+        box = (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max)
+        area = f" mask={d.mask.area_px}px" if d.mask is not None else ""
+        say(f"  {d.class_name:<8} box={_box_text(box)} score={d.score:.2f}{area}")
+
+
 DEMO_STEPS: list[tuple[str, DemoStep]] = [
     ("Ping (unary)", demo_ping),
     ("StreamNumbers (server streaming)", demo_stream_numbers),
     ("UploadNumbers (client streaming)", demo_upload_numbers),
     ("Chat (bidirectional streaming)", demo_chat),
+    ("Infer (defect detection on a generated image)", demo_infer),
 ]
-"""The demo's sections, in order. Append (title, async step) to show more (e.g. inference)."""
+"""The demo's sections, in order. Append (title, async step) to show more."""
 
 
 async def run_demo(target: str | None, say: Say = typer.echo) -> None:
@@ -324,7 +365,20 @@ async def run_demo(target: str | None, say: Say = typer.echo) -> None:
             await step(client, say)
 
 
-def demo(target: TargetOpt = None) -> None:
-    """Call all four CoreServices methods once and show what each returns."""
-    with rpc_errors():
-        asyncio.run(run_demo(target))
+def demo(
+    target: TargetOpt = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Start a server in this process and use it.")
+    ] = False,
+) -> None:
+    """Call every CoreServices method and Infer once and show what each returns."""
+    if not local:
+        with rpc_errors():
+            asyncio.run(run_demo(target))
+        return
+    if target is not None:
+        raise typer.BadParameter("use either --target or --local, not both")
+    from visionrpc.server.local import running_server
+
+    with running_server(Settings(port=0, access_log=False)) as server, rpc_errors():
+        asyncio.run(run_demo(server.address))

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from visionrpc.cli.core import rpc_errors
 from visionrpc.runtime.types import InferenceResult, MaskFormat
 from visionrpc.settings import Settings
 
@@ -134,7 +135,7 @@ def infer(
     if save_annotated is not None:
         save_annotated.mkdir(parents=True, exist_ok=True)
     outputs = []
-    with Client(_target(target)) as client:
+    with rpc_errors(), Client(_target(target)) as client:
         for path in images:
             result = client.infer(
                 path,
@@ -165,7 +166,7 @@ def infer(
 
 
 def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
-    """(frame count if known, iterator of (frame name, encoded bytes)) for a video, folder or glob."""
+    """(frame count if known, iterator of (name, encoded bytes)) for a video, folder or glob."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         capture = cv2.VideoCapture(str(path))
@@ -219,7 +220,11 @@ def infer_stream(
             yield data
 
     failures = 0
-    with Client(_target(target)) as client, Progress(console=console, transient=True) as bar:
+    with (
+        rpc_errors(),
+        Client(_target(target)) as client,
+        Progress(console=console, transient=True) as bar,
+    ):
         task = bar.add_task("frames", total=total)
         for index, item in enumerate(
             client.infer_stream(
@@ -243,16 +248,23 @@ def infer_stream(
                         else result_to_json(item.result)
                     ),
                 }
-                bar.console.print(json.dumps(line), markup=False, highlight=False)
+                # soft_wrap: one JSON document per line whatever the terminal width
+                bar.console.print(json.dumps(line), markup=False, highlight=False, soft_wrap=True)
                 failures += item.result is None
                 continue
             if item.result is None:
                 failures += 1
-                bar.console.print(f"{name}: ERROR {item.error_code}: {item.error_message}")
+                bar.console.print(
+                    f"{name}: ERROR {item.error_code}: {item.error_message}",
+                    markup=False,
+                    soft_wrap=True,
+                )
                 continue
             r = item.result
             summary = ", ".join(f"{d.count}× {d.class_name}" for d in r.defects) or "no defects"
-            bar.console.print(f"{name}: {summary}  ({r.timings.total_ms:.1f} ms)")
+            bar.console.print(
+                f"{name}: {summary}  ({r.timings.total_ms:.1f} ms)", markup=False, soft_wrap=True
+            )
     if failures:
         raise typer.Exit(1)
 
@@ -261,7 +273,7 @@ def models(target: Target = None, json_out: Json = False) -> None:
     """List the models the server holds."""
     from visionrpc.client import Client
 
-    with Client(_target(target)) as client:
+    with rpc_errors(), Client(_target(target)) as client:
         infos, default = client.list_models()
     if json_out:
         typer.echo(
@@ -324,7 +336,7 @@ def evaluate(
     from visionrpc.evaluation import evaluate as run_eval
 
     def go(address: str) -> None:
-        with Client(address, timeout=120.0) as client:
+        with rpc_errors(), Client(address, timeout=120.0) as client:
 
             def infer_one(data: bytes) -> InferenceResult:
                 return client.infer(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from visionrpc.cli import core, infer
+from visionrpc.cli import bench, core, infer
 
 app = typer.Typer(
     name="visionrpc",
@@ -24,6 +24,7 @@ app.command("chat")(core.chat)
 app.command("health")(core.health)
 app.command("demo")(core.demo)
 infer.register(app)
+bench.register(app)
 
 
 def main() -> None:

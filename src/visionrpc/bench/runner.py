@@ -1,0 +1,486 @@
+"""One bench run, start to end: images, in-process pipelines, the server over gRPC, CoreServices,
+accuracy, memory and (optionally) levers, with a progress bar, into one result document.
+
+Order matters on a 2-core machine: nothing else of the bench runs while a point is measured. The
+in-process workers run in child processes while this process waits; the servers run in child
+processes while this process generates the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from visionrpc.bench import models as bench_models
+from visionrpc.bench.images import BENCH_SEED, BenchImage, describe, make_images, save_images
+from visionrpc.bench.loadgen import (
+    grpc_infer,
+    grpc_infer_stream,
+    grpc_ping,
+    grpc_stream_numbers,
+    infer_requests,
+)
+from visionrpc.bench.procs import bare_server, run_worker, visionrpc_server
+from visionrpc.bench.report import SCHEMA_VERSION, CoreRow, ResultRow, Section, analyse
+from visionrpc.client import AsyncClient, Client
+from visionrpc.evaluation import EVAL_SEED
+from visionrpc.settings import Settings
+
+SERVER_NAME = "visionrpc gRPC"
+
+# Each lever changes one server setting (VISIONRPC_* env); int8 vs fp32 is the model list itself.
+LEVERS: dict[str, dict[str, str]] = {
+    "default": {},
+    "reduced_decode=off": {"VISIONRPC_REDUCED_DECODE": "false"},
+    "batching off (max_batch_size=1)": {"VISIONRPC_BATCHING__MAX_BATCH_SIZE": "1"},
+    "max_queue_delay_us=500": {"VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "500"},
+    "max_queue_delay_us=2000": {"VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "2000"},
+    "decode_workers=1": {"VISIONRPC_RUNTIME__DECODE_WORKERS": "1"},
+    "intra_op_threads=1": {"VISIONRPC_RUNTIME__INTRA_OP_THREADS": "1"},
+    "access_log=off": {"VISIONRPC_ACCESS_LOG": "false"},
+}
+
+# Rough seconds per step, so the progress bar's time estimate means something.
+_IMAGE_S = 0.15
+_EVAL_IMAGE_S = 0.3
+
+
+@dataclass
+class BenchConfig:
+    """Everything a run needs; the CLI fills it from its options."""
+
+    models_dir: Path | None = None
+    models: list[str] = field(default_factory=list)  # empty = every model of the directory
+    baseline_model: str | None = None  # default: the first fp32 model
+    duration_s: float = 10.0  # per measurement point
+    warmup_s: float = 2.0
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    images: int = 32
+    image_seed: int = BENCH_SEED
+    max_requests: int = 100_000  # per point, on top of the duration
+    stream: bool = True
+    core: bool = True
+    core_concurrency: int = 16
+    accuracy_count: int = 200  # 0 = skip
+    eval_seed: int = EVAL_SEED
+    levers: list[str] = field(default_factory=list)  # names of LEVERS
+    lever_concurrency: list[int] = field(default_factory=lambda: [1, 16])
+    work_dir: Path | None = None
+    keep_work_dir: bool = False
+    timeout_s: float = 120.0  # client deadline per call
+
+
+@dataclass
+class _Plan:
+    """The progress bar: one task whose total is the estimated seconds of the whole run."""
+
+    bar: Progress
+    task: Any
+
+    def step(self, label: str, weight: float) -> None:
+        self.bar.update(self.task, advance=weight, description=escape(label))
+
+    def label(self, label: str) -> None:
+        self.bar.update(self.task, description=escape(label))
+
+
+def _estimate(config: BenchConfig, n_models: int) -> float:
+    point = config.duration_s
+    points = len(config.batch_sizes) + n_models * (1 + len(config.concurrency))
+    points += n_models * len(config.concurrency) * (2 if config.stream else 1)
+    points += 4 if config.core else 0
+    points += len(config.levers) * len(config.lever_concurrency)
+    return (
+        config.images * _IMAGE_S + points * point + n_models * config.accuracy_count * _EVAL_IMAGE_S
+    )
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("visionrpc", "onnxruntime", "grpcio", "numpy", "opencv-python-headless"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _meta(
+    config: BenchConfig,
+    settings: Settings,
+    selected: list[bench_models.ModelEntry],
+    baseline: bench_models.ModelEntry,
+) -> dict[str, Any]:
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": _loadavg(),
+        "python": sys.version.split()[0],
+        "versions": _versions(),
+        "duration_s": config.duration_s,
+        "warmup_s": config.warmup_s,
+        "max_requests": config.max_requests,
+        "concurrency": config.concurrency,
+        "batch_sizes": config.batch_sizes,
+        "models": [
+            {"name": m.name, "precision": m.precision, "onnx": str(m.onnx)} for m in selected
+        ],
+        "baseline_model": baseline.name,
+        "settings": settings.model_dump(
+            mode="json",
+            include={"access_log", "log_format", "reduced_decode", "stream_window"}
+            | {"batching", "runtime"},
+        ),
+        "client": "AsyncClient channel (one), pre-built requests, closed loop, answers not "
+        "converted; InferStream: N streams, one frame in flight each",
+        "server": "python -m visionrpc.cli.main serve (separate process, default settings + "
+        "VISIONRPC_* env); stdout/stderr to a file",
+    }
+
+
+async def _served_points(
+    address: str,
+    model: str,
+    data: list[bytes],
+    config: BenchConfig,
+    plan: _Plan,
+    *,
+    concurrency: Iterable[int],
+    stream: bool,
+    name: str = SERVER_NAME,
+    section: Section = Section.GRPC,
+    **extra: Any,
+) -> list[ResultRow]:
+    """Infer (and InferStream) at each concurrency, on one AsyncClient channel."""
+    rows = []
+    requests = infer_requests(data, model)
+    async with AsyncClient(address, timeout=config.timeout_s) as client:
+        methods = [("Infer", grpc_infer)] + ([("InferStream", grpc_infer_stream)] if stream else [])
+        for method, drive in methods:
+            plan.label(f"{name} {model} {method} warm-up")
+            await drive(
+                client, requests, concurrency=4, duration_s=config.warmup_s, max_requests=64
+            )
+            for c in concurrency:
+                plan.label(f"{name} {model} {method} c{c}")
+                result = await drive(
+                    client,
+                    requests,
+                    concurrency=c,
+                    duration_s=config.duration_s,
+                    max_requests=config.max_requests,
+                )
+                rows.append(result.row(name, section, model, method, c, **extra))
+                plan.step(f"{name} {model} {method} c{c}", config.duration_s)
+    return rows
+
+
+async def _core_points(address: str, server: str, config: BenchConfig) -> list[CoreRow]:
+    async with AsyncClient(address, timeout=config.timeout_s) as client:
+        await grpc_ping(client, concurrency=4, duration_s=config.warmup_s / 2, max_requests=2000)
+        ping = await grpc_ping(
+            client,
+            concurrency=config.core_concurrency,
+            duration_s=config.duration_s,
+            max_requests=config.max_requests * 10,
+        )
+        numbers = await grpc_stream_numbers(
+            client, streams=1, duration_s=config.duration_s, max_messages=config.max_requests * 50
+        )
+    return [
+        {
+            "server": server,
+            "method": "Ping",
+            "concurrency": config.core_concurrency,
+            "rate_per_s": ping.rate,
+            "unit": "calls/s",
+            "p50_ms": ping.p50_ms,
+            "p99_ms": ping.p99_ms,
+            "count": ping.count,
+            "errors": ping.errors,
+            "duration_s": round(ping.elapsed_s, 3),
+        },
+        {
+            "server": server,
+            "method": "StreamNumbers",
+            "concurrency": 1,
+            "rate_per_s": numbers.rate,
+            "unit": "messages/s",
+            "p50_ms": None,
+            "p99_ms": None,
+            "count": numbers.count,
+            "errors": numbers.errors,
+            "duration_s": round(numbers.elapsed_s, 3),
+        },
+    ]
+
+
+def _accuracy(address: str, model: str, config: BenchConfig, plan: _Plan) -> dict[str, float | int]:
+    """Box/mask mAP50 through the server, as ``visionrpc eval`` measures it."""
+    from visionrpc.evaluation import evaluate
+
+    def progress(indices: Iterable[int]) -> Iterator[int]:
+        for i in indices:
+            yield i
+            plan.step(f"accuracy {model} ({i + 1}/{config.accuracy_count})", _EVAL_IMAGE_S)
+
+    with Client(address, timeout=config.timeout_s) as client:
+
+        def infer(data: bytes) -> Any:
+            return client.infer(
+                data,
+                model=model,
+                confidence_threshold=0.001,
+                max_detections=100,
+                return_masks=True,
+            )
+
+        report = evaluate(
+            infer, seed=config.eval_seed, count=config.accuracy_count, progress=progress
+        )
+    return {
+        "images": report.images,
+        "instances": report.instances,
+        "seed": config.eval_seed,
+        "box_map50": report.box_map50,
+        "mask_map50": report.mask_map50,
+        "box_map50_95": report.box_map50_95,
+        "mask_map50_95": report.mask_map50_95,
+    }
+
+
+def run_bench(
+    config: BenchConfig,
+    console: Console,
+    on_update: Callable[[dict[str, Any]], None] = lambda doc: None,
+) -> dict[str, Any]:
+    """Run every section; ``on_update`` gets the (partial) document after each phase."""
+    unknown = [name for name in config.levers if name not in LEVERS]
+    if unknown:
+        raise ValueError(f"unknown lever(s) {unknown}; choose from: {', '.join(LEVERS)}")
+    settings = Settings()
+    available = bench_models.discover(config.models_dir or settings.models_dir)
+    selected = bench_models.select(available, config.models)
+    baseline = bench_models.pick_baseline(selected, available, config.baseline_model)
+    work = Path(config.work_dir or tempfile.mkdtemp(prefix="visionrpc-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    models_dir = bench_models.link_subset(selected, work / "models")
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "meta": _meta(config, settings, selected, baseline),
+        "rows": [],
+        "core": [],
+        "memory": {},
+        "accuracy": {},
+    }
+    names = [m.name for m in selected]
+    started = time.perf_counter()
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description:<48}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    ok = False
+    try:
+        with Progress(*columns, console=console, transient=False) as bar:
+            plan = _Plan(bar, bar.add_task("images", total=_estimate(config, len(selected))))
+            images = _images(config, plan)
+            save_images(images, work / "images")
+            data = [i.data for i in images]
+            doc["meta"]["images"] = describe(images, config.image_seed)
+            _run_workers(config, doc, work, models_dir, names, baseline, plan)
+            on_update(doc)
+            _run_server(config, doc, work, models_dir, names, data, plan)
+            on_update(doc)
+            for index, lever in enumerate(config.levers):
+                plan.label(f"lever {lever}: starting the server")
+                log = work / f"server-lever-{index}.log"
+                with visionrpc_server(models_dir, log, LEVERS[lever], names[0]) as s:
+                    doc["rows"] += asyncio.run(
+                        _served_points(
+                            s.address,
+                            names[0],
+                            data,
+                            config,
+                            plan,
+                            concurrency=config.lever_concurrency,
+                            stream=False,
+                            name=f"{SERVER_NAME} [{lever}]",
+                            section=Section.LEVER,
+                            lever=lever,
+                        )
+                    )
+                    s.check_alive(f"lever {lever}")
+                on_update(doc)
+        ok = True
+    finally:
+        doc["meta"]["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        doc["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
+        doc["meta"]["loadavg_end"] = _loadavg()
+        analyse(doc)
+        on_update(doc)
+        if ok and not config.keep_work_dir and config.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            doc["meta"]["work_dir"] = str(work)
+            console.print(f"bench work directory (logs, images): {work}")
+    return doc
+
+
+def _images(config: BenchConfig, plan: _Plan) -> list[BenchImage]:
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        plan.step(f"generating images ({done}/{config.images})", _IMAGE_S)
+
+    return make_images(config.images, config.image_seed, on_image=tick)
+
+
+def _run_workers(
+    config: BenchConfig,
+    doc: dict[str, Any],
+    work: Path,
+    models_dir: Path,
+    names: list[str],
+    baseline: bench_models.ModelEntry,
+    plan: _Plan,
+) -> None:
+    """Section a: the straightforward baseline and visionrpc's pipeline, each in a child."""
+    common = {
+        "images_dir": str(work / "images"),
+        "duration_s": config.duration_s,
+        "warmup_s": config.warmup_s,
+        "max_requests": config.max_requests,
+    }
+    n_points = len(config.batch_sizes) + len(names) * (1 + len(config.concurrency))
+    timeout = n_points * (config.duration_s + 2 * config.warmup_s + 60) + 300
+
+    def tick(label: str) -> None:
+        plan.step(label, config.duration_s)
+
+    plan.label("baseline: loading")
+    result = run_worker(
+        {
+            **common,
+            "phase": "baseline",
+            "batch_sizes": config.batch_sizes,
+            "baseline": {
+                "name": baseline.name,
+                "onnx": str(baseline.onnx),
+                "precision": baseline.precision,
+                "confidence": baseline.confidence,
+                "iou": baseline.iou,
+                "max_detections": baseline.max_detections,
+            },
+        },
+        work,
+        tick,
+        timeout,
+    )
+    doc["rows"] += result["rows"]
+    doc["memory"]["baseline_peak_rss_mb"] = result["peak_rss_mb"]
+    plan.label("in-process pipeline: loading")
+    result = run_worker(
+        {
+            **common,
+            "phase": "inprocess",
+            "models_dir": str(models_dir),
+            "models": names,
+            "concurrency": config.concurrency,
+        },
+        work,
+        tick,
+        timeout,
+    )
+    doc["rows"] += result["rows"]
+    doc["memory"]["inprocess_peak_rss_mb"] = result["peak_rss_mb"]
+
+
+def _run_server(
+    config: BenchConfig,
+    doc: dict[str, Any],
+    work: Path,
+    models_dir: Path,
+    names: list[str],
+    data: list[bytes],
+    plan: _Plan,
+) -> None:
+    """Sections b, d, e and accuracy: one ``visionrpc serve`` process (plus the bare server)."""
+    plan.label("visionrpc serve: starting")
+    with visionrpc_server(models_dir, work / "server.log", default_model=names[0]) as server:
+        for model in names:
+            doc["rows"] += asyncio.run(
+                _served_points(
+                    server.address,
+                    model,
+                    data,
+                    config,
+                    plan,
+                    concurrency=config.concurrency,
+                    stream=config.stream,
+                )
+            )
+            server.check_alive(f"the {model} inference points")
+        doc["memory"]["server_peak_rss_mb"] = server.peak_rss_mb()
+        if config.core:
+            plan.label("bare grpc.aio server: starting")
+            with bare_server(work / "bare-server.log") as bare:
+                plan.label("CoreServices: visionrpc")
+                doc["core"] += asyncio.run(_core_points(server.address, "visionrpc", config))
+                server.check_alive("the CoreServices points")
+                plan.step("CoreServices: visionrpc", 2 * config.duration_s)
+                plan.label("CoreServices: bare grpc.aio")
+                doc["core"] += asyncio.run(_core_points(bare.address, "bare grpc.aio", config))
+                plan.step("CoreServices: bare grpc.aio", 2 * config.duration_s)
+                doc["memory"]["bare_server_peak_rss_mb"] = bare.peak_rss_mb()
+        if config.accuracy_count > 0:
+            for model in names:
+                doc["accuracy"][model] = _accuracy(server.address, model, config, plan)
+            server.check_alive("the accuracy run")
+        doc["memory"]["server_final_peak_rss_mb"] = server.peak_rss_mb()

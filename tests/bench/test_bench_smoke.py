@@ -1,0 +1,114 @@
+"""Smoke test of ``visionrpc bench``: a tiny quick run (real processes, real gRPC, tiny budget).
+
+Checks the shape of the result document and that the numbers are sane, never speeds: the
+numbers of a 0.3 s point on a shared CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visionrpc.bench import models as bench_models
+from visionrpc.bench import report
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+@pytest.mark.timeout(400)
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    model = next(iter(bench_models.discover(None)))
+    out = tmp_path / "results.json"
+    argv = [sys.executable, "-m", "visionrpc.cli.main", "bench", "--quick"]
+    argv += ["--model", model, "--duration", "0.3", "--warmup", "0.1", "--concurrency", "1"]
+    argv += ["--batch-sizes", "1,2", "--images", "3", "--skip-accuracy", "--out", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=380, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Targets" in done.stdout
+
+    doc = json.loads(out.read_text())
+    for key in ("schema_version", "meta", "rows", "core", "memory", "accuracy", "ratios"):
+        assert key in doc, key
+    assert doc["meta"]["baseline_model"]
+    assert doc["meta"]["images"]["count"] == 3
+    assert doc["meta"]["images"]["png"] == 1
+
+    rows = [report.validate_row(r) for r in doc["rows"]]
+    sections = {r["section"] for r in rows}
+    assert sections == {"baseline", "inprocess", "grpc"}
+    for row in rows:
+        assert _positive(row["images_per_s"]), row
+        assert _positive(row["p50_ms"]) and _positive(row["p99_ms"]), row
+        assert row["p99_ms"] >= row["p50_ms"], row
+        assert row.get("errors", 0) == 0, row
+    baseline = [r for r in rows if r["section"] == "baseline"]
+    assert sorted(r["batch_size"] for r in baseline) == [1, 2]
+    grpc_methods = {r["method"] for r in rows if r["section"] == "grpc"}
+    assert grpc_methods == {"Infer", "InferStream"}
+    inprocess = {r["method"] for r in rows if r["section"] == "inprocess"}
+    assert inprocess == {"infer_sync", "infer"}
+
+    core = {(r["server"], r["method"]): r for r in doc["core"]}
+    assert set(core) == {
+        ("visionrpc", "Ping"),
+        ("visionrpc", "StreamNumbers"),
+        ("bare grpc.aio", "Ping"),
+        ("bare grpc.aio", "StreamNumbers"),
+    }
+    assert all(_positive(r["rate_per_s"]) and r["errors"] == 0 for r in core.values())
+
+    memory = doc["memory"]
+    for key in ("server_peak_rss_mb", "inprocess_peak_rss_mb", "baseline_peak_rss_mb"):
+        assert _positive(memory[key]), key
+    assert _positive(memory["server_final_peak_rss_mb"]), "the server died during the run"
+
+    assert model in doc["ratios"]
+    assert doc["ratios"][model]["p50_minus_baseline_ms"] is not None
+    targets = {t["target"] for t in doc["targets"]}
+    assert "Ping calls/s ÷ bare grpc.aio" in targets
+
+
+def test_peer_rows_merge_and_render(tmp_path: Path) -> None:
+    doc = {
+        "schema_version": report.SCHEMA_VERSION,
+        "meta": {"baseline_model": "m"},
+        "rows": [
+            {"name": "straightforward baseline", "section": "baseline", "model": "m",
+             "method": "batch", "batch_size": 1, "concurrency": 1, "images_per_s": 10.0,
+             "p50_ms": 100.0, "p99_ms": 120.0},
+            {"name": "visionrpc gRPC", "section": "grpc", "model": "m", "method": "Infer",
+             "concurrency": 16, "images_per_s": 20.0, "p50_ms": 700.0, "p99_ms": 900.0},
+        ],
+        "core": [],
+        "memory": {},
+        "accuracy": {},
+    }  # fmt: skip
+    peer = tmp_path / "peers.json"
+    triton = {"name": "Triton", "model": "m", "concurrency": 16, "images_per_s": 15.0}
+    peer.write_text(json.dumps({"rows": [{**triton, "p50_ms": 900.0, "p99_ms": None}]}))
+    report.merge_rows(doc, report.load_rows(peer))
+    assert [r["section"] for r in doc["rows"]][-1] == "peer"
+    assert doc["ratios"]["m"]["server_vs_baseline"] == pytest.approx(2.0)
+    markdown = report.to_markdown(doc)
+    assert "| Triton | m |" in markdown
+    assert "1.50×" in markdown  # the peer's images/s ÷ the baseline's
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"concurrency": 1, "images_per_s": 1.0, "p50_ms": 1.0, "p99_ms": 1.0},
+        {"name": "x", "concurrency": 0, "images_per_s": 1.0, "p50_ms": 1.0, "p99_ms": 1.0},
+        {"name": "x", "concurrency": 1, "images_per_s": -1.0, "p50_ms": 1.0, "p99_ms": 1.0},
+        {"name": "x", "concurrency": 1, "images_per_s": 1.0, "p50_ms": "1", "p99_ms": 1.0},
+    ],
+)
+def test_bad_rows_are_refused(row: dict) -> None:
+    with pytest.raises(ValueError):
+        report.validate_row(row)

@@ -1,0 +1,191 @@
+"""Proto ↔ domain converters: every field survives a round trip, both ways."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from visionrpc.converters import (
+    InferRequestConverter,
+    InferResponseConverter,
+    MaskConverter,
+    ModelInfoConverter,
+)
+from visionrpc.errors import InvalidInputError
+from visionrpc.runtime import types
+from visionrpc.v1 import inference_pb2 as pb
+
+OPTIONS = types.InferenceOptions(
+    model="beta",
+    confidence_threshold=0.5,
+    iou_threshold=0.25,
+    max_detections=7,
+    classes=("spot", "crack"),
+    return_masks=True,
+    mask_format=types.MaskFormat.POLYGON,
+)
+
+
+def _polygons_equal(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# -- InferRequest ----------------------------------------------------------------------------------
+
+
+def test_request_with_encoded_bytes_round_trips() -> None:
+    item = types.InferenceInput(options=OPTIONS, image_bytes=b"\xff\xd8\xff...", request_id="r1")
+    request = InferRequestConverter.from_types(item)
+    assert request.WhichOneof("image") == "image_bytes"
+    assert (
+        list(request.classes) == ["spot", "crack"] and request.mask_format == pb.MASK_FORMAT_POLYGON
+    )
+    wire = pb.InferRequest.FromString(request.SerializeToString())
+    assert InferRequestConverter.to_types(wire) == item
+
+
+@pytest.mark.parametrize("fmt", [*types.PixelFormat, None])
+def test_request_with_raw_frame_round_trips(fmt: types.PixelFormat | None) -> None:
+    raw = types.RawImage(width=3, height=2, channels=3, pixel_format=fmt, data=bytes(range(18)))
+    item = types.InferenceInput(options=types.InferenceOptions(), raw=raw, request_id="r2")
+    request = InferRequestConverter.from_types(item)
+    assert request.WhichOneof("image") == "raw"
+    assert InferRequestConverter.to_types(request) == item
+
+
+def test_request_defaults_map_to_none_and_no_image_stays_none() -> None:
+    item = InferRequestConverter.to_types(pb.InferRequest())
+    assert item.options == types.InferenceOptions()  # 0 / empty mean "the model's default"
+    assert item.options.mask_format is types.MaskFormat.RLE
+    assert item.image_bytes is None and item.raw is None
+    empty = InferRequestConverter.to_types(pb.InferRequest(image_bytes=b""))
+    assert empty.image_bytes == b"" and empty.raw is None
+    assert InferRequestConverter.from_types(item).WhichOneof("image") is None
+
+
+def test_request_with_unknown_enums_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="unknown mask_format 9"):
+        InferRequestConverter.to_types(pb.InferRequest(mask_format=9))  # type: ignore[arg-type]
+    request = pb.InferRequest(raw=pb.RawImage(pixel_format=77))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="unknown pixel_format 77"):
+        InferRequestConverter.to_types(request)
+
+
+# -- masks -----------------------------------------------------------------------------------------
+
+MASKS = [
+    types.EncodedMask(
+        format=types.MaskFormat.RLE, area_px=12, rle_counts="52203", rle_size=(10, 20)
+    ),
+    types.EncodedMask(
+        format=types.MaskFormat.PNG, area_px=5, png=b"\x89PNG\r\n\x1a\nfake", png_origin=(3, 4)
+    ),
+    types.EncodedMask(
+        format=types.MaskFormat.POLYGON,
+        area_px=40,
+        polygons=(
+            np.array([[1, 2], [5.5, 2], [5.5, 9.25]], np.float32),
+            np.array([[10, 10], [12, 10], [12, 12], [10, 12]], np.float32),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: m.format.value)
+def test_mask_round_trips(mask: types.EncodedMask) -> None:
+    proto = MaskConverter.from_types(mask)
+    assert proto.WhichOneof("encoding") == mask.format.value
+    back = MaskConverter.to_types(pb.Mask.FromString(proto.SerializeToString()))
+    assert back is not None
+    assert _polygons_equal(back.polygons, mask.polygons)
+    assert dataclasses.replace(back, polygons=()) == dataclasses.replace(mask, polygons=())
+
+
+def test_mask_without_encoding_is_none() -> None:
+    assert MaskConverter.to_types(pb.Mask(area_px=3)) is None
+
+
+# -- InferResponse ---------------------------------------------------------------------------------
+
+
+def _result() -> types.InferenceResult:
+    detections = (
+        types.Detection(
+            box=types.BoxXYXY(1.5, 2.5, 30.0, 40.25),
+            score=0.875,
+            class_id=1,
+            class_name="spot",
+            mask=MASKS[0],
+            mask_area_px=12,
+        ),
+        types.Detection(
+            box=types.BoxXYXY(0.0, 0.0, 8.0, 4.0), score=0.5, class_id=2, class_name="crack"
+        ),
+    )
+    return types.InferenceResult(
+        model="defects",
+        model_version="3",
+        image_width=20,
+        image_height=10,
+        detections=detections,
+        defects=(
+            types.DefectSummary("crack", 1, 0.5, 32.0, 0.16),
+            types.DefectSummary("spot", 1, 0.875, 12.0, 0.06),
+        ),
+        timings=types.Timings(1.0, 2.0, 3.0, 4.0, 0.5, 10.5),
+        request_id="frame-7",
+    )
+
+
+def test_response_round_trips() -> None:
+    result = _result()
+    response = InferResponseConverter.from_types(result)
+    assert not response.HasField("error")
+    assert response.detections[0].HasField("mask") and not response.detections[1].HasField("mask")
+    back = InferResponseConverter.to_types(
+        pb.InferResponse.FromString(response.SerializeToString())
+    )
+    # float32 on the wire: the values above are exact in float32, area_fraction is a double
+    assert back == result
+
+
+def test_response_polygon_masks_round_trip() -> None:
+    result = _result()
+    det = dataclasses.replace(result.detections[0], mask=MASKS[2], mask_area_px=40)
+    result = dataclasses.replace(result, detections=(det,))
+    back = InferResponseConverter.to_types(InferResponseConverter.from_types(result))
+    assert back.detections[0].mask is not None
+    assert _polygons_equal(back.detections[0].mask.polygons, MASKS[2].polygons)
+    assert back.detections[0].mask_area_px == 40
+
+
+# -- ModelInfo -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "layout"),
+    [(types.Task.SEGMENT, types.Layout.YOLOV8), (types.Task.DETECT, types.Layout.END2END)],
+)
+def test_model_info_round_trips(task: types.Task, layout: types.Layout) -> None:
+    info = types.ModelDescription(
+        name="defects",
+        version="interim",
+        display_name="Surface defects",
+        task=task,
+        input_width=320,
+        input_height=256,
+        class_names=("scratch", "spot", "crack"),
+        execution_provider="CPUExecutionProvider",
+        default_confidence_threshold=0.25,
+        default_iou_threshold=0.5,
+        default_max_detections=100,
+        layout=layout,
+        dynamic_batch=True,
+        max_batch_size=8,
+    )
+    proto = ModelInfoConverter.from_types(info)
+    assert proto.task == (pb.TASK_SEGMENT if task is types.Task.SEGMENT else pb.TASK_DETECT)
+    assert proto.layout == layout.value
+    assert ModelInfoConverter.to_types(pb.ModelInfo.FromString(proto.SerializeToString())) == info
