@@ -128,7 +128,7 @@ def evaluate(
     count: int = 200,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
 ) -> EvalReport:
-    """Generate ``count`` images of stream ``seed``, run each through ``infer``, score with COCOeval.
+    """Generate ``count`` images of stream ``seed``, run each through ``infer``, score them.
 
     ``infer`` must return masks as COCO RLE (full image frame) for the mask score.
     """

@@ -1,4 +1,4 @@
-"""The one settings object. Every knob is read from ``VISIONRPC_<NAME>`` env vars; CLI flags override.
+"""The one settings object: every knob is read from ``VISIONRPC_<NAME>``; CLI flags override.
 
 Nested groups use a double underscore, e.g. ``VISIONRPC_BATCHING__MAX_BATCH_SIZE=8``.
 """
@@ -37,12 +37,18 @@ class RuntimeSettings(BaseModel):
     device: str = Field(
         "auto", description="auto (CUDA/TensorRT when present, else CPU), cpu, cuda or tensorrt."
     )
-    intra_op_threads: int = Field(0, ge=0, description="Threads inside one operator; 0 = ORT default.")
+    intra_op_threads: int = Field(0, ge=0, description="Threads in one operator; 0 = ORT default.")
     inter_op_threads: int = Field(0, ge=0, description="Threads across operators; 0 = ORT default.")
     graph_optimization: str = Field(
-        "all", description="disable, basic, extended or all (ONNX Runtime graph optimisation level)."
+        "all",
+        description="disable, basic, extended or all (ORT graph optimisation level).",
     )
     execution_mode: str = Field("sequential", description="sequential or parallel.")
+    allow_spinning: bool = Field(
+        False,
+        description="Let ORT threads busy-wait between operators (can help a dedicated box; "
+        "hurts when the same cores decode images and serve gRPC).",
+    )
     decode_workers: int = Field(
         2, ge=1, description="Threads that decode and letterbox images (OpenCV releases the GIL)."
     )
@@ -58,7 +64,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all interfaces).")
     port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
     max_receive_message_bytes: int = Field(
-        64 * MiB, ge=1024, description="Largest request message; larger ones get RESOURCE_EXHAUSTED."
+        64 * MiB,
+        ge=1024,
+        description="Largest request; larger ones get RESOURCE_EXHAUSTED.",
     )
     max_send_message_bytes: int = Field(64 * MiB, ge=1024, description="Largest response message.")
     max_stream_count: int = Field(
@@ -74,7 +82,7 @@ class Settings(BaseSettings):
         0, ge=0, description="HTTP/2 streams per connection; 0 = gRPC default."
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
-    log_format: LogFormat = Field(LogFormat.TEXT, description="text or json access/application logs.")
+    log_format: LogFormat = Field(LogFormat.TEXT, description="text or json logs.")
     access_log: bool = Field(True, description="One structured log line per call.")
 
     models_dir: Path | None = Field(
@@ -82,16 +90,21 @@ class Settings(BaseSettings):
     )
     default_model: str = Field("", description="Model used when a request names none.")
     max_image_pixels: int = Field(
-        50_000_000, ge=1, description="Decoded images larger than this are refused (decompression bombs)."
+        50_000_000,
+        ge=1,
+        description="Larger images are refused (decompression bombs).",
     )
     max_image_side: int = Field(
         16384, ge=1, description="Largest width or height accepted, encoded or raw."
     )
     reduced_decode: bool = Field(
-        True, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale when the model input is smaller."
+        True,
+        description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling).",
     )
     stream_window: int = Field(
-        4, ge=1, description="InferStream frames in flight per stream before the server stops reading."
+        4,
+        ge=1,
+        description="InferStream frames in flight per stream before reading pauses.",
     )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)

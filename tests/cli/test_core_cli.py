@@ -161,37 +161,34 @@ def test_demo_runs_all_four_calls(threaded_server: RunningServer) -> None:
     assert "bob: hi alice" in out
 
 
-@pytest.mark.timeout(60)
-def test_serve_subprocess_drains_on_sigterm() -> None:
+def _start_serve(*flags: str) -> tuple[subprocess.Popen[str], str]:
+    """``visionrpc serve`` in a subprocess on a free port; returns it and its address."""
     env = {**os.environ, "VISIONRPC_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
-        [
-            *CLI,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--grace",
-            "5",
-            "--log-format",
-            "text",
-        ],
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", "0", *flags],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError("server exited early")
+        assert not line.startswith("{"), "--log-format must override VISIONRPC_LOG_FORMAT"
+        if match := re.search(r"serving .* on (127\.0\.0\.1:\d+)", line):
+            return proc, match.group(1)
+    proc.kill()
+    raise AssertionError("server did not report its address")
+
+
+@pytest.mark.timeout(60)
+def test_serve_subprocess_drains_on_sigterm() -> None:
+    proc, address = _start_serve("--grace", "5", "--log-format", "text")
     try:
         assert proc.stderr is not None
-        address = None
-        deadline = time.monotonic() + 30
-        while address is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line, "server exited early"
-            assert not line.startswith("{"), "--log-format must override VISIONRPC_LOG_FORMAT"
-            if match := re.search(r"serving .* on (127\.0\.0\.1:\d+)", line):
-                address = match.group(1)
-        assert address
         with Client(address) as client:
             assert client.health().serving
             stream = client.stream_numbers(count=3, interval_ms=200)
@@ -203,6 +200,28 @@ def test_serve_subprocess_drains_on_sigterm() -> None:
         log = proc.stderr.read()
         assert "draining" in log and "server stopped" in log
         assert "/visionrpc.v1.CoreServices/StreamNumbers OK" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_fast_streams_with_access_log_on_keeps_the_server_alive() -> None:
+    # Regression: the access log asked a cancelled call for its peer, which crashed grpcio.
+    proc, address = _start_serve("--access-log", "--log-format", "text", "--grace", "1")
+    try:
+        with Client(address) as client:
+            for _ in range(20):
+                stream = client.stream_numbers(count=100_000)  # no pause: the server is writing
+                next(stream)
+                stream.close()  # cancels the call mid-write
+            assert client.ping("still there").message == "still there"
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stderr is not None
+        assert "/visionrpc.v1.CoreServices/StreamNumbers CANCELLED" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

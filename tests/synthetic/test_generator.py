@@ -1,4 +1,4 @@
-"""The generator: reproducible, in range, exact labels, defects really drawn, YOLO dataset layout."""
+"""The generator: reproducible, in range, exact labels, defects really drawn, YOLO layout."""
 
 from __future__ import annotations
 

@@ -80,6 +80,14 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = settings.inter_op_threads
+    # ORT's worker threads busy-wait for work by default; in a server they then steal the cores
+    # that decode images and run the event loop (measured: spinning off was ~1.4x faster here).
+    opts.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
+    )
+    opts.add_session_config_entry(
+        "session.inter_op.allow_spinning", "1" if settings.allow_spinning else "0"
+    )
     try:
         opts.graph_optimization_level = _GRAPH_OPT[settings.graph_optimization.lower()]
     except KeyError:

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 import grpc
 from google.rpc import status_pb2
 
-from visionrpc.errors import NotReadyError, VisionRPCError
-from visionrpc.runtime.pipeline import InferencePipeline
-from visionrpc.runtime.repository import ModelRepository
 from visionrpc.converters import (
     InferRequestConverter,
     InferResponseConverter,
     ModelInfoConverter,
 )
+from visionrpc.errors import NotReadyError, VisionRPCError
+from visionrpc.runtime.pipeline import InferencePipeline
+from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.status import map_errors, status_for
 from visionrpc.settings import Settings
 from visionrpc.v1 import inference_pb2 as pb
@@ -47,7 +47,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         """One stream frame: a failure becomes this frame's ``error``, not the stream's."""
         try:
             return await self._infer(request)
-        except Exception as exc:  # noqa: BLE001 - reported per frame, the stream goes on
+        except Exception as exc:
             code, message = status_for(exc)
             if not isinstance(exc, VisionRPCError):
                 log.exception("frame %r failed", request.request_id)

@@ -63,8 +63,17 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcep
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _log_unexpected(exc: Exception) -> None:
+    """Domain errors are the caller's business; anything else is a bug worth a traceback."""
+    if not isinstance(exc, VisionRPCError):
+        log.error("unexpected error", exc_info=exc)
+
+
 def map_errors(method: F) -> F:
-    """Decorate an async servicer method so domain errors end the call with their status.
+    """Decorate an async servicer method so errors end the call with their status.
+
+    Domain errors keep their message; any other exception is logged with its traceback and the
+    caller gets INTERNAL with a generic message (never UNKNOWN with a Python repr).
 
     Works for coroutine methods (unary-unary, stream-unary) and async-generator methods
     (unary-stream, stream-stream). The context must be the method's last positional argument,
@@ -78,7 +87,10 @@ def map_errors(method: F) -> F:
             try:
                 async for item in method(*args, **kwargs):
                     yield item
-            except VisionRPCError as exc:
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                _log_unexpected(exc)
                 await abort_with(context, exc)
 
         return cast(F, stream_wrapper)
@@ -90,7 +102,10 @@ def map_errors(method: F) -> F:
             context = args[-1]
             try:
                 return await method(*args, **kwargs)
-            except VisionRPCError as exc:
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                _log_unexpected(exc)
                 await abort_with(context, exc)
 
         return cast(F, unary_wrapper)

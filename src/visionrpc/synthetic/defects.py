@@ -36,7 +36,7 @@ class PlantedDefect:
 
 
 def _ribbon(centerline: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Outline of a stroke of varying width along ``centerline`` (left side out, right side back)."""
+    """Outline of a stroke of varying width along ``centerline`` (left side, then right back)."""
     tangent = np.gradient(centerline, axis=0)
     tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-9
     normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
