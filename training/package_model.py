@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from quantize import quantize  # noqa: E402
 
 from visionrpc.client import Client  # noqa: E402
-from visionrpc.evaluation import EVAL_SEED, EvalReport, evaluate  # noqa: E402
+from visionrpc.evaluation import EVAL_SEED, EvalReport, evaluate, served  # noqa: E402
 from visionrpc.server.local import running_server  # noqa: E402
 from visionrpc.settings import Settings  # noqa: E402
 
@@ -48,13 +48,7 @@ def score(models_dir: Path, name: str, count: int) -> EvalReport:
     settings = Settings(port=0, access_log=False, models_dir=models_dir)
     with running_server(settings) as server, Client(server.address, timeout=120) as client:
         return evaluate(
-            lambda data: client.infer(
-                data,
-                model=name,
-                confidence_threshold=0.001,
-                max_detections=100,
-                return_masks=True,
-            ),
+            served(client, name),
             seed=EVAL_SEED,
             count=count,
         )

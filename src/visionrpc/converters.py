@@ -7,6 +7,8 @@ package top level, not under ``server/``, because both ends of the wire share th
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
+
 import numpy as np
 
 from visionrpc.errors import InvalidInputError
@@ -190,34 +192,19 @@ class InferResponseConverter:
                 )
                 for s in response.defects
             ),
-            timings=types.Timings(
-                decode_ms=t.decode_ms,
-                preprocess_ms=t.preprocess_ms,
-                inference_ms=t.inference_ms,
-                postprocess_ms=t.postprocess_ms,
-                queue_ms=t.queue_ms,
-                total_ms=t.total_ms,
-            ),
+            timings=types.Timings(**{f.name: getattr(t, f.name) for f in fields(types.Timings)}),
             request_id=response.request_id,
         )
 
     @staticmethod
     def from_types(result: types.InferenceResult) -> pb.InferResponse:
-        t = result.timings
         response = pb.InferResponse(
             request_id=result.request_id,
             model=result.model,
             model_version=result.model_version,
             image_width=result.image_width,
             image_height=result.image_height,
-            timings=pb.Timings(
-                decode_ms=t.decode_ms,
-                preprocess_ms=t.preprocess_ms,
-                inference_ms=t.inference_ms,
-                postprocess_ms=t.postprocess_ms,
-                queue_ms=t.queue_ms,
-                total_ms=t.total_ms,
-            ),
+            timings=pb.Timings(**asdict(result.timings)),
         )
         for d in result.detections:
             det = response.detections.add(

@@ -10,6 +10,7 @@ import contextlib
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,6 +23,21 @@ from visionrpc.synthetic import CLASS_NAMES, Sample, generate_sample
 EVAL_SEED = 1000  # never used for training (training/train.py uses 1 and 2)
 
 InferFn = Callable[[bytes], InferenceResult]
+
+if TYPE_CHECKING:
+    from visionrpc.client import Client
+
+
+def served(client: Client, model: str = "") -> InferFn:
+    """How an evaluation calls a server: every candidate (confidence 0.001, at most 100 per image,
+    as COCO mAP expects) with masks as COCO RLE."""
+
+    def infer(data: bytes) -> InferenceResult:
+        return client.infer(
+            data, model=model, confidence_threshold=0.001, max_detections=100, return_masks=True
+        )
+
+    return infer
 
 
 @dataclass

@@ -257,7 +257,7 @@ async def _core_points(address: str, server: str, config: BenchConfig) -> list[C
 
 def _accuracy(address: str, model: str, config: BenchConfig, plan: _Plan) -> dict[str, float | int]:
     """Box/mask mAP50 through the server, as ``visionrpc eval`` measures it."""
-    from visionrpc.evaluation import evaluate
+    from visionrpc.evaluation import evaluate, served
 
     def progress(indices: Iterable[int]) -> Iterator[int]:
         for i in indices:
@@ -265,18 +265,11 @@ def _accuracy(address: str, model: str, config: BenchConfig, plan: _Plan) -> dic
             plan.step(f"accuracy {model} ({i + 1}/{config.accuracy_count})", _EVAL_IMAGE_S)
 
     with Client(address, timeout=config.timeout_s) as client:
-
-        def infer(data: bytes) -> Any:
-            return client.infer(
-                data,
-                model=model,
-                confidence_threshold=0.001,
-                max_detections=100,
-                return_masks=True,
-            )
-
         report = evaluate(
-            infer, seed=config.eval_seed, count=config.accuracy_count, progress=progress
+            served(client, model),
+            seed=config.eval_seed,
+            count=config.accuracy_count,
+            progress=progress,
         )
     return {
         "images": report.images,

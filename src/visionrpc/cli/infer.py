@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -334,28 +334,22 @@ def evaluate(
     """
     from visionrpc.client import Client
     from visionrpc.evaluation import evaluate as run_eval
+    from visionrpc.evaluation import served
 
     def go(address: str) -> None:
-        with rpc_errors(), Client(address, timeout=120.0) as client:
+        with (
+            rpc_errors(),
+            Client(address, timeout=120.0) as client,
+            Progress(console=console, transient=True) as bar,
+        ):
+            task = bar.add_task("evaluating", total=count)
 
-            def infer_one(data: bytes) -> InferenceResult:
-                return client.infer(
-                    data,
-                    model=model,
-                    confidence_threshold=0.001,
-                    max_detections=100,
-                    return_masks=True,
-                )
+            def progress(it: Iterable[int]) -> Iterator[int]:
+                for i in it:
+                    yield i
+                    bar.advance(task)
 
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task("evaluating", total=count)
-
-                def progress(it):  # type: ignore[no-untyped-def]
-                    for i in it:
-                        yield i
-                        bar.advance(task)
-
-                report = run_eval(infer_one, seed=seed, count=count, progress=progress)
+            report = run_eval(served(client, model), seed=seed, count=count, progress=progress)
         if json_out:
             typer.echo(json.dumps(asdict(report), indent=2))
             return
