@@ -3,6 +3,8 @@
 #   bench/run.sh                 full run: 10 s per point, 200 eval images (~8 min for 2 models)
 #   bench/run.sh --quick         smoke run: 1 s per point (~1 min)
 #   bench/run.sh --levers        also measure each server lever (one server restart each)
+#   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
+#                                images and model, and merge their rows into the same table
 # Extra arguments go to `visionrpc bench`. Peer rows ($PEER_RESULTS, default
 # bench/peers/peers-results.json) are merged into the JSON and the Markdown when present.
 set -euo pipefail
@@ -14,8 +16,21 @@ mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 json="$out/bench-$stamp.json"
 
-"$visionrpc" bench --out "$json" "$@"
+args=()
+with_peers=0
+for arg in "$@"; do
+  if [[ "$arg" == "--with-peers" ]]; then with_peers=1; else args+=("$arg"); fi
+done
+
+"$visionrpc" bench --out "$json" "${args[@]}"
 peer_file=${PEER_RESULTS:-$here/peers/peers-results.json}
+if [[ $with_peers == 1 ]]; then
+  "$here/peers/setup.sh"
+  peer_file="$out/peers-$stamp.json"
+  quick=()
+  [[ " ${args[*]} " == *" --quick "* ]] && quick=(--quick)
+  "$root/.venv/bin/python" "$here/peers/run_peers.py" --out "$peer_file" "${quick[@]}"
+fi
 peers=()
 if [[ -f "$peer_file" ]]; then
   peers=(--peer-results "$peer_file")

@@ -4,14 +4,15 @@
 
 Needs onnxruntime (its quantization tools), onnx and visionrpc itself. Calibration images come from
 the generator with a seed used neither for training (1, 2) nor for evaluation (1000). Per-channel
-weights, QDQ format, u8 activations / s8 weights; the nodes that produce the outputs (box
-coordinates, class scores, mask prototypes) stay in float so that box precision does not suffer.
+weights, QDQ format, u8 activations / s8 weights; the head's output convolutions and box
+decoding stay in float (see ``_head_nodes``) so that box precision does not suffer.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import re
 import tempfile
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from visionrpc.runtime.imaging import DecodedImage, letterbox
 from visionrpc.synthetic import generate_sample
 
 CALIBRATION_SEED = 3
-FLOAT_HEAD_OPS = {"Concat", "Sigmoid", "Mul", "Add", "Sub", "Div"}
 
 
 class GeneratedImages(CalibrationDataReader):
@@ -51,26 +51,26 @@ class GeneratedImages(CalibrationDataReader):
 
 
 def _head_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes that produce or directly feed the graph outputs: kept in float."""
-    outputs = {o.name for o in model.graph.output}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    keep: list[str] = []
-    for name in outputs:
-        node = producers.get(name)
-        if node is None:
+    """Nodes of the Detect/Segment head kept in float: its output convolutions (the 1x1 convs that
+    emit raw box distances, class logits and mask coefficients) and all its non-convolution ops
+    (DFL, anchor decoding, concatenation). Its inner 3x3 convs and the mask-prototype branch are
+    quantized: keeping the whole head in float cost 50% more time for little accuracy
+    (measured on the interim model: box/mask mAP50 -0.012/-0.008 whole head float, -0.003/-0.007
+    this way, -0.020/-0.036 with only the output ops in float).
+    """
+    modules = [
+        int(m.group(1)) for n in model.graph.node if (m := re.match(r"/model\.(\d+)/", n.name))
+    ]
+    if not modules:
+        return []
+    head = f"/model.{max(modules)}/"
+    keep = []
+    for node in model.graph.node:
+        if not node.name.startswith(head) or "/proto/" in node.name:
             continue
-        keep.append(node.name)
-        for inp in node.input:
-            parent = producers.get(inp)
-            if parent is not None and parent.op_type in {
-                "Concat",
-                "Sigmoid",
-                "Mul",
-                "Add",
-                "Sub",
-                "Div",
-            }:
-                keep.append(parent.name)
+        is_conv = node.op_type in ("Conv", "ConvTranspose")
+        if not is_conv or re.search(r"cv[234]\.\d+\.2/Conv$", node.name):
+            keep.append(node.name)
     return keep
 
 
