@@ -6,6 +6,7 @@ scores: accuracy checks use generated samples whose defects the model finds with
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
 from visionrpc.annotate import decode_mask
 from visionrpc.client import AsyncClient, Client, infer_request
 from visionrpc.converters import InferResponseConverter
+from visionrpc.runtime import pipeline
 from visionrpc.runtime.repository import ModelRepository, packaged_models_dir
 from visionrpc.runtime.types import InferenceResult, MaskFormat
 from visionrpc.server.inference_servicer import SERVICE_NAME, InferenceService, InferenceServicer
@@ -645,3 +647,42 @@ async def test_health_reports_inference_serving_after_start(
     async with AsyncClient(running.address) as client:
         assert (await client.health(SERVICE_NAME)).status == "SERVING"
         assert (await client.health()).status == "SERVING"
+
+
+async def test_stream_frames_stay_in_order_when_batched_with_unary_calls(
+    start_server: StartServer, shipped: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    run_batch = pipeline.BatchRunner.__call__
+
+    def recording(self: pipeline.BatchRunner, items: Any) -> Any:
+        sizes.append(len(items))
+        return run_batch(self, items)
+
+    monkeypatch.setattr(pipeline.BatchRunner, "__call__", recording)
+    running = await serve(
+        start_server, shipped, stream_window=8, batching={"max_queue_delay_us": 50_000}
+    )
+    widths = [40 + 8 * i for i in range(12)]  # each image's width identifies its result
+    images = [encode(np.full((32, w, 3), 90 + i, np.uint8)) for i, w in enumerate(widths)]
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+
+        async def stream() -> list[pb.InferResponse]:
+            frames = [
+                pb.InferRequest(image_bytes=data, request_id=f"s{i}")
+                for i, data in enumerate(images)
+            ]
+            return [r async for r in stub.InferStream(requests_of(*frames))]
+
+        async def unary(i: int) -> pb.InferResponse:
+            return await stub.Infer(pb.InferRequest(image_bytes=images[i], request_id=f"u{i}"))
+
+        streamed, *unaries = await asyncio.gather(stream(), *(unary(i) for i in range(12)))
+    assert [r.request_id for r in streamed] == [f"s{i}" for i in range(12)]
+    assert [r.image_width for r in streamed] == widths
+    assert [(r.request_id, r.image_width) for r in unaries] == [
+        (f"u{i}", w) for i, w in enumerate(widths)
+    ]
+    assert max(sizes) > 1, f"no batch formed: {sizes}"
+    assert sum(sizes) == 24
