@@ -176,7 +176,7 @@ async def test_unavailable_is_retried_by_grpc(
             pass
 
     loading = Loading()
-    server = VisionServer(make_settings(), [loading])
+    server = VisionServer(make_settings(access_log=True), [loading])
     starting = asyncio.create_task(server.start())
     try:
         while server.port == 0:

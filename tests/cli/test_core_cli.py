@@ -186,7 +186,7 @@ def _start_serve(*flags: str) -> tuple[subprocess.Popen[str], str]:
 
 @pytest.mark.timeout(60)
 def test_serve_subprocess_drains_on_sigterm() -> None:
-    proc, address = _start_serve("--grace", "5", "--log-format", "text")
+    proc, address = _start_serve("--grace", "5", "--log-format", "text", "--access-log")
     try:
         assert proc.stderr is not None
         with Client(address) as client:

@@ -201,9 +201,10 @@ def _unknown_bytes_field(number: int, size: int) -> bytes:
 
 
 async def test_access_log_line_per_call(
-    server: RunningServer, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    server = await start_server(access_log=True)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = core_pb2_grpc.CoreServicesStub(channel)
         await stub.Ping(core_pb2.PingRequest(message="log me"))
@@ -230,3 +231,12 @@ async def test_access_log_line_per_call(
     assert all(f["peer"].startswith("ipv4:127.0.0.1:") for f in lines)
     assert all(isinstance(f["duration_ms"], float) and f["duration_ms"] >= 0 for f in lines)
     assert lines[3]["duration_ms"] >= 40  # logged when the stream ended, not when it started
+
+
+async def test_no_access_log_by_default(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        await core_pb2_grpc.CoreServicesStub(channel).Ping(core_pb2.PingRequest(message="quiet"))
+    assert not [r for r in caplog.records if r.name == ACCESS_LOGGER]

@@ -60,7 +60,7 @@ LEVERS: dict[str, dict[str, str]] = {
     "max_queue_delay_us=2000": {"VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "2000"},
     "decode_workers=1": {"VISIONRPC_RUNTIME__DECODE_WORKERS": "1"},
     "intra_op_threads=1": {"VISIONRPC_RUNTIME__INTRA_OP_THREADS": "1"},
-    "access_log=off": {"VISIONRPC_ACCESS_LOG": "false"},
+    "access_log=on": {"VISIONRPC_ACCESS_LOG": "true"},
 }
 
 # Rough seconds per step, so the progress bar's time estimate means something.

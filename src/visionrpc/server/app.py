@@ -27,7 +27,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from visionrpc.server.core_services import CoreService, CoreServicesServicer
-from visionrpc.server.interceptors import AccessLogInterceptor, ReadinessGate
+from visionrpc.server.interceptors import CallInterceptor
 from visionrpc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,9 @@ class VisionServer:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate service names: {names}")
         self.health = health_aio.HealthServicer()
-        self._gate = ReadinessGate(always_open=[HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME])
+        self._gate = CallInterceptor(
+            [HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME], access_log=settings.access_log
+        )
         self._server: grpc.aio.Server | None = None
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -118,11 +120,7 @@ class VisionServer:
         return self._gate.ready
 
     def _build(self) -> grpc.aio.Server:
-        interceptors: list[grpc.aio.ServerInterceptor] = []
-        if self.settings.access_log:
-            interceptors.append(AccessLogInterceptor())
-        interceptors.append(self._gate)
-        server = grpc.aio.server(interceptors=interceptors, options=server_options(self.settings))
+        server = grpc.aio.server(interceptors=[self._gate], options=server_options(self.settings))
         for service in self.services:
             service.add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

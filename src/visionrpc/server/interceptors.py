@@ -1,4 +1,4 @@
-"""Server interceptors: one access-log line per call, and a readiness gate for start-up.
+"""The server interceptor: a readiness gate for start-up and one access-log line per call.
 
 Both wrap the method handler's behaviour, so they see the call from start to end – for streaming
 calls the log line is written when the stream ends, with the final status.
@@ -100,14 +100,28 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
     return unary_behavior
 
 
-class AccessLogInterceptor(grpc.aio.ServerInterceptor):
-    """Logs ``method``, final ``code``, ``duration_ms`` and ``peer`` once per call.
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """The server's one interceptor: a readiness gate, then one access-log line per call.
 
-    The wrapped handler of each method is built once and reused: rebuilding it on every call cost
-    more than the log line itself on a Ping.
+    One interceptor rather than two because each one costs about 5% of a Ping's throughput.
+
+    - Until ``ready`` is set, application calls get UNAVAILABLE (clients retry it through their
+      service config); the always-open services (health, reflection) answer meanwhile, so probes
+      can say NOT_SERVING while models load.
+    - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms`` and
+      ``peer``. The wrapped handler of each method is built once and reused.
     """
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        always_open: Iterable[str],
+        *,
+        access_log: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._always_open = frozenset(always_open)
+        self.ready = False
+        self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
         self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
 
@@ -118,6 +132,11 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
+        if not self.ready and method.lstrip("/").rpartition("/")[0] not in self._always_open:
+            refused = _wrap_handler(handler, _refuse)
+            return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
+        if not self._access_log:
+            return handler
         key = (method, id(handler))
         wrapped = self._wrapped.get(key)
         if wrapped is None:
@@ -158,32 +177,10 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         return wrap
 
 
-class ReadinessGate(grpc.aio.ServerInterceptor):
-    """Answers UNAVAILABLE until the server is ready, except for always-open services.
+def _refuse(_behavior: Behavior, _streaming: bool) -> Behavior:
+    """A behaviour that answers UNAVAILABLE (the server is still starting)."""
 
-    The server listens while services start (so health checks can say NOT_SERVING during model
-    loading); the gate keeps application calls away from half-started services meanwhile.
-    Clients retry UNAVAILABLE through their service config.
-    """
+    async def unavailable(_request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "server is starting; retry shortly")
 
-    def __init__(self, always_open: Iterable[str]) -> None:
-        self._always_open = frozenset(always_open)
-        self.ready = False
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        service = handler_call_details.method.lstrip("/").rpartition("/")[0]
-        if handler is None or self.ready or service in self._always_open:
-            return handler  # type: ignore[return-value]
-
-        def refuse(_behavior: Behavior, _streaming: bool) -> Behavior:
-            async def unavailable(_request: Any, context: Any) -> None:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, "server is starting; retry shortly"
-                )
-
-            return unavailable
-
-        return _wrap_handler(handler, refuse)
+    return unavailable
