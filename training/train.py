@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=1.7, help="wall-clock training budget")
     parser.add_argument("--epochs", type=int, default=100, help="used when --hours is 0")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--export-only", action="store_true", help="skip training: validate and export best.pt"
+    )
     args = parser.parse_args()
 
     out: Path = args.out.resolve()
@@ -58,7 +61,9 @@ def main() -> None:
         print(f"dataset written in {time.time() - started:.0f} s", flush=True)
 
     last = out / "train" / "weights" / "last.pt"
-    if last.exists():
+    if args.export_only:
+        pass
+    elif last.exists():
         model = YOLO(str(last))
         model.train(resume=True)
     else:
@@ -84,6 +89,7 @@ def main() -> None:
             deterministic=False,
         )
     best = out / "train" / "weights" / "best.pt"
+    epochs_done = len((out / "train" / "results.csv").read_text().splitlines()) - 1
     final = YOLO(str(best))
     metrics = final.val(data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, plots=False)
     exported = Path(final.export(format="onnx", imgsz=args.imgsz, dynamic=True, simplify=True))
@@ -98,6 +104,7 @@ def main() -> None:
         "imgsz": args.imgsz,
         "batch": args.batch,
         "hours": args.hours,
+        "epochs_completed": epochs_done,
         "val_box_map50": float(metrics.box.map50),
         "val_box_map50_95": float(metrics.box.map),
         "val_mask_map50": float(metrics.seg.map50),
