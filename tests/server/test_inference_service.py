@@ -538,7 +538,7 @@ async def test_several_models_from_a_models_dir(
         assert "available models: alpha, beta, tiny" in str(err.value.details())
         # each request is served by the model it names, with that model's defaults
         image = encode(sample.image, ".jpg")
-        a = await stub.Infer(pb.InferRequest(image_bytes=image, confidence_threshold=0.01))
+        a = await stub.Infer(pb.InferRequest(image_bytes=image, confidence_threshold=0.001))
         b = await stub.Infer(pb.InferRequest(image_bytes=image, model="beta"))
         assert (a.model, a.model_version, b.model, b.model_version) == ("alpha", "a1", "beta", "2")
         assert len(a.detections) > len(b.detections) > 0
