@@ -317,6 +317,30 @@ async def test_async_fixed_batch_model_and_errors(pipeline) -> None:
     await pipeline.close()
 
 
+async def test_lone_request_runs_in_one_hop_without_a_batch(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionrpc.runtime import pipeline as pipeline_module
+
+    batches: list[int] = []
+    run_batch = pipeline_module.BatchRunner.__call__
+    monkeypatch.setattr(
+        pipeline_module.BatchRunner,
+        "__call__",
+        lambda self, items: batches.append(len(items)) or run_batch(self, items),
+    )
+    settings = Settings(models_dir=repo_dir)
+    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    data = png(np.zeros((40, 60, 3), np.uint8))
+    alone = await p.infer(request(data, model="detect"))
+    assert batches == []  # the idle model ran it directly
+    assert alone.detections == p.infer_sync(request(data, model="detect")).detections
+    together = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(5)))
+    assert sum(batches) == 4  # the first ran alone, the others went through the batcher
+    assert all(r.detections == alone.detections for r in together)
+    await p.close()
+
+
 async def test_async_queue_limit(repo_dir: Path) -> None:
     settings = Settings(models_dir=repo_dir, batching={"max_queue_size": 2, "max_batch_size": 1})
     p = InferencePipeline(ModelRepository.load(settings=settings), settings)
