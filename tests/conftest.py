@@ -9,19 +9,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from visionrpc.server.app import Service, VisionServer
 from visionrpc.server.core_services import CoreServicesServicer
+from visionrpc.server.local import LoopThread
 from visionrpc.settings import Settings
-
-T = TypeVar("T")
 
 TEST_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 1.0}
 
@@ -70,23 +67,6 @@ async def server(start_server: StartServer) -> RunningServer:
     return await start_server()
 
 
-class LoopThread:
-    """An asyncio loop in a daemon thread; ``run(coro)`` executes there and returns the result."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
 def start_threaded_server() -> Iterator[Callable[..., RunningServer]]:
     loop = LoopThread()
@@ -100,13 +80,13 @@ def start_threaded_server() -> Iterator[Callable[..., RunningServer]]:
             await server.start()
             return server
 
-        server = loop.run(create())
+        server = loop.run(create(), timeout=30)
         started.append(server)
         return RunningServer(server, settings)
 
     yield _start
     for server in reversed(started):
-        loop.run(server.stop(0))
+        loop.run(server.stop(0), timeout=30)
     loop.close()
 
 
