@@ -6,7 +6,9 @@ pipeline's decode + letterbox (``InferencePipeline._prepare``), one ONNX Runtime
 batch (``BatchRunner``, the runner visionrpc's DynamicBatcher uses), and its post-processing
 (``InferencePipeline._finish``: box/mask decoding, defect summaries). Only the serving layer around
 it differs. The model is the one visionrpc serves by default (``ModelRepository(Settings()).get()``,
-so ``VISIONRPC_*`` variables apply here too).
+so ``VISIONRPC_*`` variables apply here too). A peer runs one model call at a time, so unless
+``VISIONRPC_RUNTIME__INSTANCES`` says otherwise its session is planned for one instance: each ORT
+call uses every core, the best set-up for a server without model instances.
 
 The private ``_prepare``/``_finish`` are used on purpose: they are the exact per-image steps of
 visionrpc's batched path; if they are renamed, this module is the one place to follow.
@@ -62,7 +64,11 @@ class PeerModel:
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+        settings = settings or Settings()
+        if not settings.runtime.instances:
+            runtime = settings.runtime.model_copy(update={"instances": 1})
+            settings = settings.model_copy(update={"runtime": runtime})
+        self.settings = settings
         self.repository, self.model = default_model(self.settings)
         self.pipeline = InferencePipeline(self.repository, self.settings)
         self._runner = BatchRunner(self.model)

@@ -22,7 +22,14 @@ class LogFormat(StrEnum):
 class BatchingSettings(BaseModel):
     """Server-wide batching defaults (Triton's names); a model's model.yaml may override them."""
 
-    max_batch_size: int = Field(8, ge=1, description="Largest batch handed to ONNX Runtime.")
+    max_batch_size: int = Field(
+        0,
+        ge=0,
+        description="Largest batch handed to ONNX Runtime; 0 = auto: 8 on GPU or with one "
+        "instance, 1 on CPU with one instance per core (there, measured on 2 cores, batches "
+        "saved ~6% CPU per image but a whole batch finishing at once spread p99 latency at "
+        "concurrency 16 from ~1.2x to 1.4-1.8x the mean).",
+    )
     max_queue_delay_us: int = Field(
         0, ge=0, description="How long a batch may wait for more requests; 0 = never wait."
     )
@@ -37,7 +44,19 @@ class RuntimeSettings(BaseModel):
     device: str = Field(
         "auto", description="auto (CUDA/TensorRT when present, else CPU), cpu, cuda or tensorrt."
     )
-    intra_op_threads: int = Field(0, ge=0, description="Threads in one operator; 0 = ORT default.")
+    instances: int = Field(
+        0,
+        ge=0,
+        description="Batches of one model run at once (Triton's instance count); 0 = one per CPU "
+        "core on CPU (each ORT call single-threaded: measured ~1.3x the images/s of one "
+        "two-thread call on 2 cores), 1 on GPU.",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads in one operator; 0 = the CPU cores shared out among the instances "
+        "(ORT's default on GPU).",
+    )
     inter_op_threads: int = Field(0, ge=0, description="Threads across operators; 0 = ORT default.")
     graph_optimization: str = Field(
         "all",

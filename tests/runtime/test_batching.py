@@ -186,3 +186,65 @@ async def test_close_fails_queued_requests(executor) -> None:
             await task
     with pytest.raises(ResourceLimitError):
         batcher.admit()
+
+
+class Concurrency:
+    """A batch function that records how many calls overlap; each call takes ``delay_s``."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.running = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+        self.batches: list[list[int]] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.running -= 1
+            self.batches.append(list(items))
+        return [i * 10 for i in items]
+
+
+async def test_instances_run_batches_side_by_side_and_never_more() -> None:
+    fn = Concurrency(0.1)
+    with ThreadPoolExecutor(4) as pool:  # more threads than instances: the batcher is the limit
+        batcher = DynamicBatcher(fn, max_batch_size=2, instances=2, executor=pool, name="m")
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+        elapsed = time.perf_counter() - t0
+        await batcher.aclose()
+    assert [r.value for r in results] == [i * 10 for i in range(8)]
+    assert fn.peak == 2  # two at once, never three
+    assert sorted(i for b in fn.batches for i in b) == list(range(8))
+    assert elapsed < 0.35  # 4 batches of 0.1 s on 2 instances, not 0.4 s one after another
+
+
+async def test_claimed_instance_holds_batches_back_until_released(executor) -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(rec, max_batch_size=8, instances=1, executor=executor, name="m")
+    assert batcher.claim_idle_instance()  # e.g. a lone request running in one hop
+    assert not batcher.claim_idle_instance()  # the only instance is taken
+    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert rec.batches == [] and batcher.queued == 3 and batcher.depth == 3
+    batcher.release_instance()
+    assert [r.value for r in await asyncio.gather(*waiting)] == [10, 20, 30]
+    assert rec.batches == [[1, 2, 3]]  # everything that queued meanwhile went as one batch
+    assert batcher.claim_idle_instance()  # idle again, nothing queued
+    batcher.release_instance()
+    await batcher.aclose()
+
+
+async def test_close_fails_a_batch_waiting_for_an_instance(executor) -> None:
+    batcher = DynamicBatcher(Recorder(), max_batch_size=8, instances=1, executor=executor, name="m")
+    assert batcher.claim_idle_instance()
+    waiting = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    await batcher.aclose()
+    with pytest.raises(ResourceLimitError, match="shutting down"):
+        await waiting
+    assert not batcher.claim_idle_instance()

@@ -329,7 +329,7 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
         "__call__",
         lambda self, items: batches.append(len(items)) or run_batch(self, items),
     )
-    settings = Settings(models_dir=repo_dir)
+    settings = Settings(models_dir=repo_dir, runtime={"instances": 1})
     p = InferencePipeline(ModelRepository.load(settings=settings), settings)
     data = png(np.zeros((40, 60, 3), np.uint8))
     alone = await p.infer(request(data, model="detect"))
@@ -338,6 +338,15 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
     together = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(5)))
     assert sum(batches) == 4  # the first ran alone, the others went through the batcher
     assert all(r.detections == alone.detections for r in together)
+    await p.close()
+
+    # One hop only for a request with nobody ahead of it: the second of two goes through the
+    # batcher even when a second instance is idle, so it cannot overtake earlier requests.
+    batches.clear()
+    settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
+    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    pair = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
+    assert batches == [1] and all(r.detections == alone.detections for r in pair)
     await p.close()
 
 

@@ -9,7 +9,15 @@ import pytest
 
 from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
 from visionrpc.errors import ModelLoadError, ModelNotFoundError
-from visionrpc.runtime.model import OnnxModel, parse_imgsz, parse_names, select_providers
+from visionrpc.runtime import model as model_module
+from visionrpc.runtime.model import (
+    OnnxModel,
+    cpu_cores,
+    parse_imgsz,
+    parse_names,
+    plan_instances,
+    select_providers,
+)
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.runtime.types import Layout, Task
 from visionrpc.settings import RuntimeSettings, Settings
@@ -90,6 +98,7 @@ def test_repository_layouts_and_model_yaml(tmp_path: Path) -> None:
         "max_batch_size: 4\n"
         "max_queue_delay_us: 500\n"
         "max_queue_size: 7\n"
+        "instances: 3\n"
     )
     (tmp_path / "notes").mkdir()  # folders without a model are ignored
     repo = ModelRepository(Settings(models_dir=tmp_path))
@@ -98,6 +107,10 @@ def test_repository_layouts_and_model_yaml(tmp_path: Path) -> None:
     assert tuned.class_names == ("scratch", "bump", "stain")
     assert (tuned.batching.max_batch_size, tuned.batching.max_queue_delay_us) == (4, 500)
     assert tuned.batching.max_queue_size == 7
+    assert tuned.instances == 3 and repo.get("plain").instances == cpu_cores()
+    # each instance's ORT calls get an equal share of the cores, at least one thread
+    threads = tuned.model.session.get_session_options().intra_op_num_threads
+    assert threads == max(1, cpu_cores() // 3)
     d = repo.describe("tuned")
     assert (d.version, d.display_name, d.default_confidence_threshold) == (
         "3",
@@ -182,3 +195,26 @@ def test_packaged_models_dir_points_into_the_package() -> None:
 
     path = packaged_models_dir()
     assert path.name == "models" and path.parent.name == "visionrpc"
+
+
+def test_instance_plan_on_cpu_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = cpu_cores()
+    plan = plan_instances(RuntimeSettings(device="cpu"))
+    # one single-threaded call a core; no batching when several instances share the CPU
+    assert (plan.instances, plan.runtime.intra_op_threads) == (cores, 1)
+    assert plan.max_batch_size == (1 if cores > 1 else 8)
+    plan = plan_instances(RuntimeSettings(device="cpu"), override=1)
+    assert (plan.instances, plan.runtime.intra_op_threads, plan.max_batch_size) == (1, cores, 8)
+    explicit = plan_instances(
+        RuntimeSettings(device="cpu", instances=2, intra_op_threads=3), max_batch_size=4
+    )
+    assert (explicit.instances, explicit.runtime.intra_op_threads) == (2, 3)
+    assert explicit.max_batch_size == 4
+    monkeypatch.setattr(
+        model_module.ort,
+        "get_available_providers",
+        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    plan = plan_instances(RuntimeSettings(device="auto"))
+    # a GPU: one instance, ORT's own thread count, batches of up to 8
+    assert (plan.instances, plan.runtime.intra_op_threads, plan.max_batch_size) == (1, 0, 8)

@@ -650,7 +650,7 @@ async def test_health_reports_inference_serving_after_start(
 
 
 async def test_stream_frames_stay_in_order_when_batched_with_unary_calls(
-    start_server: StartServer, shipped: ModelRepository, monkeypatch: pytest.MonkeyPatch
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes: list[int] = []
     run_batch = pipeline.BatchRunner.__call__
@@ -660,9 +660,9 @@ async def test_stream_frames_stay_in_order_when_batched_with_unary_calls(
         return run_batch(self, items)
 
     monkeypatch.setattr(pipeline.BatchRunner, "__call__", recording)
-    running = await serve(
-        start_server, shipped, stream_window=8, batching={"max_queue_delay_us": 50_000}
-    )
+    batching = {"max_queue_delay_us": 50_000, "max_batch_size": 8}
+    batched = ModelRepository.load(settings=make_settings(batching=batching))
+    running = await serve(start_server, batched, stream_window=8, batching=batching)
     widths = [40 + 8 * i for i in range(12)]  # each image's width identifies its result
     images = [encode(np.full((32, w, 3), 90 + i, np.uint8)) for i, w in enumerate(widths)]
     async with grpc.aio.insecure_channel(running.address) as channel:

@@ -55,11 +55,14 @@ SERVER_NAME = "visionrpc gRPC"
 LEVERS: dict[str, dict[str, str]] = {
     "default": {},
     "reduced_decode=off": {"VISIONRPC_REDUCED_DECODE": "false"},
-    "batching off (max_batch_size=1)": {"VISIONRPC_BATCHING__MAX_BATCH_SIZE": "1"},
-    "max_queue_delay_us=500": {"VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "500"},
-    "max_queue_delay_us=2000": {"VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "2000"},
+    "instances=1 (one ORT call on all cores, batches of 8)": {"VISIONRPC_RUNTIME__INSTANCES": "1"},
+    "max_batch_size=8": {"VISIONRPC_BATCHING__MAX_BATCH_SIZE": "8"},
+    "max_batch_size=8, max_queue_delay_us=2000": {
+        "VISIONRPC_BATCHING__MAX_BATCH_SIZE": "8",
+        "VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "2000",
+    },
     "decode_workers=1": {"VISIONRPC_RUNTIME__DECODE_WORKERS": "1"},
-    "intra_op_threads=1": {"VISIONRPC_RUNTIME__INTRA_OP_THREADS": "1"},
+    "allow_spinning=on": {"VISIONRPC_RUNTIME__ALLOW_SPINNING": "true"},
     "access_log=on": {"VISIONRPC_ACCESS_LOG": "true"},
 }
 

@@ -1,19 +1,22 @@
 """Opportunistic batching: concurrent requests for one model share one ONNX Runtime call.
 
 A request is *admitted* first (counted against ``max_queue_size`` before any decode work is spent,
-so overload is shed early with ResourceLimitError), then *submitted* with its prepared input. One
-worker task per batcher takes everything queued, up to ``max_batch_size``. It waits for stragglers
-only while other admitted requests are still being prepared, and never longer than
-``max_queue_delay_us`` after the oldest queued request; a lone request never waits. The batch runs
-in an executor so the event loop never blocks. A failing batch fails only its own requests, and a
-caller that gives up (cancellation) affects nobody else.
+so overload is shed early with ResourceLimitError), then *submitted* with its prepared input. A
+dispatcher task takes everything queued, up to ``max_batch_size``. It waits for stragglers only
+while other admitted requests are still being prepared, and never longer than
+``max_queue_delay_us`` after the oldest queued request; a lone request never waits. Up to
+``instances`` batches run at once (Triton's instance count), each in the executor, so the event
+loop never blocks; when every instance is busy the queue grows and the next batch is larger. A
+failing batch fails only its own requests, and a caller that gives up (cancellation) affects
+nobody else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,23 +45,28 @@ class Batched(Generic[R]):
 
 @dataclass
 class _Entry(Generic[T, R]):
+    place: int
     item: T
     future: asyncio.Future[Batched[R]]
     enqueued_at: float
+
+    def __lt__(self, other: _Entry[T, R]) -> bool:
+        return self.place < other.place
 
 
 class Admission(Generic[T, R]):
     """A reserved queue slot: submit exactly once, or release (done by ``with`` on exit)."""
 
-    def __init__(self, batcher: DynamicBatcher[T, R]) -> None:
+    def __init__(self, batcher: DynamicBatcher[T, R], place: int) -> None:
         self._batcher = batcher
+        self._place = place  # order of admission: the request's place in line
         self._open = True
 
     async def submit(self, item: T) -> Batched[R]:
         if not self._open:
             raise RuntimeError("this admission was already used or released")
         self._open = False
-        return await self._batcher._enqueue(item)
+        return await self._batcher._enqueue(item, self._place)
 
     def release(self) -> None:
         if self._open:
@@ -90,22 +98,33 @@ class DynamicBatcher(Generic[T, R]):
         max_batch_size: int,
         max_queue_delay_us: int = 0,
         max_queue_size: int = 256,
+        instances: int = 1,
         executor: Executor | None = None,
         name: str = "",
     ) -> None:
-        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_us < 0:
-            raise ValueError("max_batch_size and max_queue_size must be >= 1, the delay >= 0")
+        if min(max_batch_size, max_queue_size, instances) < 1 or max_queue_delay_us < 0:
+            raise ValueError(
+                "max_batch_size, max_queue_size and instances must be >= 1, the delay >= 0"
+            )
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
+        self.instances = instances
         self.name = name
         self._executor = executor
-        self._queue: collections.deque[_Entry[T, R]] = collections.deque()
+        # Ordered by admission, not submission: a large image that took longer to decode keeps
+        # its place in line instead of queueing behind requests that arrived after it.
+        self._queue: list[_Entry[T, R]] = []  # a heap
+        self._places = itertools.count()
         self._admitted = 0  # admitted, not yet submitted
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._busy = 0  # instances running a batch or claimed for a lone request
+        self._in_hand = 0  # requests the dispatcher holds while it waits for an instance
+        self._freed: asyncio.Event | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -114,8 +133,30 @@ class DynamicBatcher(Generic[T, R]):
 
     @property
     def depth(self) -> int:
-        """Admitted plus queued requests: what ``max_queue_size`` bounds."""
-        return self._admitted + len(self._queue)
+        """Admitted plus queued requests (a batch waiting for an instance included): what
+        ``max_queue_size`` bounds."""
+        return self._admitted + len(self._queue) + self._in_hand
+
+    @property
+    def queued(self) -> int:
+        """Requests submitted and waiting for a batch or for an instance."""
+        return len(self._queue) + self._in_hand
+
+    def claim_idle_instance(self) -> bool:
+        """Take an idle instance for work done outside a batch (a lone request run in one hop).
+
+        True when one was free and no submitted request is waiting for it; the caller must then
+        call ``release_instance`` when done.
+        """
+        if self._closed or self._busy >= self.instances or self._queue or self._in_hand:
+            return False
+        self._busy += 1
+        return True
+
+    def release_instance(self) -> None:
+        self._busy -= 1
+        if self._freed is not None:
+            self._freed.set()
 
     def admit(self) -> Admission[T, R]:
         """Reserve a slot now; ResourceLimitError when the queue is full."""
@@ -129,20 +170,23 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.max_queue_size}); retry later or send fewer concurrent requests"
             )
         self._admitted += 1
-        return Admission(self)
+        return Admission(self, next(self._places))
 
     async def submit(self, item: T) -> Batched[R]:
         """Admit and submit in one step."""
         return await self.admit().submit(item)
 
     async def aclose(self) -> None:
-        """Stop the worker; requests still queued fail with ResourceLimitError."""
+        """Stop the dispatcher and running batches; requests still queued fail with
+        ResourceLimitError."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
+        tasks = [*self._running, *([self._worker] if self._worker is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await task
+        self._worker = None
         self._fail_queued(ResourceLimitError(f"model {self.name!r} is shutting down"))
 
     # -- internals -------------------------------------------------------------------------
@@ -152,11 +196,12 @@ class DynamicBatcher(Generic[T, R]):
         if self._loop is None:
             self._loop = loop
             self._wakeup = asyncio.Event()
+            self._freed = asyncio.Event()
         elif self._loop is not loop:
             raise RuntimeError("DynamicBatcher used from a second event loop")
         assert self._wakeup is not None
         if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._work(), name=f"batcher-{self.name}")
+            self._worker = loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
         return self._wakeup
 
     def _release(self) -> None:
@@ -164,7 +209,7 @@ class DynamicBatcher(Generic[T, R]):
         if self._wakeup is not None:
             self._wakeup.set()  # a waiting batch need not wait for this one any more
 
-    async def _enqueue(self, item: T) -> Batched[R]:
+    async def _enqueue(self, item: T, place: int) -> Batched[R]:
         self._admitted -= 1
         try:
             wakeup = self._bind()
@@ -177,15 +222,15 @@ class DynamicBatcher(Generic[T, R]):
                 f"model {self.name!r} is shutting down; retry on another server"
             )
         assert self._loop is not None
-        entry: _Entry[T, R] = _Entry(item, self._loop.create_future(), time.perf_counter())
-        self._queue.append(entry)
+        entry: _Entry[T, R] = _Entry(place, item, self._loop.create_future(), time.perf_counter())
+        heapq.heappush(self._queue, entry)
         wakeup.set()
         return await entry.future  # cancelling the caller cancels only this future
 
     def _take(self, limit: int) -> list[_Entry[T, R]]:
         taken: list[_Entry[T, R]] = []
         while self._queue and len(taken) < limit:
-            entry = self._queue.popleft()
+            entry = heapq.heappop(self._queue)
             if not entry.future.done():  # skip callers that already gave up
                 taken.append(entry)
         return taken
@@ -215,44 +260,65 @@ class DynamicBatcher(Generic[T, R]):
                 break
         return batch
 
-    async def _work(self) -> None:
-        assert self._wakeup is not None and self._loop is not None
-        wakeup, loop = self._wakeup, self._loop
+    async def _dispatch(self) -> None:
+        assert self._wakeup is not None and self._freed is not None and self._loop is not None
+        wakeup, freed, loop = self._wakeup, self._freed, self._loop
         while True:
             batch = await self._collect(wakeup)
+            self._in_hand = len(batch)
+            try:
+                while self._busy >= self.instances:  # all busy: the queue grows meanwhile
+                    freed.clear()
+                    await freed.wait()
+            except asyncio.CancelledError:
+                self._fail(batch, ResourceLimitError(f"model {self.name!r} is shutting down"))
+                raise
+            finally:
+                self._in_hand = 0
             batch = [e for e in batch if not e.future.done()]
+            batch += self._take(self.max_batch_size - len(batch))
             if not batch:
                 continue
-            started = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [e.item for e in batch]
+            self._busy += 1
+            task = loop.create_task(self._run(batch), name=f"batch-{self.name}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Entry[T, R]]) -> None:
+        """One batch on one instance; its outcome goes to its own callers only."""
+        assert self._loop is not None
+        started = time.perf_counter()
+        try:
+            results = await self._loop.run_in_executor(
+                self._executor, self._run_batch, [e.item for e in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"batch function returned {len(results)} results for {len(batch)} items"
                 )
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"batch function returned {len(results)} results for {len(batch)} items"
-                    )
-            except asyncio.CancelledError:
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(
-                            ResourceLimitError(f"model {self.name!r} is shutting down")
-                        )
-                raise
-            except Exception as exc:
-                log.debug("batch of %d for %s failed: %s", len(batch), self.name, exc)
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(exc)
-                continue
-            run_ms = (time.perf_counter() - started) * 1000
-            for entry, result in zip(batch, results, strict=True):
-                if not entry.future.done():
-                    queue_ms = (started - entry.enqueued_at) * 1000
-                    entry.future.set_result(Batched(result, queue_ms, run_ms, len(batch)))
+        except asyncio.CancelledError:
+            self._fail(batch, ResourceLimitError(f"model {self.name!r} is shutting down"))
+            raise
+        except Exception as exc:
+            log.debug("batch of %d for %s failed: %s", len(batch), self.name, exc)
+            self._fail(batch, exc)
+            return
+        finally:
+            self.release_instance()
+        run_ms = (time.perf_counter() - started) * 1000
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():
+                queue_ms = (started - entry.enqueued_at) * 1000
+                entry.future.set_result(Batched(result, queue_ms, run_ms, len(batch)))
+
+    @staticmethod
+    def _fail(batch: list[_Entry[T, R]], exc: Exception) -> None:
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(exc)
 
     def _fail_queued(self, exc: Exception) -> None:
         while self._queue:
-            entry = self._queue.popleft()
+            entry = self._queue.pop()
             if not entry.future.done():
                 entry.future.set_exception(exc)

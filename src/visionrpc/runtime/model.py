@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,44 @@ def select_providers(device: str, available: Sequence[str] | None = None) -> lis
     if device == "cuda":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def cpu_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """How a model runs: ``instances`` batches at once, each of at most ``max_batch_size``."""
+
+    instances: int
+    max_batch_size: int
+    runtime: RuntimeSettings  # the session's ORT settings (intra-op threads filled in)
+
+
+def plan_instances(
+    settings: RuntimeSettings,
+    override: int | None = None,
+    max_batch_size: int = 0,
+) -> InstancePlan:
+    """How many batches of a model run at once, how large, and the ORT settings for its session.
+
+    On CPU the default is one instance per core with single-threaded ORT calls: on 2 cores, two
+    such calls side by side did ~1.3x the images/s of one call using both cores (ORT's intra-op
+    parallelism leaves cores idle in small operators). A GPU gets one instance. ``max_batch_size``
+    0 means 1 for several CPU instances (batching there bought little and widened the latency
+    tail), else 8.
+    """
+    on_cpu = select_providers(settings.device)[0] == "CPUExecutionProvider"
+    cores = cpu_cores()
+    instances = override or settings.instances or (cores if on_cpu else 1)
+    threads = settings.intra_op_threads or (max(1, cores // instances) if on_cpu else 0)
+    batch = max_batch_size or (1 if on_cpu and instances > 1 else 8)
+    return InstancePlan(instances, batch, settings.model_copy(update={"intra_op_threads": threads}))
 
 
 def session_options(settings: RuntimeSettings) -> ort.SessionOptions:

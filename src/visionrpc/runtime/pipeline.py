@@ -1,15 +1,19 @@
 """InferencePipeline: InferenceInput -> InferenceResult (validate, decode, letterbox, run, decode).
 
-``infer`` never blocks the event loop: decoding, letterboxing and post-processing run in a pool of
-``runtime.decode_workers`` threads (OpenCV and numpy release the GIL), and model calls go through a
-per-model DynamicBatcher that runs ONNX Runtime in its own executor. ``infer_sync`` does the same
-work in the calling thread, one image per model call.
+``infer`` never blocks the event loop: decoding and letterboxing run in a pool of
+``runtime.decode_workers`` threads (OpenCV and numpy release the GIL), overlapping with model
+calls, which go through a per-model DynamicBatcher; its instances (one thread each) run ONNX
+Runtime and then post-process their batch. A request that finds nobody ahead of it and an instance
+idle runs every step in one hop on that instance's thread. ``infer_sync`` does the same work in
+the calling thread, one image per model call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +69,19 @@ class PreparedImage:
     preprocess_ms: float
 
 
+@dataclass(frozen=True)
+class Job:
+    """One request handed to a model instance: its prepared image and what finishing needs."""
+
+    item: InferenceInput
+    options: ResolvedOptions
+    prepared: PreparedImage
+    start: float
+
+
+JobOutcome = InferenceResult | Exception  # per job, so one bad result fails only its request
+
+
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
@@ -115,19 +132,23 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
 class BatchRunner:
     """Runs letterboxed canvases through one model, normalising them into a reused input buffer.
 
-    Only the batcher's single worker calls it, so one buffer per model suffices.
+    Each of the model's instance threads gets a buffer of its own, made on its first batch.
     """
 
     def __init__(self, model: LoadedModel) -> None:
         self._model = model.model
         w, h = self._model.input_size
-        self._buffer = np.empty((model.max_batch_size, 3, h, w), dtype=np.float32)
+        self._shape = (model.max_batch_size, 3, h, w)
+        self._local = threading.local()
 
     def __call__(self, items: Sequence[PreparedImage]) -> list[ItemOutputs]:
+        buffer: np.ndarray | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = np.empty(self._shape, dtype=np.float32)
         n = len(items)
         for i, item in enumerate(items):
-            to_chw_float(item.canvas, out=self._buffer[i])
-        outputs = self._model.run(self._buffer[:n])
+            to_chw_float(item.canvas, out=buffer[i])
+        outputs = self._model.run(buffer[:n])
         return [[out[i] for out in outputs] for i in range(n)]
 
 
@@ -140,11 +161,9 @@ class InferencePipeline:
         self._decode_pool = ThreadPoolExecutor(
             settings.runtime.decode_workers, thread_name_prefix="visionrpc-decode"
         )
-        self._infer_pool = ThreadPoolExecutor(
-            max(1, len(repository)), thread_name_prefix="visionrpc-infer"
-        )
-        self._batchers: dict[str, DynamicBatcher[PreparedImage, ItemOutputs]] = {}
-        self._alone: set[str] = set()  # models running a request on the one-hop path
+        # One pool per model with a thread per instance: the same few threads always call ORT.
+        self._model_pools: dict[str, ThreadPoolExecutor] = {}
+        self._batchers: dict[str, DynamicBatcher[Job, JobOutcome]] = {}
 
     # -- public API ------------------------------------------------------------------------
 
@@ -175,31 +194,22 @@ class InferencePipeline:
         options = resolve_options(item.options, model)
         batcher = self._batcher(model, loop)
         with batcher.admit() as slot:  # sheds load before any decode work is spent
-            if batcher.depth == 1 and model.name not in self._alone:
-                # Alone: no batch can form, so run every step in one hop on the model's thread
-                # (behind any batch still running there) instead of three thread hand-offs,
-                # which cost ~3 ms of p50 on 2 cores. Requests arriving meanwhile batch as usual.
-                self._alone.add(model.name)
+            if batcher.depth == 1 and batcher.claim_idle_instance():
+                # Nobody is ahead and an instance is idle: no batch would form, so run every
+                # step in one hop on the instance's thread instead of two thread hand-offs.
+                # Requests arriving meanwhile are batched as usual.
                 try:
                     return await loop.run_in_executor(
-                        self._infer_pool, self._run_alone, item, model, options, start
+                        self._pool(model), self._run_alone, item, model, options, start
                     )
                 finally:
-                    self._alone.discard(model.name)
+                    batcher.release_instance()
             prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)
-            batched = await slot.submit(prepared)
-        return await loop.run_in_executor(
-            self._decode_pool,
-            self._finish,
-            item,
-            model,
-            options,
-            prepared,
-            batched.value,
-            batched.run_ms,
-            batched.queue_ms,
-            start,
-        )
+            batched = await slot.submit(Job(item, options, prepared, start))
+        if isinstance(batched.value, Exception):
+            raise batched.value
+        batched.value.timings.queue_ms = batched.queue_ms
+        return batched.value
 
     async def close(self) -> None:
         """Stop the batchers (queued requests fail with ResourceLimitError) and the thread pools."""
@@ -219,25 +229,56 @@ class InferencePipeline:
     def shutdown(self) -> None:
         """Synchronous close for code without an event loop (batchers are left to the GC)."""
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._model_pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- steps -----------------------------------------------------------------------------
 
+    def _pool(self, model: LoadedModel) -> ThreadPoolExecutor:
+        pool = self._model_pools.get(model.name)
+        if pool is None:
+            pool = self._model_pools[model.name] = ThreadPoolExecutor(
+                model.instances, thread_name_prefix=f"visionrpc-{model.name}"
+            )
+        return pool
+
     def _batcher(
         self, model: LoadedModel, loop: asyncio.AbstractEventLoop
-    ) -> DynamicBatcher[PreparedImage, ItemOutputs]:
+    ) -> DynamicBatcher[Job, JobOutcome]:
         batcher = self._batchers.get(model.name)
         if batcher is None or batcher.loop not in (None, loop):
+            runner = BatchRunner(model)
             batcher = DynamicBatcher(
-                BatchRunner(model),
+                functools.partial(self._run_jobs, model, runner),
                 max_batch_size=model.max_batch_size,
                 max_queue_delay_us=model.batching.max_queue_delay_us,
                 max_queue_size=model.batching.max_queue_size,
-                executor=self._infer_pool,
+                instances=model.instances,
+                executor=self._pool(model),
                 name=model.name,
             )
             self._batchers[model.name] = batcher
         return batcher
+
+    def _run_jobs(
+        self, model: LoadedModel, runner: BatchRunner, jobs: Sequence[Job]
+    ) -> list[JobOutcome]:
+        """A batch on one instance: the model call, then each job's post-processing right there,
+        so a finished request never queues behind other requests' decoding."""
+        t0 = time.perf_counter()
+        outputs = runner([job.prepared for job in jobs])
+        run_ms = _ms_since(t0)
+        outcomes: list[JobOutcome] = []
+        for job, out in zip(jobs, outputs, strict=True):
+            try:
+                outcomes.append(
+                    self._finish(
+                        job.item, model, job.options, job.prepared, out, run_ms, 0.0, job.start
+                    )
+                )
+            except Exception as exc:  # one job's failure is its own
+                outcomes.append(exc)
+        return outcomes
 
     def _prepare(self, item: InferenceInput, model: LoadedModel) -> PreparedImage:
         t0 = time.perf_counter()

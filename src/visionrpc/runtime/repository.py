@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from visionrpc.errors import ModelLoadError, ModelNotFoundError
-from visionrpc.runtime.model import OnnxModel
+from visionrpc.runtime.model import OnnxModel, plan_instances
 from visionrpc.runtime.types import ModelDescription
 from visionrpc.settings import BatchingSettings, Settings
 
@@ -43,6 +43,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1)
     max_queue_delay_us: int | None = Field(default=None, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
+    instances: int | None = Field(default=None, ge=1)
 
     @field_validator("version", "display_name", mode="before")
     @classmethod
@@ -60,6 +61,7 @@ class LoadedModel:
     config: ModelConfig
     class_names: tuple[str, ...]
     batching: BatchingSettings
+    instances: int = 1  # batches of this model that may run at once
 
     @property
     def max_batch_size(self) -> int:
@@ -218,11 +220,14 @@ class ModelRepository:
 
     def _load(self, name: str, onnx_path: Path, config_path: Path | None) -> LoadedModel:
         config = _read_config(config_path)
-        model = OnnxModel(onnx_path, self._settings.runtime)
-        class_names = _class_names(model, config, config_path or onnx_path)
         base = self._settings.batching
+        plan = plan_instances(
+            self._settings.runtime, config.instances, config.max_batch_size or base.max_batch_size
+        )
+        model = OnnxModel(onnx_path, plan.runtime)
+        class_names = _class_names(model, config, config_path or onnx_path)
         batching = BatchingSettings(
-            max_batch_size=config.max_batch_size or base.max_batch_size,
+            max_batch_size=plan.max_batch_size,
             max_queue_delay_us=(
                 base.max_queue_delay_us
                 if config.max_queue_delay_us is None
@@ -230,7 +235,14 @@ class ModelRepository:
             ),
             max_queue_size=config.max_queue_size or base.max_queue_size,
         )
-        return LoadedModel(name, onnx_path, model, config, class_names, batching)
+        log.info(
+            "model %s: %d instance(s) x %s ORT thread(s), max batch %d",
+            name,
+            plan.instances,
+            plan.runtime.intra_op_threads or "default",
+            plan.max_batch_size,
+        )
+        return LoadedModel(name, onnx_path, model, config, class_names, batching, plan.instances)
 
     def _pick_default(self, configured: str) -> str:
         if configured:
