@@ -226,25 +226,47 @@ async def test_instances_run_batches_side_by_side_and_never_more() -> None:
 async def test_claimed_instance_holds_batches_back_until_released(executor) -> None:
     rec = Recorder()
     batcher = DynamicBatcher(rec, max_batch_size=8, instances=1, executor=executor, name="m")
-    assert batcher.claim_idle_instance()  # e.g. a lone request running in one hop
-    assert not batcher.claim_idle_instance()  # the only instance is taken
+    assert batcher.claim_idle_instance() == 0  # e.g. a lone request running in one hop
+    assert batcher.claim_idle_instance() is None  # the only instance is taken
     waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
     await asyncio.sleep(0.05)
     assert rec.batches == [] and batcher.queued == 3 and batcher.depth == 3
-    batcher.release_instance()
+    batcher.release_instance(0)
     assert [r.value for r in await asyncio.gather(*waiting)] == [10, 20, 30]
     assert rec.batches == [[1, 2, 3]]  # everything that queued meanwhile went as one batch
-    assert batcher.claim_idle_instance()  # idle again, nothing queued
-    batcher.release_instance()
+    assert batcher.claim_idle_instance() == 0  # idle again, nothing queued
+    batcher.release_instance(0)
     await batcher.aclose()
 
 
 async def test_close_fails_a_batch_waiting_for_an_instance(executor) -> None:
     batcher = DynamicBatcher(Recorder(), max_batch_size=8, instances=1, executor=executor, name="m")
-    assert batcher.claim_idle_instance()
+    assert batcher.claim_idle_instance() == 0
     waiting = asyncio.ensure_future(batcher.submit(1))
     await asyncio.sleep(0.05)
     await batcher.aclose()
     with pytest.raises(ResourceLimitError, match="shutting down"):
         await waiting
-    assert not batcher.claim_idle_instance()
+    assert batcher.claim_idle_instance() is None
+
+
+async def test_each_instance_runs_on_its_own_executor() -> None:
+    seen: list[str] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen.append(threading.current_thread().name)
+        time.sleep(0.05)
+        return items
+
+    pools = [ThreadPoolExecutor(1, thread_name_prefix=f"inst{i}") for i in range(2)]
+    batcher = DynamicBatcher(run, max_batch_size=1, instances=2, executor=pools, name="m")
+    await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+    assert sorted(seen) == ["inst0_0", "inst0_0", "inst1_0", "inst1_0"]
+    one = batcher.claim_idle_instance()
+    assert one == 0 and batcher.executor_of(one) is pools[0]  # the lowest idle instance first
+    batcher.release_instance(one)
+    await batcher.aclose()
+    for pool in pools:
+        pool.shutdown()
+    with pytest.raises(ValueError, match="2 executors given for 3 instances"):
+        DynamicBatcher(run, max_batch_size=1, instances=3, executor=pools)

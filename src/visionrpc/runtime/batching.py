@@ -5,10 +5,11 @@ so overload is shed early with ResourceLimitError), then *submitted* with its pr
 dispatcher task takes everything queued, up to ``max_batch_size``. It waits for stragglers only
 while other admitted requests are still being prepared, and never longer than
 ``max_queue_delay_us`` after the oldest queued request; a lone request never waits. Up to
-``instances`` batches run at once (Triton's instance count), each in the executor, so the event
-loop never blocks; when every instance is busy the queue grows and the next batch is larger. A
-failing batch fails only its own requests, and a caller that gives up (cancellation) affects
-nobody else.
+``instances`` batches run at once (Triton's instance count), each in an executor (one per instance
+when given a list, so an instance always runs on the same thread) so the event loop never blocks.
+When every instance is busy the queue grows and the next batch is larger. The queue is ordered by
+admission. A failing batch fails only its own requests, and a caller that gives up (cancellation)
+affects nobody else.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class DynamicBatcher(Generic[T, R]):
         max_queue_delay_us: int = 0,
         max_queue_size: int = 256,
         instances: int = 1,
-        executor: Executor | None = None,
+        executor: Executor | Sequence[Executor] | None = None,
         name: str = "",
     ) -> None:
         if min(max_batch_size, max_queue_size, instances) < 1 or max_queue_delay_us < 0:
@@ -112,7 +113,12 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_size = max_queue_size
         self.instances = instances
         self.name = name
-        self._executor = executor
+        if isinstance(executor, Sequence):
+            if len(executor) != instances:
+                raise ValueError(f"{len(executor)} executors given for {instances} instances")
+            self._executors: list[Executor | None] = list(executor)
+        else:
+            self._executors = [executor] * instances
         # Ordered by admission, not submission: a large image that took longer to decode keeps
         # its place in line instead of queueing behind requests that arrived after it.
         self._queue: list[_Entry[T, R]] = []  # a heap
@@ -121,7 +127,7 @@ class DynamicBatcher(Generic[T, R]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._busy = 0  # instances running a batch or claimed for a lone request
+        self._idle = list(range(instances))  # a heap: the lowest idle instance is used first
         self._in_hand = 0  # requests the dispatcher holds while it waits for an instance
         self._freed: asyncio.Event | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -142,19 +148,22 @@ class DynamicBatcher(Generic[T, R]):
         """Requests submitted and waiting for a batch or for an instance."""
         return len(self._queue) + self._in_hand
 
-    def claim_idle_instance(self) -> bool:
+    def claim_idle_instance(self) -> int | None:
         """Take an idle instance for work done outside a batch (a lone request run in one hop).
 
-        True when one was free and no submitted request is waiting for it; the caller must then
-        call ``release_instance`` when done.
+        Returns the instance's number when one was idle and no submitted request is waiting for
+        it (else None); the caller runs on ``executor_of(number)`` and then calls
+        ``release_instance(number)``.
         """
-        if self._closed or self._busy >= self.instances or self._queue or self._in_hand:
-            return False
-        self._busy += 1
-        return True
+        if self._closed or not self._idle or self._queue or self._in_hand:
+            return None
+        return heapq.heappop(self._idle)
 
-    def release_instance(self) -> None:
-        self._busy -= 1
+    def executor_of(self, instance: int) -> Executor | None:
+        return self._executors[instance]
+
+    def release_instance(self, instance: int) -> None:
+        heapq.heappush(self._idle, instance)
         if self._freed is not None:
             self._freed.set()
 
@@ -267,7 +276,7 @@ class DynamicBatcher(Generic[T, R]):
             batch = await self._collect(wakeup)
             self._in_hand = len(batch)
             try:
-                while self._busy >= self.instances:  # all busy: the queue grows meanwhile
+                while not self._idle:  # all instances busy: the queue grows meanwhile
                     freed.clear()
                     await freed.wait()
             except asyncio.CancelledError:
@@ -279,18 +288,18 @@ class DynamicBatcher(Generic[T, R]):
             batch += self._take(self.max_batch_size - len(batch))
             if not batch:
                 continue
-            self._busy += 1
-            task = loop.create_task(self._run(batch), name=f"batch-{self.name}")
+            instance = heapq.heappop(self._idle)
+            task = loop.create_task(self._run(batch, instance), name=f"batch-{self.name}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[_Entry[T, R]]) -> None:
+    async def _run(self, batch: list[_Entry[T, R]], instance: int) -> None:
         """One batch on one instance; its outcome goes to its own callers only."""
         assert self._loop is not None
         started = time.perf_counter()
         try:
             results = await self._loop.run_in_executor(
-                self._executor, self._run_batch, [e.item for e in batch]
+                self._executors[instance], self._run_batch, [e.item for e in batch]
             )
             if len(results) != len(batch):
                 raise RuntimeError(
@@ -304,7 +313,7 @@ class DynamicBatcher(Generic[T, R]):
             self._fail(batch, exc)
             return
         finally:
-            self.release_instance()
+            self.release_instance(instance)
         run_ms = (time.perf_counter() - started) * 1000
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
