@@ -41,7 +41,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     rows = [report.validate_row(r) for r in doc["rows"]]
     sections = {r["section"] for r in rows}
-    assert sections == {"baseline", "inprocess", "grpc"}
+    assert sections == {"baseline", "inprocess", "grpc", "paired"}
     for row in rows:
         assert _positive(row["images_per_s"]), row
         assert _positive(row["p50_ms"]) and _positive(row["p99_ms"]), row
@@ -53,6 +53,18 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert grpc_methods == {"Infer", "InferStream"}
     inprocess = {r["method"] for r in rows if r["section"] == "inprocess"}
     assert inprocess == {"infer_sync", "infer"}
+    paired = {
+        (r["name"], r["method"], r["concurrency"]): r for r in rows if r["section"] == "paired"
+    }
+    assert set(paired) == {
+        ("visionrpc pipeline in-process", "infer_sync", 1),
+        ("visionrpc gRPC", "Infer", 1),
+        ("visionrpc pipeline in-process", "infer", 16),
+        ("visionrpc gRPC", "Infer", 16),
+    }
+    for (name, _, _), row in paired.items():
+        assert row["rounds"] == 5 and _positive(row["cpu_ms_per_image"]), row
+        assert _positive(row.get("client_cpu_ms_per_image")) == (name == "visionrpc gRPC"), row
 
     core = {(r["server"], r["method"]): r for r in doc["core"]}
     assert set(core) == {
@@ -70,6 +82,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     assert model in doc["ratios"]
     assert doc["ratios"][model]["p50_minus_baseline_ms"] is not None
+    assert doc["ratios"][model]["inprocess_comparison"] == "paired"
     targets = {t["target"] for t in doc["targets"]}
     assert "Ping calls/s ÷ bare grpc.aio" in targets
 
@@ -98,6 +111,51 @@ def test_peer_rows_merge_and_render(tmp_path: Path) -> None:
     markdown = report.to_markdown(doc)
     assert "| Triton | m |" in markdown
     assert "1.50×" in markdown  # the peer's images/s ÷ the baseline's
+
+
+def test_in_process_ratios_come_from_the_pairs_when_measured() -> None:
+    def row(section: str, name: str, method: str, c: int, ips: float, p50: float) -> dict:
+        return {
+            "name": name,
+            "section": section,
+            "model": "m",
+            "method": method,
+            "concurrency": c,
+            "images_per_s": ips,
+            "p50_ms": p50,
+            "p99_ms": p50 * 2,
+        }
+
+    doc: dict = {
+        "meta": {},
+        "rows": [
+            row("inprocess", "visionrpc pipeline in-process", "infer_sync", 1, 100.0, 10.0),
+            row("inprocess", "visionrpc pipeline in-process", "infer", 16, 200.0, 80.0),
+            row("grpc", "visionrpc gRPC", "Infer", 1, 80.0, 12.5),
+            row("grpc", "visionrpc gRPC", "Infer", 16, 150.0, 100.0),
+        ],
+    }
+    report.analyse(doc)
+    sequential = doc["ratios"]["m"]
+    assert sequential["inprocess_comparison"] == "sequential"
+    assert sequential["server_vs_inprocess"] == pytest.approx(0.75)
+    assert sequential["p50_minus_inprocess_ms"] == pytest.approx(2.5)
+
+    doc["rows"] += [
+        row("paired", "visionrpc pipeline in-process", "infer_sync", 1, 90.0, 11.0),
+        row("paired", "visionrpc gRPC", "Infer", 1, 85.0, 11.8),
+        row("paired", "visionrpc pipeline in-process", "infer", 16, 160.0, 95.0),
+        row("paired", "visionrpc gRPC", "Infer", 16, 152.0, 100.0),
+    ]
+    report.analyse(doc)
+    paired = doc["ratios"]["m"]
+    assert paired["inprocess_comparison"] == "paired"
+    assert paired["server_vs_inprocess"] == pytest.approx(0.95)
+    assert paired["p50_minus_inprocess_ms"] == pytest.approx(0.8)
+    assert paired["server_vs_inprocess_sequential"] == pytest.approx(0.75)
+    passed = {t["target"]: t["passed"] for t in doc["targets"]}
+    assert passed["images/s @c16 ÷ in-process"] and passed["p50 @c1 − in-process p50 (ms)"]
+    assert "b′. In-process vs served" in report.to_markdown(doc)
 
 
 @pytest.mark.parametrize(

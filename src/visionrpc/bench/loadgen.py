@@ -130,6 +130,22 @@ async def closed_loop(
     return LoadResult(len(latencies), time.perf_counter() - start, latencies, errors, first_error)
 
 
+def sync_loop(
+    call: Callable[[int], Any], n_items: int, duration_s: float, max_calls: int
+) -> LoadResult:
+    """Call ``call(i)`` one after another until the duration or the call budget is spent."""
+    latencies = []
+    start = time.perf_counter()
+    deadline = start + duration_s
+    i = 0
+    while i < max_calls and time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        call(i % n_items)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        i += 1
+    return LoadResult(len(latencies), time.perf_counter() - start, latencies)
+
+
 # -- gRPC drivers ---------------------------------------------------------------------------------
 
 

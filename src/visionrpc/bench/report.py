@@ -12,8 +12,8 @@ Every throughput/latency measurement is one JSON object. Five keys are required:
 * ``p50_ms``, ``p99_ms`` (float or null): per-request latency percentiles (client side,
   send to answer), null when not measured.
 
-Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``; rows
-read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
+Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``;
+rows read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
 ``method`` (``Infer``, ``InferStream``, ``infer``, ``infer_sync``, ``batch``, or a peer's own
 name such as ``ModelInfer``), ``batch_size``, ``requests``, ``errors``, ``duration_s``,
 ``peak_rss_mb``, ``lever`` and ``notes``. Unknown keys are kept. A peer file is a JSON list of
@@ -53,6 +53,7 @@ class Section(StrEnum):
     GRPC = "grpc"  # visionrpc server over loopback gRPC
     PEER = "peer"  # another server (MLServer, Triton) measured by bench/peers/
     LEVER = "lever"  # visionrpc server with one setting changed
+    PAIRED = "paired"  # in-process vs served, interleaved slices (bench/paired.py)
 
 
 class ResultRow(TypedDict, total=False):
@@ -73,6 +74,10 @@ class ResultRow(TypedDict, total=False):
     peak_rss_mb: float | None
     lever: str
     notes: str
+    cpu_ms_per_image: float | None  # paired rows: CPU of the process doing the work
+    client_cpu_ms_per_image: float | None  # paired served rows: the load generator's CPU
+    rounds: int
+    slice_s: float
 
 
 class CoreRow(TypedDict):
@@ -240,7 +245,20 @@ def analyse(doc: dict[str, Any]) -> None:
             "box_map50": acc.get("box_map50"),
             "mask_map50": acc.get("mask_map50"),
         }
+        # In-process vs served: from the interleaved pairs when the run has them (drift on this
+        # machine is larger than the gaps measured), else from the sequential sections a and b.
+        paired = _rows(doc, Section.PAIRED, model=model)
+        pair_n = [_paired(paired, m, ref) for m in ("infer", "Infer")]
+        pair_1 = [_paired(paired, m, 1) for m in ("infer_sync", "Infer")]
         r = ratios[model]
+        r["server_vs_inprocess_sequential"] = r["server_vs_inprocess"]
+        r["p50_minus_inprocess_sequential_ms"] = r["p50_minus_inprocess_ms"]
+        r["inprocess_comparison"] = "sequential"
+        if all(pair_n) and all(pair_1):
+            (ip_n, srv_n), (ip_1, srv_1) = pair_n, pair_1
+            r["server_vs_inprocess"] = _div(srv_n["images_per_s"], ip_n["images_per_s"])  # type: ignore[index]
+            r["p50_minus_inprocess_ms"] = _sub(srv_1["p50_ms"], ip_1["p50_ms"])  # type: ignore[index]
+            r["inprocess_comparison"] = "paired"
         target(f"images/s @c{ref} ÷ baseline", model, r["server_vs_baseline"], 1.3, ">=")
         target(f"images/s @c{ref} ÷ in-process", model, r["server_vs_inprocess"], 0.95, ">=")
         target("p50 @c1 − baseline p50 (ms)", model, r["p50_minus_baseline_ms"], 0.0, "<")
@@ -255,6 +273,12 @@ def analyse(doc: dict[str, Any]) -> None:
         target("server peak RSS ÷ in-process peak RSS", "", rss, 2.0, "<=")
     doc["ratios"] = ratios
     doc["targets"] = targets
+
+
+def _paired(rows: Sequence[ResultRow], method: str, concurrency: int) -> ResultRow | None:
+    return next(
+        (r for r in rows if r.get("method") == method and r["concurrency"] == concurrency), None
+    )
 
 
 def core_ratio(doc: Mapping[str, Any], method: str) -> float | None:
@@ -365,6 +389,41 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
         )
     )
 
+    paired = [r for r in doc.get("rows", []) if r.get("section") == Section.PAIRED]
+    if paired:
+        tables.append(
+            TextTable(
+                "b′. In-process vs served, interleaved (same process, alternating slices)",
+                [
+                    "side",
+                    "model",
+                    "mode",
+                    "concurrency",
+                    "images/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "CPU ms/image",
+                    "client CPU ms/image",
+                ],
+                [
+                    [
+                        r["name"],
+                        r.get("model", ""),
+                        r.get("method", ""),
+                        str(r["concurrency"]),
+                        *_row_cells(r),
+                        fmt(r.get("cpu_ms_per_image"), 2),
+                        fmt(r.get("client_cpu_ms_per_image"), 2),
+                    ]
+                    for r in paired
+                ],
+                f"{paired[0].get('rounds', '?')} rounds of {fmt(paired[0].get('slice_s'), 1)} s "
+                "slices per side, pooled; CPU = the process doing the work (the server for "
+                "served rows); client = the load generator. These pairs are the in-process "
+                "references of table c.",
+            )
+        )
+
     ref = REFERENCE_CONCURRENCY
     ratio_rows = [
         [
@@ -400,7 +459,8 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
             ],
             ratio_rows,
             f"baseline = {meta.get('baseline_model', '?')} at its best batch size; in-process = "
-            "best of visionrpc's pipeline; budget = 1.2 × 16 ÷ images/s",
+            "the interleaved pairs of table b′ (infer_sync for p50, infer at the same concurrency "
+            "for images/s) when measured, else the best of table a; budget = 1.2 × 16 ÷ images/s",
         )
     )
 
@@ -443,7 +503,8 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
             ],
             core_rows,
             f"visionrpc served with its defaults: access log {'ON' if access_log else 'off'} "
-            "(written to a file), readiness gate, health and reflection",
+            "(written to a file), readiness gate, health and reflection; the two servers take "
+            "turns in short slices, counts pooled",
         )
     )
 
@@ -485,6 +546,8 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
                     ]
                     for r in levers
                 ],
+                "one server per lever, all up at once, measured in alternating slices "
+                f"({levers[0].get('rounds', 1)} rounds, pooled)",
             )
         )
 

@@ -37,14 +37,23 @@ from rich.progress import (
 from visionrpc.bench import models as bench_models
 from visionrpc.bench.images import BENCH_SEED, BenchImage, describe, make_images, save_images
 from visionrpc.bench.loadgen import (
+    LoadResult,
     grpc_infer,
     grpc_infer_stream,
     grpc_ping,
     grpc_stream_numbers,
     infer_requests,
 )
-from visionrpc.bench.procs import bare_server, run_worker, visionrpc_server
-from visionrpc.bench.report import SCHEMA_VERSION, CoreRow, ResultRow, Section, analyse
+from visionrpc.bench.paired import load_pipeline, paired_points
+from visionrpc.bench.procs import ServerProcess, bare_server, run_worker, visionrpc_server
+from visionrpc.bench.report import (
+    REFERENCE_CONCURRENCY,
+    SCHEMA_VERSION,
+    CoreRow,
+    ResultRow,
+    Section,
+    analyse,
+)
 from visionrpc.client import AsyncClient, Client
 from visionrpc.evaluation import EVAL_SEED
 from visionrpc.settings import Settings
@@ -62,7 +71,6 @@ LEVERS: dict[str, dict[str, str]] = {
         "VISIONRPC_BATCHING__MAX_QUEUE_DELAY_US": "2000",
     },
     "decode_workers=1": {"VISIONRPC_RUNTIME__DECODE_WORKERS": "1"},
-    "allow_spinning=on": {"VISIONRPC_RUNTIME__ALLOW_SPINNING": "true"},
     "access_log=on": {"VISIONRPC_ACCESS_LOG": "true"},
 }
 
@@ -89,6 +97,7 @@ class BenchConfig:
     core: bool = True
     core_concurrency: int = 16
     accuracy_count: int = 200  # 0 = skip
+    paired_rounds: int = 5  # interleaved in-process/served rounds per model; 0 = skip
     eval_seed: int = EVAL_SEED
     levers: list[str] = field(default_factory=list)  # names of LEVERS
     lever_concurrency: list[int] = field(default_factory=lambda: [1, 16])
@@ -116,6 +125,7 @@ def _estimate(config: BenchConfig, n_models: int) -> float:
     points = len(config.batch_sizes) + n_models * (1 + len(config.concurrency))
     points += n_models * len(config.concurrency) * (2 if config.stream else 1)
     points += 4 if config.core else 0
+    points += n_models * 4 if config.paired_rounds else 0
     points += len(config.levers) * len(config.lever_concurrency)
     return (
         config.images * _IMAGE_S + points * point + n_models * config.accuracy_count * _EVAL_IMAGE_S
@@ -218,44 +228,118 @@ async def _served_points(
     return rows
 
 
-async def _core_points(address: str, server: str, config: BenchConfig) -> list[CoreRow]:
-    async with AsyncClient(address, timeout=config.timeout_s) as client:
-        await grpc_ping(client, concurrency=4, duration_s=config.warmup_s / 2, max_requests=2000)
-        ping = await grpc_ping(
-            client,
-            concurrency=config.core_concurrency,
-            duration_s=config.duration_s,
-            max_requests=config.max_requests * 10,
+async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int) -> list[CoreRow]:
+    """Ping and StreamNumbers on each server (name -> address), in alternating slices.
+
+    The servers take turns ``rounds`` times (one slice each per round, counts pooled), so a
+    drift of the machine's speed during the measurement hits them alike.
+    """
+    rounds = max(1, rounds)
+    slice_s = config.duration_s / rounds
+    pings = {name: LoadResult(0, 0.0) for name in servers}
+    numbers = {name: LoadResult(0, 0.0) for name in servers}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(AsyncClient(address, timeout=config.timeout_s))
+            for name, address in servers.items()
+        }
+        for client in clients.values():
+            await grpc_ping(
+                client, concurrency=4, duration_s=config.warmup_s / 2, max_requests=2000
+            )
+        for _ in range(rounds):
+            for name, client in clients.items():
+                _pool(
+                    pings[name],
+                    await grpc_ping(
+                        client,
+                        concurrency=config.core_concurrency,
+                        duration_s=slice_s,
+                        max_requests=config.max_requests * 10,
+                    ),
+                )
+            for name, client in clients.items():
+                _pool(
+                    numbers[name],
+                    await grpc_stream_numbers(
+                        client,
+                        streams=1,
+                        duration_s=slice_s,
+                        max_messages=config.max_requests * 50,
+                    ),
+                )
+    rows: list[CoreRow] = []
+    for name in servers:
+        ping, stream = pings[name], numbers[name]
+        rows.append(
+            {
+                "server": name,
+                "method": "Ping",
+                "concurrency": config.core_concurrency,
+                "rate_per_s": ping.rate,
+                "unit": "calls/s",
+                "p50_ms": ping.p50_ms,
+                "p99_ms": ping.p99_ms,
+                "count": ping.count,
+                "errors": ping.errors,
+                "duration_s": round(ping.elapsed_s, 3),
+            }
         )
-        numbers = await grpc_stream_numbers(
-            client, streams=1, duration_s=config.duration_s, max_messages=config.max_requests * 50
+        rows.append(
+            {
+                "server": name,
+                "method": "StreamNumbers",
+                "concurrency": 1,
+                "rate_per_s": stream.rate,
+                "unit": "messages/s",
+                "p50_ms": None,
+                "p99_ms": None,
+                "count": stream.count,
+                "errors": stream.errors,
+                "duration_s": round(stream.elapsed_s, 3),
+            }
         )
-    return [
-        {
-            "server": server,
-            "method": "Ping",
-            "concurrency": config.core_concurrency,
-            "rate_per_s": ping.rate,
-            "unit": "calls/s",
-            "p50_ms": ping.p50_ms,
-            "p99_ms": ping.p99_ms,
-            "count": ping.count,
-            "errors": ping.errors,
-            "duration_s": round(ping.elapsed_s, 3),
-        },
-        {
-            "server": server,
-            "method": "StreamNumbers",
-            "concurrency": 1,
-            "rate_per_s": numbers.rate,
-            "unit": "messages/s",
-            "p50_ms": None,
-            "p99_ms": None,
-            "count": numbers.count,
-            "errors": numbers.errors,
-            "duration_s": round(numbers.elapsed_s, 3),
-        },
-    ]
+    return rows
+
+
+def _pool(total: LoadResult, part: LoadResult) -> None:
+    total.count += part.count
+    total.elapsed_s += part.elapsed_s
+    total.latencies_ms += part.latencies_ms
+    total.errors += part.errors
+    total.first_error = total.first_error or part.first_error
+
+
+async def _paired(
+    config: BenchConfig,
+    server: ServerProcess,
+    models_dir: Path,
+    names: list[str],
+    data: list[bytes],
+    plan: _Plan,
+) -> list[ResultRow]:
+    """Section b′: each model in-process (in this process) and served, in alternating slices."""
+    plan.label("paired: loading the pipeline in-process")
+    pipeline = await asyncio.to_thread(load_pipeline, models_dir)
+    slice_s = config.duration_s / config.paired_rounds
+    rows: list[ResultRow] = []
+    try:
+        for model in names:
+            rows += await paired_points(
+                pipeline,
+                server.address,
+                server.pid,
+                model,
+                data,
+                rounds=config.paired_rounds,
+                slice_s=slice_s,
+                concurrency=REFERENCE_CONCURRENCY,
+                timeout_s=config.timeout_s,
+                on_slice=lambda label: plan.step(label, slice_s),
+            )
+    finally:
+        await pipeline.close()
+    return rows
 
 
 def _accuracy(address: str, model: str, config: BenchConfig, plan: _Plan) -> dict[str, float | int]:
@@ -332,25 +416,8 @@ def run_bench(
             on_update(doc)
             _run_server(config, doc, work, models_dir, names, data, plan)
             on_update(doc)
-            for index, lever in enumerate(config.levers):
-                plan.label(f"lever {lever}: starting the server")
-                log = work / f"server-lever-{index}.log"
-                with visionrpc_server(models_dir, log, LEVERS[lever], names[0]) as s:
-                    doc["rows"] += asyncio.run(
-                        _served_points(
-                            s.address,
-                            names[0],
-                            data,
-                            config,
-                            plan,
-                            concurrency=config.lever_concurrency,
-                            stream=False,
-                            name=f"{SERVER_NAME} [{lever}]",
-                            section=Section.LEVER,
-                            lever=lever,
-                        )
-                    )
-                    s.check_alive(f"lever {lever}")
+            if config.levers:
+                _run_levers(config, doc, work, models_dir, names[0], data, plan)
                 on_update(doc)
         ok = True
     finally:
@@ -365,6 +432,80 @@ def run_bench(
             doc["meta"]["work_dir"] = str(work)
             console.print(f"bench work directory (logs, images): {work}")
     return doc
+
+
+def _run_levers(
+    config: BenchConfig,
+    doc: dict[str, Any],
+    work: Path,
+    models_dir: Path,
+    model: str,
+    data: list[bytes],
+    plan: _Plan,
+) -> None:
+    """Every lever's server up at once (idle ones cost nothing), measured in alternating slices,
+    so that a lever's ratio to the default is not the machine's drift between two minutes."""
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for index, lever in enumerate(config.levers):
+            plan.label(f"lever {lever}: starting the server")
+            log = work / f"server-lever-{index}.log"
+            servers[lever] = stack.enter_context(
+                visionrpc_server(models_dir, log, LEVERS[lever], model)
+            )
+        doc["rows"] += asyncio.run(_lever_points(servers, model, data, config, plan))
+        for lever, server in servers.items():
+            server.check_alive(f"lever {lever}")
+
+
+async def _lever_points(
+    servers: dict[str, ServerProcess],
+    model: str,
+    data: list[bytes],
+    config: BenchConfig,
+    plan: _Plan,
+) -> list[ResultRow]:
+    rounds = max(1, config.paired_rounds)
+    slice_s = config.duration_s / rounds
+    requests = infer_requests(data, model)
+    pooled = {(lever, c): LoadResult(0, 0.0) for lever in servers for c in config.lever_concurrency}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            lever: await stack.enter_async_context(
+                AsyncClient(server.address, timeout=config.timeout_s)
+            )
+            for lever, server in servers.items()
+        }
+        for lever, client in clients.items():
+            plan.label(f"lever {lever}: warm-up")
+            await grpc_infer(
+                client, requests, concurrency=4, duration_s=config.warmup_s, max_requests=64
+            )
+        for r in range(rounds):
+            for c in config.lever_concurrency:
+                for lever, client in clients.items():
+                    result = await grpc_infer(
+                        client,
+                        requests,
+                        concurrency=c,
+                        duration_s=slice_s,
+                        max_requests=config.max_requests,
+                    )
+                    _pool(pooled[lever, c], result)
+                    plan.step(f"lever {lever} c{c} (round {r + 1}/{rounds})", slice_s)
+    return [
+        result.row(
+            f"{SERVER_NAME} [{lever}]",
+            Section.LEVER,
+            model,
+            "Infer",
+            c,
+            lever=lever,
+            rounds=rounds,
+            slice_s=slice_s,
+        )
+        for (lever, c), result in pooled.items()
+    ]
 
 
 def _images(config: BenchConfig, plan: _Plan) -> list[BenchImage]:
@@ -464,16 +605,22 @@ def _run_server(
             )
             server.check_alive(f"the {model} inference points")
         doc["memory"]["server_peak_rss_mb"] = server.peak_rss_mb()
+        if config.paired_rounds:
+            doc["rows"] += asyncio.run(_paired(config, server, models_dir, names, data, plan))
+            server.check_alive("the paired points")
         if config.core:
             plan.label("bare grpc.aio server: starting")
             with bare_server(work / "bare-server.log") as bare:
-                plan.label("CoreServices: visionrpc")
-                doc["core"] += asyncio.run(_core_points(server.address, "visionrpc", config))
+                plan.label("CoreServices: visionrpc and bare grpc.aio, alternating")
+                doc["core"] += asyncio.run(
+                    _core_points(
+                        {"visionrpc": server.address, "bare grpc.aio": bare.address},
+                        config,
+                        config.paired_rounds,
+                    )
+                )
                 server.check_alive("the CoreServices points")
-                plan.step("CoreServices: visionrpc", 2 * config.duration_s)
-                plan.label("CoreServices: bare grpc.aio")
-                doc["core"] += asyncio.run(_core_points(bare.address, "bare grpc.aio", config))
-                plan.step("CoreServices: bare grpc.aio", 2 * config.duration_s)
+                plan.step("CoreServices", 4 * config.duration_s)
                 doc["memory"]["bare_server_peak_rss_mb"] = bare.peak_rss_mb()
         if config.accuracy_count > 0:
             for model in names:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from visionrpc.bench.images import load_images
-from visionrpc.bench.loadgen import LoadResult, closed_loop, plain_caller
+from visionrpc.bench.loadgen import closed_loop, plain_caller, sync_loop
 from visionrpc.bench.procs import peak_rss_mb
 from visionrpc.bench.report import ResultRow, Section
 
@@ -34,20 +33,6 @@ INPROCESS_NAME = "visionrpc pipeline in-process"
 
 def progress(label: str) -> None:
     print(json.dumps({"progress": label}), flush=True)
-
-
-def _sync_loop(call: Any, n_items: int, duration_s: float, max_calls: int) -> LoadResult:
-    """Call ``call(i)`` one after another until the duration or the call budget is spent."""
-    latencies = []
-    start = time.perf_counter()
-    deadline = start + duration_s
-    i = 0
-    while i < max_calls and time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        call(i % n_items)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        i += 1
-    return LoadResult(len(latencies), time.perf_counter() - start, latencies)
 
 
 def run_baseline(spec: dict[str, Any]) -> list[ResultRow]:
@@ -70,8 +55,8 @@ def run_baseline(spec: dict[str, Any]) -> list[ResultRow]:
         def call(i: int, batches: list[list[bytes]] = batches) -> None:
             pipe(batches[i])
 
-        _sync_loop(call, len(batches), spec["warmup_s"], 4)
-        result = _sync_loop(
+        sync_loop(call, len(batches), spec["warmup_s"], 4)
+        result = sync_loop(
             call, len(batches), spec["duration_s"], max(1, spec["max_requests"] // size)
         )
         rows.append(
@@ -105,8 +90,8 @@ async def _inprocess(pipeline: Any, spec: dict[str, Any], data: list[bytes]) -> 
             await pipeline.infer(items[i % len(items)])
 
         # Nothing else runs on the loop during the synchronous loop, so blocking it is harmless.
-        _sync_loop(sync_call, len(items), spec["warmup_s"], 8)
-        result = _sync_loop(sync_call, len(items), spec["duration_s"], spec["max_requests"])
+        sync_loop(sync_call, len(items), spec["warmup_s"], 8)
+        result = sync_loop(sync_call, len(items), spec["duration_s"], spec["max_requests"])
         rows.append(result.row(INPROCESS_NAME, Section.INPROCESS, model, "infer_sync", 1))
         progress(f"in-process {model} infer_sync")
         await closed_loop(

@@ -68,6 +68,14 @@ def bench(
     core_concurrency: Annotated[
         int, typer.Option(min=1, help="Ping calls in flight for section d.")
     ] = 16,
+    paired_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Rounds of interleaved in-process/served slices per model (0: none; then the "
+            "ratios compare sections a and b, measured minutes apart).",
+        ),
+    ] = 5,
     levers: Annotated[
         bool, typer.Option("--levers", help="Also measure every lever (server restarts).")
     ] = False,
@@ -125,6 +133,7 @@ def bench(
             accuracy_count=0
             if skip_accuracy
             else (accuracy_count if accuracy_count is not None else (20 if quick else 200)),
+            paired_rounds=paired_rounds,
             levers=chosen,
             work_dir=work_dir,
             keep_work_dir=keep_work_dir,
