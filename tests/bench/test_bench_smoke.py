@@ -69,8 +69,10 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     core = {(r["server"], r["method"]): r for r in doc["core"]}
     assert set(core) == {
         ("visionrpc", "Ping"),
+        ("visionrpc", report.IDLE_PING),
         ("visionrpc", "StreamNumbers"),
         ("bare grpc.aio", "Ping"),
+        ("bare grpc.aio", report.IDLE_PING),
         ("bare grpc.aio", "StreamNumbers"),
     }
     assert all(_positive(r["rate_per_s"]) and r["errors"] == 0 for r in core.values())

@@ -242,6 +242,25 @@ async def grpc_ping(
     )
 
 
+async def grpc_ping_after_idle(
+    client: AsyncClient, *, duration_s: float, idle_s: float = 0.010
+) -> LoadResult:
+    """One Ping at a time, each after ``idle_s`` of silence: the round trip a request pays when
+    the server has been idle, e.g. while an Infer computes for ~10 ms. On a VM that wake-up costs
+    more than a back-to-back call, so this is the floor of served p50 at concurrency 1 minus
+    in-process p50."""
+    stub = core_pb2_grpc.CoreServicesStub(client.channel)
+    request = core_pb2.PingRequest(message="bench")
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < duration_s:
+        await asyncio.sleep(idle_s)
+        t0 = time.perf_counter()
+        await stub.Ping(request, timeout=client.timeout)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return LoadResult(len(latencies), time.perf_counter() - start, latencies)
+
+
 async def grpc_stream_numbers(
     client: AsyncClient,
     *,

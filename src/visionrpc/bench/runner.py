@@ -41,12 +41,14 @@ from visionrpc.bench.loadgen import (
     grpc_infer,
     grpc_infer_stream,
     grpc_ping,
+    grpc_ping_after_idle,
     grpc_stream_numbers,
     infer_requests,
 )
 from visionrpc.bench.paired import load_pipeline, paired_points
 from visionrpc.bench.procs import ServerProcess, bare_server, run_worker, visionrpc_server
 from visionrpc.bench.report import (
+    IDLE_PING,
     REFERENCE_CONCURRENCY,
     SCHEMA_VERSION,
     CoreRow,
@@ -237,6 +239,7 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
     rounds = max(1, rounds)
     slice_s = config.duration_s / rounds
     pings = {name: LoadResult(0, 0.0) for name in servers}
+    idle_pings = {name: LoadResult(0, 0.0) for name in servers}
     numbers = {name: LoadResult(0, 0.0) for name in servers}
     async with contextlib.AsyncExitStack() as stack:
         clients = {
@@ -259,6 +262,8 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
                     ),
                 )
             for name, client in clients.items():
+                _pool(idle_pings[name], await grpc_ping_after_idle(client, duration_s=slice_s))
+            for name, client in clients.items():
                 _pool(
                     numbers[name],
                     await grpc_stream_numbers(
@@ -270,7 +275,7 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
                 )
     rows: list[CoreRow] = []
     for name in servers:
-        ping, stream = pings[name], numbers[name]
+        ping, stream, idle = pings[name], numbers[name], idle_pings[name]
         rows.append(
             {
                 "server": name,
@@ -283,6 +288,20 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
                 "count": ping.count,
                 "errors": ping.errors,
                 "duration_s": round(ping.elapsed_s, 3),
+            }
+        )
+        rows.append(
+            {
+                "server": name,
+                "method": IDLE_PING,
+                "concurrency": 1,
+                "rate_per_s": idle.rate,
+                "unit": "calls/s",
+                "p50_ms": idle.p50_ms,
+                "p99_ms": idle.p99_ms,
+                "count": idle.count,
+                "errors": idle.errors,
+                "duration_s": round(idle.elapsed_s, 3),
             }
         )
         rows.append(
