@@ -12,6 +12,7 @@ from pycocotools import mask as coco_mask
 
 from tests.runtime.onnx_builders import box_finder_model, constant_model, yolov8_detect_outputs
 from visionrpc.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
+from visionrpc.runtime.model import OnnxModel
 from visionrpc.runtime.pipeline import InferencePipeline, summarize_defects
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.runtime.types import (
@@ -338,6 +339,25 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
     together = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(5)))
     assert sum(batches) == 4  # the first ran alone, the others went through the batcher
     assert all(r.detections == alone.detections for r in together)
+    await p.close()
+
+    # A lone request with every instance idle may use all cores (the lone-request session);
+    # batches never do.
+    flags: list[bool] = []
+    run_model = OnnxModel.run
+    monkeypatch.setattr(
+        OnnxModel,
+        "run",
+        lambda self, batch, all_cores=False: (
+            flags.append(all_cores) or run_model(self, batch, all_cores=all_cores)
+        ),
+    )
+    settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
+    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    await p.infer(request(data, model="detect"))
+    p.infer_sync(request(data, model="detect"))
+    await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
+    assert flags == [True, True, True, False]  # the second of the pair went as a batch
     await p.close()
 
     # One hop only for a request with nobody ahead of it: the second of two goes through the

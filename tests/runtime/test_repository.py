@@ -203,8 +203,12 @@ def test_instance_plan_on_cpu_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     # one single-threaded call a core; no batching when several instances share the CPU
     assert (plan.instances, plan.runtime.intra_op_threads) == (cores, 1)
     assert plan.max_batch_size == (1 if cores > 1 else 8)
+    assert plan.lone_threads == (cores if cores > 1 else 0)  # a lone request may use every core
+    quiet = plan_instances(RuntimeSettings(device="cpu", lone_request_all_cores=False))
+    assert quiet.lone_threads == 0
     plan = plan_instances(RuntimeSettings(device="cpu"), override=1)
     assert (plan.instances, plan.runtime.intra_op_threads, plan.max_batch_size) == (1, cores, 8)
+    assert plan.lone_threads == 0  # the one session already uses every core
     explicit = plan_instances(
         RuntimeSettings(device="cpu", instances=2, intra_op_threads=3), max_batch_size=4
     )
@@ -218,3 +222,16 @@ def test_instance_plan_on_cpu_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plan_instances(RuntimeSettings(device="auto"))
     # a GPU: one instance, ORT's own thread count, batches of up to 8
     assert (plan.instances, plan.runtime.intra_op_threads, plan.max_batch_size) == (1, 0, 8)
+    assert plan.lone_threads == 0
+
+
+def test_lone_request_session_gives_the_same_outputs(tmp_path: Path) -> None:
+    path = detect_model(tmp_path / "m.onnx")
+    model = OnnxModel(path, RuntimeSettings(device="cpu", intra_op_threads=1), lone_threads=2)
+    assert model.lone_session is not None
+    opts = model.lone_session.get_session_options()
+    assert opts.intra_op_num_threads == 2
+    batch = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+    wide, narrow = model.run(batch, all_cores=True), model.run(batch)
+    assert all(np.array_equal(a, b) for a, b in zip(wide, narrow, strict=True))
+    assert OnnxModel(path, RuntimeSettings(device="cpu")).lone_session is None

@@ -159,6 +159,11 @@ class DynamicBatcher(Generic[T, R]):
             return None
         return heapq.heappop(self._idle)
 
+    @property
+    def busy(self) -> int:
+        """Instances running a batch or claimed."""
+        return self.instances - len(self._idle)
+
     def executor_of(self, instance: int) -> Executor | None:
         return self._executors[instance]
 

@@ -92,6 +92,7 @@ class InstancePlan:
     instances: int
     max_batch_size: int
     runtime: RuntimeSettings  # the session's ORT settings (intra-op threads filled in)
+    lone_threads: int = 0  # > 0: a second session with this many threads for lone requests
 
 
 def plan_instances(
@@ -112,7 +113,9 @@ def plan_instances(
     instances = override or settings.instances or (cores if on_cpu else 1)
     threads = settings.intra_op_threads or (max(1, cores // instances) if on_cpu else 0)
     batch = max_batch_size or (1 if on_cpu and instances > 1 else 8)
-    return InstancePlan(instances, batch, settings.model_copy(update={"intra_op_threads": threads}))
+    lone = cores if on_cpu and settings.lone_request_all_cores and threads < cores else 0
+    runtime = settings.model_copy(update={"intra_op_threads": threads})
+    return InstancePlan(instances, batch, runtime, lone)
 
 
 def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
@@ -178,7 +181,14 @@ def parse_imgsz(raw: str | None) -> tuple[int, int] | None:
 class OnnxModel:
     """A loaded, warmed-up ONNX model: session, input geometry, batch axis and output layout."""
 
-    def __init__(self, path: Path, runtime: RuntimeSettings, *, warmup: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        runtime: RuntimeSettings,
+        *,
+        warmup: bool = True,
+        lone_threads: int = 0,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} does not exist")
@@ -191,6 +201,14 @@ class OnnxModel:
             raise
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidProtobuf, ...)
             raise ModelLoadError(f"cannot load ONNX model {self.path}: {exc}") from exc
+        # A second session whose calls use ``lone_threads`` cores, for a request that finds the
+        # machine otherwise idle; the main one is single-threaded so instances run side by side.
+        self.lone_session: ort.InferenceSession | None = None
+        if lone_threads:
+            lone = runtime.model_copy(update={"intra_op_threads": lone_threads})
+            self.lone_session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(lone), providers=providers
+            )
         self.provider: str = self.session.get_providers()[0]
         requested = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if runtime.device.lower().strip() != "auto" and self.provider != requested:
@@ -232,6 +250,10 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
         self.spec: OutputSpec = self._probe_layout() if warmup else self._static_layout()
+        if warmup and self.lone_session is not None:
+            w, h = self.input_size
+            zeros = np.zeros((self.fixed_batch_size or 1, 3, h, w), self.input_dtype)
+            self.lone_session.run(None, {self.input_name: zeros})
         meta_task = meta.get("task", "").lower()
         if meta_task in ("detect", "segment") and Task(meta_task) is not self.spec.task:
             log.warning(
@@ -249,11 +271,13 @@ class OnnxModel:
     def num_classes(self) -> int:
         return self.spec.num_classes or (max(self.names) + 1 if self.names else 0)
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+    def run(self, batch: np.ndarray, *, all_cores: bool = False) -> list[np.ndarray]:
         """Run a [B, 3, H, W] batch; a fixed-batch model gets zero padding up to its batch size.
 
-        Returned outputs always have a leading batch axis of B.
+        Returned outputs always have a leading batch axis of B. ``all_cores`` uses the lone-request
+        session when there is one.
         """
+        session = self.lone_session if all_cores and self.lone_session else self.session
         n = batch.shape[0]
         feed = batch if batch.dtype == self.input_dtype else batch.astype(self.input_dtype)
         if self.fixed_batch_size is not None and n != self.fixed_batch_size:
@@ -261,7 +285,7 @@ class OnnxModel:
                 raise ValueError(f"batch of {n} exceeds the model's fixed batch size")
             pad = np.zeros((self.fixed_batch_size - n, *feed.shape[1:]), dtype=feed.dtype)
             feed = np.concatenate([feed, pad])
-        outputs = self.session.run(None, {self.input_name: feed})
+        outputs = session.run(None, {self.input_name: feed})
         if not self.spec.batched:
             return [np.asarray(o)[None] for o in outputs]
         return [np.asarray(o)[:n] for o in outputs]

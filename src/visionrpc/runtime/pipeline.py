@@ -172,16 +172,24 @@ class InferencePipeline:
         """Run one input in the calling thread (no batching)."""
         start = time.perf_counter()
         model = self.repository.get(item.options.model)
-        return self._run_alone(item, model, resolve_options(item.options, model), start)
+        options = resolve_options(item.options, model)
+        return self._run_alone(item, model, options, start, all_cores=True)
 
     def _run_alone(
-        self, item: InferenceInput, model: LoadedModel, options: ResolvedOptions, start: float
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        options: ResolvedOptions,
+        start: float,
+        *,
+        all_cores: bool,
     ) -> InferenceResult:
-        """Decode, run and post-process one input in this thread, with no hand-offs."""
+        """Decode, run and post-process one input in this thread, with no hand-offs; with
+        ``all_cores`` the model call may use every core (nothing else is running)."""
         queue_ms = _ms_since(start)
         prepared = self._prepare(item, model)
         t0 = time.perf_counter()
-        outputs = model.model.run(to_chw_float(prepared.canvas)[None])
+        outputs = model.model.run(to_chw_float(prepared.canvas)[None], all_cores=all_cores)
         inference_ms = _ms_since(t0)
         return self._finish(
             item, model, options, prepared, [o[0] for o in outputs], inference_ms, queue_ms, start
@@ -200,10 +208,11 @@ class InferencePipeline:
                 # Nobody is ahead and an instance is idle: no batch would form, so run every
                 # step in one hop on the instance's thread instead of two thread hand-offs.
                 # Requests arriving meanwhile are batched as usual.
+                run = functools.partial(
+                    self._run_alone, item, model, options, start, all_cores=batcher.busy == 1
+                )
                 try:
-                    return await loop.run_in_executor(
-                        batcher.executor_of(instance), self._run_alone, item, model, options, start
-                    )
+                    return await loop.run_in_executor(batcher.executor_of(instance), run)
                 finally:
                     batcher.release_instance(instance)
             prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)

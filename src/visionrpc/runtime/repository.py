@@ -224,7 +224,7 @@ class ModelRepository:
         plan = plan_instances(
             self._settings.runtime, config.instances, config.max_batch_size or base.max_batch_size
         )
-        model = OnnxModel(onnx_path, plan.runtime)
+        model = OnnxModel(onnx_path, plan.runtime, lone_threads=plan.lone_threads)
         class_names = _class_names(model, config, config_path or onnx_path)
         batching = BatchingSettings(
             max_batch_size=plan.max_batch_size,
@@ -236,11 +236,12 @@ class ModelRepository:
             max_queue_size=config.max_queue_size or base.max_queue_size,
         )
         log.info(
-            "model %s: %d instance(s) x %s ORT thread(s), max batch %d",
+            "model %s: %d instance(s) x %s ORT thread(s), max batch %d%s",
             name,
             plan.instances,
             plan.runtime.intra_op_threads or "default",
             plan.max_batch_size,
+            f", lone requests on {plan.lone_threads} threads" if plan.lone_threads else "",
         )
         return LoadedModel(name, onnx_path, model, config, class_names, batching, plan.instances)
 
