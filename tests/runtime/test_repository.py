@@ -231,6 +231,10 @@ def test_lone_request_session_gives_the_same_outputs(tmp_path: Path) -> None:
     assert model.lone_session is not None
     opts = model.lone_session.get_session_options()
     assert opts.intra_op_num_threads == 2
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    main = model.session.get_session_options()
+    assert main.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     batch = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
     wide, narrow = model.run(batch, all_cores=True), model.run(batch)
     assert all(np.array_equal(a, b) for a, b in zip(wide, narrow, strict=True))

@@ -205,9 +205,15 @@ class OnnxModel:
         # machine otherwise idle; the main one is single-threaded so instances run side by side.
         self.lone_session: ort.InferenceSession | None = None
         if lone_threads:
-            lone = runtime.model_copy(update={"intra_op_threads": lone_threads})
+            lone = runtime.model_copy(
+                update={"intra_op_threads": lone_threads, "allow_spinning": True}
+            )
+            options = session_options(lone)
+            # Spinning hands work between operators without a wake-up (expensive on a VM); it
+            # stops when the call returns, so it never competes with the next batch.
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             self.lone_session = ort.InferenceSession(
-                str(self.path), sess_options=session_options(lone), providers=providers
+                str(self.path), sess_options=options, providers=providers
             )
         self.provider: str = self.session.get_providers()[0]
         requested = providers[0] if isinstance(providers[0], str) else providers[0][0]
