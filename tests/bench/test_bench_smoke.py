@@ -115,9 +115,13 @@ def test_peer_rows_merge_and_render(tmp_path: Path) -> None:
     assert "1.50×" in markdown  # the peer's images/s ÷ the baseline's
 
 
-def test_in_process_ratios_come_from_the_pairs_when_measured() -> None:
-    def row(section: str, name: str, method: str, c: int, ips: float, p50: float) -> dict:
-        return {
+def _four_rows(section: str, figures: list[tuple[float, float]]) -> list[dict]:
+    """In-process c1, served c1, in-process c16, served c16 with (images/s, p50) each."""
+    inprocess, served = "visionrpc pipeline in-process", "visionrpc gRPC"
+    shapes = [(inprocess, "infer_sync", 1), (served, "Infer", 1)]
+    shapes += [(inprocess, "infer", 16), (served, "Infer", 16)]
+    return [
+        {
             "name": name,
             "section": section,
             "model": "m",
@@ -127,28 +131,26 @@ def test_in_process_ratios_come_from_the_pairs_when_measured() -> None:
             "p50_ms": p50,
             "p99_ms": p50 * 2,
         }
+        for (name, method, c), (ips, p50) in zip(shapes, figures, strict=True)
+    ]
 
-    doc: dict = {
-        "meta": {},
-        "rows": [
-            row("inprocess", "visionrpc pipeline in-process", "infer_sync", 1, 100.0, 10.0),
-            row("inprocess", "visionrpc pipeline in-process", "infer", 16, 200.0, 80.0),
-            row("grpc", "visionrpc gRPC", "Infer", 1, 80.0, 12.5),
-            row("grpc", "visionrpc gRPC", "Infer", 16, 150.0, 100.0),
-        ],
-    }
+
+def test_in_process_ratios_come_from_the_pairs_when_measured() -> None:
+    # sections a and b: in-process vs served measured minutes apart
+    sequential_rows = _four_rows(
+        "inprocess", [(100.0, 10.0), (80.0, 12.5), (200.0, 80.0), (150.0, 100.0)]
+    )
+    for served in sequential_rows[1::2]:
+        served["section"] = "grpc"
+    doc: dict = {"meta": {}, "rows": sequential_rows}
     report.analyse(doc)
     sequential = doc["ratios"]["m"]
     assert sequential["inprocess_comparison"] == "sequential"
     assert sequential["server_vs_inprocess"] == pytest.approx(0.75)
     assert sequential["p50_minus_inprocess_ms"] == pytest.approx(2.5)
 
-    doc["rows"] += [
-        row("paired", "visionrpc pipeline in-process", "infer_sync", 1, 90.0, 11.0),
-        row("paired", "visionrpc gRPC", "Infer", 1, 85.0, 11.8),
-        row("paired", "visionrpc pipeline in-process", "infer", 16, 160.0, 95.0),
-        row("paired", "visionrpc gRPC", "Infer", 16, 152.0, 100.0),
-    ]
+    pairs = [(90.0, 11.0), (85.0, 11.8), (160.0, 95.0), (152.0, 100.0)]
+    doc["rows"] += _four_rows("paired", pairs)
     report.analyse(doc)
     paired = doc["ratios"]["m"]
     assert paired["inprocess_comparison"] == "paired"
