@@ -270,3 +270,21 @@ async def test_each_instance_runs_on_its_own_executor() -> None:
         pool.shutdown()
     with pytest.raises(ValueError, match="2 executors given for 3 instances"):
         DynamicBatcher(run, max_batch_size=1, instances=3, executor=pools)
+
+
+async def test_queue_keeps_arrival_order_when_preparation_finishes_late(executor) -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(rec, max_batch_size=1, instances=1, executor=executor, name="m")
+    held = batcher.claim_idle_instance()  # the instance is busy, so requests queue up
+    first, second = batcher.admit(), batcher.admit()  # arrival order: first, then second
+
+    # the first request's image takes longer to decode: it is submitted after the second
+    later = asyncio.ensure_future(second.submit(2))
+    await asyncio.sleep(0.01)
+    earlier = asyncio.ensure_future(first.submit(1))
+    await asyncio.sleep(0.01)
+    assert held is not None
+    batcher.release_instance(held)
+    assert (await earlier).value == 10 and (await later).value == 20
+    assert rec.batches == [[1], [2]]  # served in arrival order, not submission order
+    await batcher.aclose()

@@ -128,7 +128,7 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._idle = list(range(instances))  # a heap: the lowest idle instance is used first
-        self._in_hand = 0  # requests the dispatcher holds while it waits for an instance
+        self._in_hand = 0  # requests the dispatcher holds while it waits for stragglers
         self._freed: asyncio.Event | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -139,13 +139,13 @@ class DynamicBatcher(Generic[T, R]):
 
     @property
     def depth(self) -> int:
-        """Admitted plus queued requests (a batch waiting for an instance included): what
+        """Admitted plus queued requests (a batch waiting for stragglers included): what
         ``max_queue_size`` bounds."""
         return self._admitted + len(self._queue) + self._in_hand
 
     @property
     def queued(self) -> int:
-        """Requests submitted and waiting for a batch or for an instance."""
+        """Requests submitted and waiting to run."""
         return len(self._queue) + self._in_hand
 
     def claim_idle_instance(self) -> int | None:
@@ -249,14 +249,8 @@ class DynamicBatcher(Generic[T, R]):
                 taken.append(entry)
         return taken
 
-    async def _collect(self, wakeup: asyncio.Event) -> list[_Entry[T, R]]:
-        while True:
-            while not self._queue:
-                wakeup.clear()
-                await wakeup.wait()
-            batch = self._take(self.max_batch_size)
-            if batch:
-                break
+    async def _fill(self, batch: list[_Entry[T, R]], wakeup: asyncio.Event) -> list[_Entry[T, R]]:
+        """Top a batch up with stragglers still being prepared, for at most the queue delay."""
         if self.max_queue_delay_s <= 0:
             return batch
         deadline = batch[0].enqueued_at + self.max_queue_delay_s
@@ -268,32 +262,44 @@ class DynamicBatcher(Generic[T, R]):
             if self._admitted <= 0 or remaining <= 0:
                 break
             wakeup.clear()
+            self._in_hand = len(batch)
             try:
                 await asyncio.wait_for(wakeup.wait(), remaining)
             except TimeoutError:
                 break
+            finally:
+                self._in_hand = 0
         return batch
 
     async def _dispatch(self) -> None:
+        """Wait for work and for an idle instance, then take the longest-waiting requests.
+
+        The batch is taken only once an instance is free, so requests that arrived earlier but
+        were submitted later (slower to decode) still go first.
+        """
         assert self._wakeup is not None and self._freed is not None and self._loop is not None
         wakeup, freed, loop = self._wakeup, self._freed, self._loop
         while True:
-            batch = await self._collect(wakeup)
-            self._in_hand = len(batch)
-            try:
-                while not self._idle:  # all instances busy: the queue grows meanwhile
-                    freed.clear()
-                    await freed.wait()
-            except asyncio.CancelledError:
-                self._fail(batch, ResourceLimitError(f"model {self.name!r} is shutting down"))
-                raise
-            finally:
-                self._in_hand = 0
-            batch = [e for e in batch if not e.future.done()]
-            batch += self._take(self.max_batch_size - len(batch))
+            while not self._queue:
+                wakeup.clear()
+                await wakeup.wait()
+            while not self._idle:  # all instances busy: the queue grows meanwhile
+                freed.clear()
+                await freed.wait()
+            batch = self._take(self.max_batch_size)
             if not batch:
                 continue
             instance = heapq.heappop(self._idle)
+            try:
+                batch = await self._fill(batch, wakeup)
+            except asyncio.CancelledError:
+                self._fail(batch, ResourceLimitError(f"model {self.name!r} is shutting down"))
+                self.release_instance(instance)
+                raise
+            batch = [e for e in batch if not e.future.done()]
+            if not batch:
+                self.release_instance(instance)
+                continue
             task = loop.create_task(self._run(batch, instance), name=f"batch-{self.name}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
