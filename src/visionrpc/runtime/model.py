@@ -103,10 +103,10 @@ def plan_instances(
     """How many batches of a model run at once, how large, and the ORT settings for its session.
 
     On CPU the default is one instance per core with single-threaded ORT calls: on 2 cores, two
-    such calls side by side did ~1.3x the images/s of one call using both cores (ORT's intra-op
-    parallelism leaves cores idle in small operators). A GPU gets one instance. ``max_batch_size``
-    0 means 1 for several CPU instances (batching there bought little and widened the latency
-    tail), else 8.
+    such calls side by side did up to ~1.3x the images/s of one call using both cores in ORT alone
+    (its intra-op parallelism leaves cores idle in small operators). A GPU gets one instance.
+    ``max_batch_size`` 0 means 1 for several CPU instances (there batches of 8 bought ~1.2x the
+    images/s but put p99 at concurrency 16 at 1.3-1.5x its budget), else 8.
     """
     on_cpu = select_providers(settings.device)[0] == "CPUExecutionProvider"
     cores = cpu_cores()
