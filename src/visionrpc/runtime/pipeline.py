@@ -208,8 +208,10 @@ class InferencePipeline:
                 # Nobody is ahead and an instance is idle: no batch would form, so run every
                 # step in one hop on the instance's thread instead of two thread hand-offs.
                 # Requests arriving meanwhile are batched as usual.
+                # Every core only when no instance of any model is running besides this one.
+                alone = sum(b.busy for b in self._batchers.values()) == 1
                 run = functools.partial(
-                    self._run_alone, item, model, options, start, all_cores=batcher.busy == 1
+                    self._run_alone, item, model, options, start, all_cores=alone
                 )
                 try:
                     return await loop.run_in_executor(batcher.executor_of(instance), run)
