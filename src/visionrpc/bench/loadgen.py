@@ -40,6 +40,14 @@ class LoadResult:
     errors: int = 0
     first_error: str = ""
 
+    def add(self, part: LoadResult) -> None:
+        """Pool another slice of the same measurement into this one."""
+        self.count += part.count
+        self.elapsed_s += part.elapsed_s
+        self.latencies_ms += part.latencies_ms
+        self.errors += part.errors
+        self.first_error = self.first_error or part.first_error
+
     @property
     def rate(self) -> float:
         return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0

@@ -45,27 +45,20 @@ def self_cpu_seconds() -> float:
 class _Side:
     """One side of a pair, pooled over its slices."""
 
-    count: int = 0
-    elapsed_s: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    errors: int = 0
+    result: LoadResult = field(default_factory=lambda: LoadResult(0, 0.0))
     cpu_s: float = 0.0  # the process doing the work
     client_cpu_s: float = 0.0  # the load generator, served side only
 
     def add(self, result: LoadResult, cpu_s: float, client_cpu_s: float = 0.0) -> None:
-        self.count += result.count
-        self.elapsed_s += result.elapsed_s
-        self.latencies_ms += result.latencies_ms
-        self.errors += result.errors
+        self.result.add(result)
         self.cpu_s += cpu_s
         self.client_cpu_s += client_cpu_s
 
     def per_image_ms(self, seconds: float) -> float | None:
-        return seconds * 1000 / self.count if self.count else None
+        return seconds * 1000 / self.result.count if self.result.count else None
 
     def row(self, name: str, model: str, method: str, concurrency: int, **extra: Any) -> ResultRow:
-        pooled = LoadResult(self.count, self.elapsed_s, self.latencies_ms, self.errors)
-        row = pooled.row(name, Section.PAIRED, model, method, concurrency, **extra)
+        row = self.result.row(name, Section.PAIRED, model, method, concurrency, **extra)
         row["cpu_ms_per_image"] = self.per_image_ms(self.cpu_s)
         if name == SERVER_NAME:
             row["client_cpu_ms_per_image"] = self.per_image_ms(self.client_cpu_s)

@@ -252,8 +252,7 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
             )
         for _ in range(rounds):
             for name, client in clients.items():
-                _pool(
-                    pings[name],
+                pings[name].add(
                     await grpc_ping(
                         client,
                         concurrency=config.core_concurrency,
@@ -262,10 +261,9 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
                     ),
                 )
             for name, client in clients.items():
-                _pool(idle_pings[name], await grpc_ping_after_idle(client, duration_s=slice_s))
+                idle_pings[name].add(await grpc_ping_after_idle(client, duration_s=slice_s))
             for name, client in clients.items():
-                _pool(
-                    numbers[name],
+                numbers[name].add(
                     await grpc_stream_numbers(
                         client,
                         streams=1,
@@ -273,60 +271,31 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
                         max_messages=config.max_requests * 50,
                     ),
                 )
-    rows: list[CoreRow] = []
-    for name in servers:
-        ping, stream, idle = pings[name], numbers[name], idle_pings[name]
-        rows.append(
-            {
-                "server": name,
-                "method": "Ping",
-                "concurrency": config.core_concurrency,
-                "rate_per_s": ping.rate,
-                "unit": "calls/s",
-                "p50_ms": ping.p50_ms,
-                "p99_ms": ping.p99_ms,
-                "count": ping.count,
-                "errors": ping.errors,
-                "duration_s": round(ping.elapsed_s, 3),
-            }
+    return [
+        row
+        for name in servers
+        for row in (
+            _core_row(name, "Ping", config.core_concurrency, pings[name], "calls/s"),
+            _core_row(name, IDLE_PING, 1, idle_pings[name], "calls/s"),
+            _core_row(name, "StreamNumbers", 1, numbers[name], "messages/s"),
         )
-        rows.append(
-            {
-                "server": name,
-                "method": IDLE_PING,
-                "concurrency": 1,
-                "rate_per_s": idle.rate,
-                "unit": "calls/s",
-                "p50_ms": idle.p50_ms,
-                "p99_ms": idle.p99_ms,
-                "count": idle.count,
-                "errors": idle.errors,
-                "duration_s": round(idle.elapsed_s, 3),
-            }
-        )
-        rows.append(
-            {
-                "server": name,
-                "method": "StreamNumbers",
-                "concurrency": 1,
-                "rate_per_s": stream.rate,
-                "unit": "messages/s",
-                "p50_ms": None,
-                "p99_ms": None,
-                "count": stream.count,
-                "errors": stream.errors,
-                "duration_s": round(stream.elapsed_s, 3),
-            }
-        )
-    return rows
+    ]
 
 
-def _pool(total: LoadResult, part: LoadResult) -> None:
-    total.count += part.count
-    total.elapsed_s += part.elapsed_s
-    total.latencies_ms += part.latencies_ms
-    total.errors += part.errors
-    total.first_error = total.first_error or part.first_error
+def _core_row(server: str, method: str, concurrency: int, result: LoadResult, unit: str) -> CoreRow:
+    """A CoreServices row; streams record no per-message latencies, so their p50/p99 are None."""
+    return {
+        "server": server,
+        "method": method,
+        "concurrency": concurrency,
+        "rate_per_s": result.rate,
+        "unit": unit,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "count": result.count,
+        "errors": result.errors,
+        "duration_s": round(result.elapsed_s, 3),
+    }
 
 
 async def _paired(
@@ -510,7 +479,7 @@ async def _lever_points(
                         duration_s=slice_s,
                         max_requests=config.max_requests,
                     )
-                    _pool(pooled[lever, c], result)
+                    pooled[lever, c].add(result)
                     plan.step(f"lever {lever} c{c} (round {r + 1}/{rounds})", slice_s)
     return [
         result.row(

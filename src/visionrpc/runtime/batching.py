@@ -155,7 +155,7 @@ class DynamicBatcher(Generic[T, R]):
         it (else None); the caller runs on ``executor_of(number)`` and then calls
         ``release_instance(number)``.
         """
-        if self._closed or not self._idle or self._queue or self._in_hand:
+        if self._closed or not self._idle or self.queued:
             return None
         return heapq.heappop(self._idle)
 
