@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from visionrpc.bench import models as bench_models
-from visionrpc.bench.images import make_images
-from visionrpc.bench.loadgen import grpc_infer, infer_requests
-from visionrpc.bench.procs import visionrpc_server
+from bench.harness import models as bench_models
+from bench.harness.images import make_images
+from bench.harness.loadgen import grpc_infer, infer_requests
+from bench.harness.procs import visionrpc_server
 from visionrpc.client import AsyncClient
 
 _LINE = re.compile(r":\d+\)$")

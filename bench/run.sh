@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Run `visionrpc bench` with results under bench/results/ (JSON + Markdown), e.g.
+# Run the comparison benchmark (python -m bench.harness) with results under bench/results/ (JSON + Markdown), e.g.
 #   bench/run.sh                 full run: 10 s per point, 200 eval images (~8 min for 2 models)
 #   bench/run.sh --quick         smoke run: 1 s per point (~1 min)
 #   bench/run.sh --levers        also measure each server lever (one server restart each)
 #   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
 #                                images and model, and merge their rows into the same table
-# Extra arguments go to `visionrpc bench`. Peer rows ($PEER_RESULTS, default
+# Extra arguments go to `python -m bench.harness`. Peer rows ($PEER_RESULTS, default
 # bench/peers/peers-results.json) are merged into the JSON and the Markdown when present.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-visionrpc="$root/.venv/bin/visionrpc"
+harness=("$root/.venv/bin/python" -m bench.harness)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 out="$here/results"
 mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -22,7 +23,7 @@ for arg in "$@"; do
   if [[ "$arg" == "--with-peers" ]]; then with_peers=1; else args+=("$arg"); fi
 done
 
-"$visionrpc" bench --out "$json" "${args[@]}"
+"${harness[@]}" --out "$json" "${args[@]}"
 peer_file=${PEER_RESULTS:-$here/peers/peers-results.json}
 if [[ $with_peers == 1 ]]; then
   "$here/peers/setup.sh"
@@ -35,7 +36,7 @@ peers=()
 if [[ -f "$peer_file" ]]; then
   peers=(--peer-results "$peer_file")
 fi
-"$visionrpc" bench --from-json "$json" "${peers[@]}" --markdown >"$out/bench-$stamp.md"
+"${harness[@]}" --from-json "$json" "${peers[@]}" --markdown >"$out/bench-$stamp.md"
 ln -sf "$(basename "$json")" "$out/latest.json"
 ln -sf "bench-$stamp.md" "$out/latest.md"
 echo "JSON: $json"

@@ -7,8 +7,8 @@ import pytest
 
 from visionrpc.annotate import color_for, decode_mask, draw
 from visionrpc.runtime.masks import encode_png, encode_polygons, encode_rle
-from visionrpc.runtime.types import BoxXYXY, Detection, EncodedMask, InferenceResult, MaskFormat
 from visionrpc.runtime.yolo import BoxMask
+from visionrpc.types import BoxXYXY, Detection, EncodedMask, InferenceResult, MaskFormat
 
 H, W = 60, 80
 

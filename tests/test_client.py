@@ -12,11 +12,13 @@ import grpc
 import pytest
 
 import visionrpc
-from tests.conftest import RunningServer, make_settings
+from tests.helpers import RunningServer, make_settings
 from visionrpc.client import (
+    USE_CLIENT_DEFAULT,
     AsyncClient,
     ChatMessageResult,
     Client,
+    ClientSettings,
     HealthResult,
     NumberResult,
     PingResult,
@@ -93,7 +95,7 @@ def test_health(threaded_server: RunningServer) -> None:
 
 
 def test_default_deadline_comes_from_settings(threaded_server: RunningServer) -> None:
-    client = Client(threaded_server.address, settings=make_settings(timeout_s=0.2))
+    client = Client(threaded_server.address, settings=ClientSettings(timeout_s=0.2))
     assert client.timeout == 0.2
 
     def slow_values():
@@ -104,7 +106,32 @@ def test_default_deadline_comes_from_settings(threaded_server: RunningServer) ->
     with client, pytest.raises(grpc.RpcError) as err:
         client.upload_numbers(slow_values())  # no timeout given: the client default applies
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_timeout_has_one_meaning_per_value(
+    threaded_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A number is seconds and None is no deadline, in the constructor and per call alike;
+    USE_CLIENT_DEFAULT defers to the level above (call -> client -> VISIONRPC_TIMEOUT_S)."""
+    monkeypatch.setenv("VISIONRPC_TIMEOUT_S", "7")
+    assert Client("x:1").timeout == 7.0
+    assert Client("x:1", timeout=USE_CLIENT_DEFAULT).timeout == 7.0
     assert Client("x:1", timeout=3).timeout == 3
+    assert Client("x:1", timeout=None).timeout is None
+
+    def slow_values():
+        yield 1
+        time.sleep(0.5)
+        yield 2
+
+    with Client(threaded_server.address, timeout=0.2) as client:
+        # per call: None means no deadline, even though the client's own is 0.2 s
+        assert client.upload_numbers(slow_values(), timeout=None).sum == 3
+        with pytest.raises(grpc.RpcError) as err:
+            client.upload_numbers(slow_values(), timeout=USE_CLIENT_DEFAULT)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with Client(threaded_server.address, timeout=None) as client:
+        assert client.upload_numbers(slow_values()).sum == 3  # no deadline at all
 
 
 def test_context_manager_closes_the_channel(threaded_server: RunningServer) -> None:
@@ -115,7 +142,7 @@ def test_context_manager_closes_the_channel(threaded_server: RunningServer) -> N
 
 
 def test_channel_options_match_the_server_limits() -> None:
-    options = dict(channel_options(make_settings()))
+    options = dict(channel_options())
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     assert options["grpc.max_send_message_length"] == 64 * 1024 * 1024
     assert options["grpc.enable_retries"] == 1

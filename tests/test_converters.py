@@ -7,15 +7,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from visionrpc.converters import (
+from visionrpc import types
+from visionrpc.errors import InvalidInputError
+from visionrpc.v1 import inference_pb2 as pb
+from visionrpc.wire.converters import (
     InferRequestConverter,
     InferResponseConverter,
     MaskConverter,
     ModelInfoConverter,
 )
-from visionrpc.errors import InvalidInputError
-from visionrpc.runtime import types
-from visionrpc.v1 import inference_pb2 as pb
 
 OPTIONS = types.InferenceOptions(
     model="beta",
@@ -25,6 +25,7 @@ OPTIONS = types.InferenceOptions(
     classes=("spot", "crack"),
     return_masks=True,
     mask_format=types.MaskFormat.POLYGON,
+    agnostic_nms=True,
 )
 
 
@@ -32,37 +33,79 @@ def _polygons_equal(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> boo
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def assert_every_field_set(value: object, path: str = "value") -> None:
+    """Fail if any dataclass field (recursively) holds its type's empty value.
+
+    A round trip of such a value covers every field: a field added later and not carried by the
+    converters fails the test instead of passing unnoticed as a default on both sides. A mask uses
+    the fields of its own format only; the mask tests cover each format.
+    """
+    if isinstance(value, types.EncodedMask):
+        assert value.area_px, f"{path}.area_px unset"
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            assert_every_field_set(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, tuple | list):
+        assert len(value) > 0, f"{path} is empty"
+        for k, item in enumerate(value):
+            if not isinstance(item, np.ndarray):
+                assert_every_field_set(item, f"{path}[{k}]")
+    else:
+        assert value is not None and value != "" and value != 0 and value != b"", f"{path} unset"
+
+
 # -- InferRequest ----------------------------------------------------------------------------------
 
 
-def test_request_with_encoded_bytes_round_trips() -> None:
-    item = types.InferenceInput(options=OPTIONS, image_bytes=b"\xff\xd8\xff...", request_id="r1")
-    request = InferRequestConverter.from_types(item)
-    assert request.WhichOneof("image") == "image_bytes"
-    assert (
-        list(request.classes) == ["spot", "crack"] and request.mask_format == pb.MASK_FORMAT_POLYGON
+def test_request_with_encoded_bytes_carries_every_option() -> None:
+    assert_every_field_set(OPTIONS)
+    request = pb.InferRequest(
+        image_bytes=b"\xff\xd8\xff...",
+        model="beta",
+        confidence_threshold=0.5,
+        iou_threshold=0.25,
+        max_detections=7,
+        classes=["spot", "crack"],
+        return_masks=True,
+        mask_format=pb.MASK_FORMAT_POLYGON,
+        agnostic_nms=True,
+        request_id="r1",
     )
     wire = pb.InferRequest.FromString(request.SerializeToString())
-    assert InferRequestConverter.to_types(wire) == item
+    expected = types.InferenceInput(
+        options=OPTIONS, image_bytes=b"\xff\xd8\xff...", request_id="r1"
+    )
+    assert InferRequestConverter.to_types(wire) == expected
 
 
 @pytest.mark.parametrize("fmt", [*types.PixelFormat, None])
-def test_request_with_raw_frame_round_trips(fmt: types.PixelFormat | None) -> None:
-    raw = types.RawImage(width=3, height=2, channels=3, pixel_format=fmt, data=bytes(range(18)))
-    item = types.InferenceInput(options=types.InferenceOptions(), raw=raw, request_id="r2")
-    request = InferRequestConverter.from_types(item)
-    assert request.WhichOneof("image") == "raw"
-    assert InferRequestConverter.to_types(request) == item
+def test_request_with_raw_frame(fmt: types.PixelFormat | None) -> None:
+    numbers = {
+        None: pb.PIXEL_FORMAT_UNSPECIFIED,
+        **{f: pb.PixelFormat.Value(f"PIXEL_FORMAT_{f.name}") for f in types.PixelFormat},
+    }
+    raw = pb.RawImage(
+        width=3, height=2, channels=3, pixel_format=numbers[fmt], data=bytes(range(18))
+    )
+    item = InferRequestConverter.to_types(pb.InferRequest(raw=raw, request_id="r2"))
+    expected = types.RawImage(
+        width=3, height=2, channels=3, pixel_format=fmt, data=bytes(range(18))
+    )
+    assert item == types.InferenceInput(
+        options=types.InferenceOptions(), raw=expected, request_id="r2"
+    )
 
 
 def test_request_defaults_map_to_none_and_no_image_stays_none() -> None:
     item = InferRequestConverter.to_types(pb.InferRequest())
     assert item.options == types.InferenceOptions()  # 0 / empty mean "the model's default"
     assert item.options.mask_format is types.MaskFormat.RLE
+    assert item.options.agnostic_nms is None  # unset, not False: the model decides
     assert item.image_bytes is None and item.raw is None
     empty = InferRequestConverter.to_types(pb.InferRequest(image_bytes=b""))
     assert empty.image_bytes == b"" and empty.raw is None
-    assert InferRequestConverter.from_types(item).WhichOneof("image") is None
+    off = InferRequestConverter.to_types(pb.InferRequest(agnostic_nms=False))
+    assert off.options.agnostic_nms is False
 
 
 def test_request_with_unknown_enums_is_refused() -> None:
@@ -120,8 +163,13 @@ def _result() -> types.InferenceResult:
             mask=MASKS[0],
             mask_area_px=12,
         ),
+        # a segmentation result without masks requested: the area still travels
         types.Detection(
-            box=types.BoxXYXY(0.0, 0.0, 8.0, 4.0), score=0.5, class_id=2, class_name="crack"
+            box=types.BoxXYXY(0.5, 1.0, 8.0, 4.0),
+            score=0.5,
+            class_id=2,
+            class_name="crack",
+            mask_area_px=9,
         ),
     )
     return types.InferenceResult(
@@ -139,8 +187,10 @@ def _result() -> types.InferenceResult:
     )
 
 
-def test_response_round_trips() -> None:
+def test_response_round_trips_every_field() -> None:
     result = _result()
+    assert_every_field_set(dataclasses.replace(result, detections=result.detections[:1]))
+    assert result.detections[1].mask is None and result.detections[1].mask_area_px == 9
     response = InferResponseConverter.from_types(result)
     assert not response.HasField("error")
     assert response.detections[0].HasField("mask") and not response.detections[1].HasField("mask")
@@ -178,13 +228,15 @@ def test_model_info_round_trips(task: types.Task, layout: types.Layout) -> None:
         input_height=256,
         class_names=("scratch", "spot", "crack"),
         execution_provider="CPUExecutionProvider",
-        default_confidence_threshold=0.25,
-        default_iou_threshold=0.5,
+        default_confidence_threshold=0.6,  # not exact in float32: comes back as 0.6
+        default_iou_threshold=0.7,
         default_max_detections=100,
         layout=layout,
         dynamic_batch=True,
         max_batch_size=8,
+        default_agnostic_nms=True,
     )
+    assert_every_field_set(info)
     proto = ModelInfoConverter.from_types(info)
     assert proto.task == (pb.TASK_SEGMENT if task is types.Task.SEGMENT else pb.TASK_DETECT)
     assert proto.layout == layout.value

@@ -4,12 +4,16 @@
     python tools/gen_protos.py --check  # exit 1 if the committed code is stale
 
 The generated modules live in ``src/visionrpc/v1/`` so that the proto package ``visionrpc.v1`` is
-also the Python package: protoc's own ``from visionrpc.v1 import ...`` lines work unchanged.
+also the Python package: protoc's own ``from visionrpc.v1 import ...`` lines work unchanged. Type
+stubs (``*_pb2.pyi`` for messages, ``*_pb2_grpc.pyi`` for the typed stubs and servicers) come from
+mypy-protobuf's plugins, so the client/server boundary is type-checked. Only ``protos/`` and
+protoc's bundled well-known types are on the include path: the ``.proto`` files are usable alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from importlib import resources
@@ -23,21 +27,29 @@ PACKAGE_DIR = ROOT / "src" / "visionrpc" / "v1"
 INIT_TEXT = '"""Generated from protos/visionrpc/v1 by tools/gen_protos.py. Do not edit."""\n'
 
 
+def _plugin(name: str) -> str:
+    """A mypy-protobuf plugin next to this interpreter (a venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: pip install -e '.[test]' (it brings mypy-protobuf)")
+    return found
+
+
 def generate(out_root: Path) -> dict[str, bytes]:
     """Run protoc into ``out_root`` and return {file name: content} of the generated package."""
     protos = sorted(PROTO_ROOT.glob("visionrpc/v1/*.proto"))
     well_known = str(resources.files("grpc_tools") / "_proto")
-    import google.rpc  # googleapis-common-protos ships status.proto beside its modules
-
-    googleapis = str(Path(next(iter(google.rpc.__path__))).parent.parent)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
-        f"-I{googleapis}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={out_root}",
-        f"--pyi_out={out_root}",
+        f"--mypy_out={out_root}",
         f"--grpc_python_out={out_root}",
+        f"--mypy_grpc_out={out_root}",
         *(str(p) for p in protos),
     ]
     if protoc.main(args) != 0:

@@ -1,6 +1,6 @@
 """Closed-loop KServe v2 gRPC load generator (tritonclient.grpc), one client per thread.
 
-Sends the encoded images of --images-dir (written by visionrpc.bench.images.save_images) as a
+Sends the encoded images of --images-dir (written by bench.harness.images.save_images) as a
 BYTES tensor of shape [1, 1] to a KServe v2 server (MLServer or Triton), cycling through them;
 thread i starts at image i. For each concurrency: a warm-up, then --duration seconds measured.
 Prints JSON to stdout:
@@ -27,7 +27,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from visionrpc.bench.images import load_images
+from bench.harness.images import load_images
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

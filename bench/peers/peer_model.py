@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 from visionrpc.runtime.pipeline import BatchRunner, InferencePipeline, resolve_options
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
-from visionrpc.runtime.types import InferenceInput, InferenceOptions, InferenceResult
 from visionrpc.settings import Settings
+from visionrpc.types import InferenceInput, InferenceOptions, InferenceResult
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class PeerModel:
             "peer model %s (%s), input %s, max batch %d",
             self.model.name,
             self.model.path,
-            self.model.model.input_size,
+            self.model.onnx.input_size,
             self.model.max_batch_size,
         )
 

@@ -37,10 +37,10 @@ from typing import Any
 
 from peer_model import default_model, result_to_json
 
-from visionrpc.bench.images import BENCH_SEED, BenchImage, make_images, save_images
+from bench.harness.images import BENCH_SEED, BenchImage, make_images, save_images
 from visionrpc.runtime.pipeline import InferencePipeline
-from visionrpc.runtime.types import InferenceInput, InferenceOptions
 from visionrpc.settings import Settings
+from visionrpc.types import InferenceInput, InferenceOptions
 
 HERE = Path(__file__).resolve().parent  # also on sys.path: python puts the script's folder there
 MLSERVER_VENV = HERE / ".venv-mlserver"

@@ -19,7 +19,7 @@ MLSERVER_PINS=("mlserver==1.7.1" "uvloop<0.22" "onnxruntime")
 MLSERVER_SMOKE="import mlserver, visionrpc.runtime.pipeline"
 # nvidia-pytriton pins numpy<2, so this venv gets OpenCV 4.x (the project's venv: numpy 2, OpenCV 5).
 TRITON_PINS=("nvidia-pytriton==0.7.0" "tritonclient[grpc]")
-TRITON_SMOKE="import pytriton.triton, tritonclient.grpc, visionrpc.bench.images, visionrpc.runtime.pipeline"
+TRITON_SMOKE="import pytriton.triton, tritonclient.grpc, bench.harness.images, visionrpc.runtime.pipeline"
 
 # What visionrpc's runtime (decode, ONNX Runtime, post-processing, settings) and the bench image
 # generator import; pip resolves them together with each peer's pins.

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from visionrpc.runtime.types import EncodedMask, InferenceResult, MaskFormat
+from visionrpc.types import EncodedMask, InferenceResult, MaskFormat
 
 _PALETTE = np.array(
     [
@@ -34,7 +34,8 @@ def decode_mask(mask: EncodedMask, height: int, width: int) -> np.ndarray:
     """A wire mask as a full-image boolean array of shape (height, width)."""
     if mask.format is MaskFormat.RLE:
         rle = {"size": list(mask.rle_size), "counts": mask.rle_counts.encode()}
-        return coco_mask.decode(rle).astype(bool)
+        decoded: np.ndarray = coco_mask.decode(rle)
+        return decoded.astype(bool)
     out = np.zeros((height, width), np.uint8)
     if mask.format is MaskFormat.PNG:
         patch = cv2.imdecode(np.frombuffer(mask.png, np.uint8), cv2.IMREAD_GRAYSCALE)

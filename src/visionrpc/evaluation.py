@@ -10,15 +10,15 @@ import contextlib
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from visionrpc.runtime.types import InferenceResult
 from visionrpc.synthetic import CLASS_NAMES, Sample, generate_sample
+from visionrpc.types import InferenceResult
 
 EVAL_SEED = 1000  # never used for training (training/train.py uses 1 and 2)
 
@@ -62,9 +62,9 @@ def encode_for_eval(sample: Sample) -> bytes:
     return buf.tobytes()
 
 
-def _ground_truth(samples: list[Sample]) -> dict:
-    images: list[dict] = []
-    annotations: list[dict] = []
+def _ground_truth(samples: list[Sample]) -> dict[str, Any]:
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, sample in enumerate(samples, start=1):
         images.append({"id": image_id, "width": sample.width, "height": sample.height})
         for defect in sample.defects:
@@ -89,7 +89,7 @@ def _ground_truth(samples: list[Sample]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def _predictions(results: list[InferenceResult], with_masks: bool) -> list[dict]:
+def _predictions(results: list[InferenceResult], with_masks: bool) -> list[dict[str, Any]]:
     out = []
     for image_id, result in enumerate(results, start=1):
         for d in result.detections:
@@ -117,7 +117,9 @@ def _predictions(results: list[InferenceResult], with_masks: bool) -> list[dict]
     return out
 
 
-def _score(coco_gt: COCO, predictions: list[dict], iou_type: str) -> tuple[float, float, dict]:
+def _score(
+    coco_gt: COCO, predictions: list[dict[str, Any]], iou_type: str
+) -> tuple[float, float, dict[str, float]]:
     if not predictions:
         return 0.0, 0.0, dict.fromkeys(CLASS_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -1,22 +1,34 @@
-"""The one settings object: every knob is read from ``VISIONRPC_<NAME>``; CLI flags override.
+"""The server's one settings object: every knob is read from ``VISIONRPC_<NAME>``; flags override.
 
-Nested groups use a double underscore, e.g. ``VISIONRPC_BATCHING__MAX_BATCH_SIZE=8``.
+Nested groups use a double underscore, e.g. ``VISIONRPC_BATCHING__MAX_BATCH_SIZE=8``. Choices are
+``Literal`` types, so a typo is a settings error at start-up, before any port is bound or model
+loaded. The client has its own, smaller settings (``visionrpc.client.ClientSettings``).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+ExecutionMode = Literal["sequential", "parallel"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 class BatchingSettings(BaseModel):
@@ -26,9 +38,8 @@ class BatchingSettings(BaseModel):
         0,
         ge=0,
         description="Largest batch handed to ONNX Runtime; 0 = auto: 8 on GPU or with one "
-        "instance, 1 on CPU with one instance per core (there, measured on 2 cores, batches of 8 "
-        "bought ~1.2x the images/s at concurrency 16 but put its p99 at 1.3-1.5x the "
-        "1.2 x 16 / throughput budget).",
+        "instance, 1 on CPU with one instance per core (there batching trades p99 latency for "
+        "throughput; see the README's performance section).",
     )
     max_queue_delay_us: int = Field(
         0, ge=0, description="How long a batch may wait for more requests; 0 = never wait."
@@ -41,15 +52,14 @@ class BatchingSettings(BaseModel):
 class RuntimeSettings(BaseModel):
     """ONNX Runtime session options."""
 
-    device: str = Field(
+    device: Device = Field(
         "auto", description="auto (CUDA/TensorRT when present, else CPU), cpu, cuda or tensorrt."
     )
     instances: int = Field(
         0,
         ge=0,
         description="Batches of one model run at once (Triton's instance count); 0 = one per CPU "
-        "core on CPU (each ORT call single-threaded; in ORT alone two such calls did up to ~1.3x "
-        "the images/s of one two-thread call on 2 cores), 1 on GPU.",
+        "core on CPU, each ORT call single-threaded, and 1 on GPU.",
     )
     intra_op_threads: int = Field(
         0,
@@ -61,15 +71,13 @@ class RuntimeSettings(BaseModel):
         True,
         description="On CPU with several single-threaded instances, a request that finds every "
         "instance idle runs on a second session using all cores, whose threads spin between "
-        "operators during the call and stop when it ends (measured on 2 cores: ~1.7 ms less "
-        "p50 than one thread; spinning alone was ~1.2 ms of it).",
+        "operators only during the call.",
     )
     inter_op_threads: int = Field(0, ge=0, description="Threads across operators; 0 = ORT default.")
-    graph_optimization: str = Field(
-        "all",
-        description="disable, basic, extended or all (ORT graph optimisation level).",
+    graph_optimization: GraphOptimization = Field(
+        "all", description="disable, basic, extended or all (ORT graph optimisation level)."
     )
-    execution_mode: str = Field("sequential", description="sequential or parallel.")
+    execution_mode: ExecutionMode = Field("sequential", description="sequential or parallel.")
     allow_spinning: bool = Field(
         False,
         description="Let ORT threads busy-wait between operators (can help a dedicated box; "
@@ -79,9 +87,13 @@ class RuntimeSettings(BaseModel):
         2, ge=1, description="Threads that decode and letterbox images (OpenCV releases the GIL)."
     )
 
+    _lower_choices = field_validator(
+        "device", "graph_optimization", "execution_mode", mode="before"
+    )(_lower)
+
 
 class Settings(BaseSettings):
-    """Server and client configuration."""
+    """Server configuration."""
 
     model_config = SettingsConfigDict(
         env_prefix="VISIONRPC_", env_nested_delimiter="__", extra="ignore"
@@ -107,38 +119,38 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = Field(
         0, ge=0, description="HTTP/2 streams per connection; 0 = gRPC default."
     )
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(LogFormat.TEXT, description="text or json logs.")
     access_log: bool = Field(
         False,
         description="One structured log line per call (method, code, duration, peer). Off by "
-        "default: at thousands of calls/s it costs ~10% of a Ping's throughput.",
+        "default: at thousands of calls per second it costs a measurable share of throughput.",
     )
 
     models_dir: Path | None = Field(
-        None, description="Model repository directory; unset = the model shipped in the package."
+        None, description="Model repository directory; unset = the models shipped in the package."
     )
-    default_model: str = Field("", description="Model used when a request names none.")
+    default_model: str = Field(
+        "",
+        description="Model used when a request names none; empty = the repository's own choice "
+        "(its repository.yaml, or its only model).",
+    )
     max_image_pixels: int = Field(
-        50_000_000,
-        ge=1,
-        description="Larger images are refused (decompression bombs).",
+        50_000_000, ge=1, description="Larger images are refused (decompression bombs)."
     )
     max_image_side: int = Field(
         16384, ge=1, description="Largest width or height accepted, encoded or raw."
     )
     reduced_decode: bool = Field(
-        True,
-        description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling).",
+        True, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling)."
     )
     stream_window: int = Field(
-        4,
-        ge=1,
-        description="InferStream frames in flight per stream before reading pauses.",
+        4, ge=1, description="InferStream frames in flight per stream before reading pauses."
     )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
 
-    # client-side defaults
-    target: str = Field("127.0.0.1:50051", description="Server address used by the client and CLI.")
-    timeout_s: float = Field(30.0, gt=0, description="Default client deadline per call.")
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value

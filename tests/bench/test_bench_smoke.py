@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from visionrpc.bench import models as bench_models
-from visionrpc.bench import report
+from bench.harness import models as bench_models
+from bench.harness import report
 
 
 def _positive(value: object) -> bool:
@@ -25,7 +25,7 @@ def _positive(value: object) -> bool:
 def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     model = next(iter(bench_models.discover(None)))
     out = tmp_path / "results.json"
-    argv = [sys.executable, "-m", "visionrpc.cli.main", "bench", "--quick"]
+    argv = [sys.executable, "-m", "bench.harness", "--quick"]
     argv += ["--model", model, "--duration", "0.3", "--warmup", "0.1", "--concurrency", "1"]
     argv += ["--batch-sizes", "1,2", "--images", "3", "--skip-accuracy", "--out", str(out)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=380, check=False)

@@ -15,7 +15,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import RunningServer
+from tests.helpers import RunningServer
 from visionrpc.cli.main import app
 from visionrpc.client import Client
 

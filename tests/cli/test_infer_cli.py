@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from tests.conftest import LoopThread, RunningServer, make_settings
+from tests.helpers import RunningServer, make_settings
 from visionrpc.cli.main import app
-from visionrpc.server.app import VisionServer
-from visionrpc.server.inference_servicer import InferenceService
+from visionrpc.server.inference_servicer import InferenceServicer
+from visionrpc.server.local import ServerThread
 from visionrpc.synthetic import generate_sample
 
 runner = CliRunner()
@@ -31,17 +31,9 @@ def invoke(*args: str) -> Result:
 def inference_server() -> Iterator[RunningServer]:
     """One server with the packaged models for the module, on a loop in a background thread."""
     settings = make_settings(access_log=False)
-    loop = LoopThread()
-
-    async def create() -> VisionServer:
-        server = VisionServer(settings, [InferenceService(settings)])
-        await server.start()
-        return server
-
-    server = loop.run(create())
-    yield RunningServer(server, settings)
-    loop.run(server.stop(0))
-    loop.close()
+    thread = ServerThread()
+    yield RunningServer(thread.start(settings, [InferenceServicer(settings)]), settings)
+    thread.close()
 
 
 @pytest.fixture

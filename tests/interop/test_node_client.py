@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer
+from tests.helpers import RunningServer
 
 NODE_DIR = Path(__file__).parent / "node"
 NODE = shutil.which("node")

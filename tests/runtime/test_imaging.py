@@ -19,7 +19,7 @@ from visionrpc.runtime.imaging import (
     letterbox,
     raw_to_rgb,
 )
-from visionrpc.runtime.types import PixelFormat, RawImage
+from visionrpc.types import PixelFormat, RawImage
 
 LIMITS = {"max_pixels": 50_000_000, "max_side": 16384}
 

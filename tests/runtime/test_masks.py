@@ -8,8 +8,8 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from visionrpc.runtime.masks import MaskEncoder, encode_png, encode_polygons, encode_rle
-from visionrpc.runtime.types import MaskFormat
 from visionrpc.runtime.yolo import BoxMask
+from visionrpc.types import MaskFormat
 
 
 def sample_mask() -> tuple[BoxMask, np.ndarray]:

@@ -15,7 +15,8 @@ from visionrpc.errors import InvalidInputError, ModelNotFoundError, ResourceLimi
 from visionrpc.runtime.model import OnnxModel
 from visionrpc.runtime.pipeline import InferencePipeline, summarize_defects
 from visionrpc.runtime.repository import ModelRepository
-from visionrpc.runtime.types import (
+from visionrpc.settings import Settings
+from visionrpc.types import (
     BoxXYXY,
     Detection,
     InferenceInput,
@@ -24,7 +25,6 @@ from visionrpc.runtime.types import (
     PixelFormat,
     RawImage,
 )
-from visionrpc.settings import Settings
 
 NAMES = {0: "scratch", 1: "dent", 2: "stain"}
 
@@ -331,7 +331,7 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
         lambda self, items: batches.append(len(items)) or run_batch(self, items),
     )
     settings = Settings(models_dir=repo_dir, runtime={"instances": 1})
-    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    p = InferencePipeline(ModelRepository(settings), settings)
     data = png(np.zeros((40, 60, 3), np.uint8))
     alone = await p.infer(request(data, model="detect"))
     assert batches == []  # the idle model ran it directly
@@ -353,7 +353,7 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
         ),
     )
     settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
-    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    p = InferencePipeline(ModelRepository(settings), settings)
     await p.infer(request(data, model="detect"))
     p.infer_sync(request(data, model="detect"))
     await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
@@ -364,7 +364,7 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
     # batcher even when a second instance is idle, so it cannot overtake earlier requests.
     batches.clear()
     settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
-    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    p = InferencePipeline(ModelRepository(settings), settings)
     pair = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
     assert batches == [1] and all(r.detections == alone.detections for r in pair)
     await p.close()
@@ -372,7 +372,7 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
 
 async def test_async_queue_limit(repo_dir: Path) -> None:
     settings = Settings(models_dir=repo_dir, batching={"max_queue_size": 2, "max_batch_size": 1})
-    p = InferencePipeline(ModelRepository.load(settings=settings), settings)
+    p = InferencePipeline(ModelRepository(settings), settings)
     data = png(np.zeros((2000, 2000, 3), np.uint8))
     results = await asyncio.gather(
         *(p.infer(request(data, model="detect")) for _ in range(6)), return_exceptions=True

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
 from visionrpc.errors import ModelLoadError, ModelNotFoundError
@@ -19,8 +20,8 @@ from visionrpc.runtime.model import (
     select_providers,
 )
 from visionrpc.runtime.repository import ModelRepository
-from visionrpc.runtime.types import Layout, Task
 from visionrpc.settings import RuntimeSettings, Settings
+from visionrpc.types import Layout, Task
 
 NAMES = {0: "scratch", 1: "dent", 2: "stain"}
 
@@ -61,14 +62,15 @@ def test_provider_selection() -> None:
     assert auto_gpu == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
         select_providers("cuda", ["CPUExecutionProvider"])
-    with pytest.raises(ModelLoadError, match="use auto, cpu, cuda or tensorrt"):
-        select_providers("tpu", ["CPUExecutionProvider"])
 
 
-def test_bad_session_options(tmp_path: Path) -> None:
-    path = detect_model(tmp_path / "m.onnx")
-    with pytest.raises(ModelLoadError, match="graph_optimization"):
-        OnnxModel(path, RuntimeSettings(graph_optimization="max"))
+def test_bad_runtime_choices_are_settings_errors() -> None:
+    """A typo in a choice fails when the settings are read, before any model is loaded."""
+    with pytest.raises(ValidationError, match="graph_optimization"):
+        RuntimeSettings(graph_optimization="max")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="'auto', 'cpu', 'cuda' or 'tensorrt'"):
+        RuntimeSettings(device="tpu")  # type: ignore[arg-type]
+    assert RuntimeSettings(device=" CUDA ").device == "cuda"  # type: ignore[arg-type]
 
 
 def test_missing_corrupt_and_unsupported_models(tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_repository_layouts_and_model_yaml(tmp_path: Path) -> None:
     assert tuned.batching.max_queue_size == 7
     assert tuned.instances == 3 and repo.get("plain").instances == cpu_cores()
     # each instance's ORT calls get an equal share of the cores, at least one thread
-    threads = tuned.model.session.get_session_options().intra_op_num_threads
+    threads = tuned.onnx.session.get_session_options().intra_op_num_threads
     assert threads == max(1, cpu_cores() // 3)
     d = repo.describe("tuned")
     assert (d.version, d.display_name, d.default_confidence_threshold) == (

@@ -8,7 +8,6 @@ import pytest
 from tests.runtime.onnx_builders import yolov8_detect_outputs
 from visionrpc.errors import ModelLoadError
 from visionrpc.runtime.imaging import DecodedImage, letterbox_uint8
-from visionrpc.runtime.types import Layout, Task
 from visionrpc.runtime.yolo import (
     DecodeParams,
     OutputSpec,
@@ -17,6 +16,7 @@ from visionrpc.runtime.yolo import (
     expected_anchor_count,
     instance_masks,
 )
+from visionrpc.types import Layout, Task
 
 P = DecodeParams(confidence=0.25, iou=0.5, max_detections=100)
 

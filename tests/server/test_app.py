@@ -13,8 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.conftest import RunningServer, StartServer, make_settings
-from tests.server.conftest import EOF, wait_until
+from tests.helpers import EOF, RunningServer, StartServer, make_settings, wait_until
 from visionrpc.server.app import VisionServer
 from visionrpc.server.interceptors import ACCESS_LOGGER
 from visionrpc.v1 import core_pb2, core_pb2_grpc

@@ -7,10 +7,9 @@ import asyncio
 import grpc
 import pytest
 
-from tests.conftest import RunningServer, StartServer
-from tests.server.conftest import ChatSession, wait_until
+from tests.helpers import ChatSession, RunningServer, StartServer, wait_until
 from visionrpc.errors import InvalidInputError, ResourceLimitError
-from visionrpc.server.chat import ChatHub
+from visionrpc.server.reference.chat import ChatHub
 from visionrpc.v1 import core_pb2_grpc
 
 # -- hub (no gRPC) ---------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import grpc
 import pytest
 
 import visionrpc
-from tests.conftest import RunningServer, StartServer
-from tests.server.conftest import wait_until
+from tests.helpers import RunningServer, StartServer, wait_until
 from visionrpc.v1 import core_pb2, core_pb2_grpc
 
 INT64_MAX = 2**63 - 1

@@ -20,19 +20,20 @@ import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from tests.conftest import RunningServer, StartServer, make_settings
+from tests.helpers import RunningServer, StartServer, make_settings
 from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
 from visionrpc.annotate import decode_mask
 from visionrpc.client import AsyncClient, Client, infer_request
-from visionrpc.converters import InferResponseConverter
 from visionrpc.runtime import pipeline
 from visionrpc.runtime.repository import ModelRepository, packaged_models_dir
-from visionrpc.runtime.types import InferenceResult, MaskFormat
-from visionrpc.server.inference_servicer import SERVICE_NAME, InferenceService, InferenceServicer
+from visionrpc.server.inference_servicer import SERVICE_NAME, InferenceServicer
 from visionrpc.settings import Settings
 from visionrpc.synthetic import PlantedDefect, generate_sample
+from visionrpc.types import InferenceResult, MaskFormat
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
+from visionrpc.wire.codes import code_name
+from visionrpc.wire.converters import InferResponseConverter
 
 CLASSES = ("scratch", "spot", "crack")
 
@@ -99,10 +100,10 @@ GOOD = encode(small_image())
 async def serve(
     start_server: StartServer, repository: ModelRepository | None = None, **overrides: Any
 ) -> RunningServer:
-    """A server whose InferenceService uses the same settings as the server itself."""
+    """A server whose InferenceServicer uses the same settings as the server itself."""
     overrides = {"access_log": False, **overrides}
     settings = make_settings(**overrides)
-    return await start_server([InferenceService(settings, repository)], **overrides)
+    return await start_server([InferenceServicer(settings, repository)], **overrides)
 
 
 def copy_model(dst: Path, overrides: dict[str, Any]) -> None:
@@ -115,7 +116,7 @@ def copy_model(dst: Path, overrides: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def shipped() -> ModelRepository:
     """The packaged models, loaded once per module and shared by the servers of its tests."""
-    return ModelRepository.load(settings=make_settings())
+    return ModelRepository(make_settings())
 
 
 @pytest.fixture(scope="module")
@@ -416,35 +417,29 @@ async def test_stream_bad_frames_carry_their_error_and_the_stream_goes_on(
 
 
 def status_name(code: int) -> str:
-    return next(c.name for c in grpc.StatusCode if c.value[0] == code)
+    return code_name(code)
 
 
-class CountingService(InferenceService):
-    """InferenceService whose InferStream notes, at each frame it pulls, how many are unanswered."""
+class CountingService(InferenceServicer):
+    """A servicer whose InferStream notes, at each frame it pulls, how many are unanswered."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.pulled = self.answered = 0
         self.unanswered: list[int] = []  # at each pull
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        service = self
+    async def InferStream(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: Any
+    ) -> AsyncIterator[pb.InferResponse]:
+        async def counted() -> AsyncIterator[pb.InferRequest]:
+            async for request in request_iterator:
+                self.pulled += 1
+                self.unanswered.append(self.pulled - self.answered)
+                yield request
 
-        class Counting(InferenceServicer):
-            async def InferStream(
-                self, request_iterator: AsyncIterator[pb.InferRequest], context: Any
-            ) -> AsyncIterator[pb.InferResponse]:
-                async def counted() -> AsyncIterator[pb.InferRequest]:
-                    async for request in request_iterator:
-                        service.pulled += 1
-                        service.unanswered.append(service.pulled - service.answered)
-                        yield request
-
-                async for reply in super().InferStream(counted(), context):
-                    service.answered += 1
-                    yield reply
-
-        inference_pb2_grpc.add_InferenceMethodsServicer_to_server(Counting(self), server)
+        async for reply in super().InferStream(counted(), context):
+            self.answered += 1
+            yield reply
 
 
 async def test_stream_window_bounds_read_ahead(start_server: StartServer) -> None:
@@ -552,7 +547,7 @@ def test_client_accepts_paths_bytes_arrays_and_pil_images(
     start_threaded_server: Callable[..., RunningServer], tmp_path: Path
 ) -> None:
     settings = make_settings(access_log=False)
-    running = start_threaded_server([InferenceService(settings)], access_log=False)
+    running = start_threaded_server([InferenceServicer(settings)], access_log=False)
     rgb = generate_sample(*FOUND_SAMPLES[3]).image
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     path = tmp_path / "sample.png"
@@ -661,7 +656,7 @@ async def test_stream_frames_stay_in_order_when_batched_with_unary_calls(
 
     monkeypatch.setattr(pipeline.BatchRunner, "__call__", recording)
     batching = {"max_queue_delay_us": 50_000, "max_batch_size": 8}
-    batched = ModelRepository.load(settings=make_settings(batching=batching))
+    batched = ModelRepository(make_settings(batching=batching))
     running = await serve(start_server, batched, stream_window=8, batching=batching)
     widths = [40 + 8 * i for i in range(12)]  # each image's width identifies its result
     images = [encode(np.full((32, w, 3), 90 + i, np.uint8)) for i, w in enumerate(widths)]

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.conftest import RunningServer
+from tests.helpers import RunningServer
 
 CORE = "visionrpc.v1.CoreServices"
 

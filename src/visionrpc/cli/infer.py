@@ -1,28 +1,25 @@
-"""CLI commands for inference: infer, infer-stream, models, eval."""
+"""CLI commands for inference: infer, infer-stream, models."""
 
 from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-import cv2
 import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from visionrpc.cli.core import rpc_errors
-from visionrpc.runtime.types import InferenceResult, MaskFormat
-from visionrpc.settings import Settings
+from visionrpc.cli.common import TargetOpt, rpc_errors
+from visionrpc.types import InferenceResult, MaskFormat
 
 console = Console()
 
-Target = Annotated[str | None, typer.Option("--target", help="Server address host:port.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Model name; empty = server default.")]
 Conf = Annotated[float, typer.Option("--conf", help="Confidence threshold; 0 = model default.")]
 Iou = Annotated[float, typer.Option("--iou", help="NMS IoU threshold; 0 = model default.")]
@@ -38,15 +35,11 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def _target(target: str | None) -> str:
-    return target or Settings().target
-
-
 def _class_list(classes: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in classes.split(",") if c.strip())
 
 
-def result_to_json(result: InferenceResult) -> dict:
+def result_to_json(result: InferenceResult) -> dict[str, Any]:
     """A JSON-friendly dict of a result (masks as their encodings, PNG bytes as length only)."""
     out: dict[str, Any] = {
         "request_id": result.request_id,
@@ -59,7 +52,7 @@ def result_to_json(result: InferenceResult) -> dict:
         "timings": asdict(result.timings),
     }
     for d in result.detections:
-        det: dict = {
+        det: dict[str, Any] = {
             "box": asdict(d.box),
             "score": round(d.score, 4),
             "class_id": d.class_id,
@@ -115,7 +108,7 @@ def print_result(name: str, result: InferenceResult) -> None:
 
 def infer(
     images: Annotated[list[Path], typer.Argument(help="Image files to send.", exists=True)],
-    target: Target = None,
+    target: TargetOpt = None,
     model: ModelOpt = "",
     conf: Conf = 0.0,
     iou: Iou = 0.0,
@@ -129,13 +122,12 @@ def infer(
     ] = None,
 ) -> None:
     """Send images to InferenceMethods.Infer and print boxes and defects."""
-    from visionrpc.annotate import draw
     from visionrpc.client import Client
 
     if save_annotated is not None:
         save_annotated.mkdir(parents=True, exist_ok=True)
     outputs = []
-    with rpc_errors(), Client(_target(target)) as client:
+    with rpc_errors(), Client(target) as client:
         for path in images:
             result = client.infer(
                 path,
@@ -153,6 +145,10 @@ def infer(
             else:
                 print_result(str(path), result)
             if save_annotated is not None:
+                import cv2
+
+                from visionrpc.annotate import draw
+
                 bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if bgr is None:
                     raise typer.BadParameter(f"OpenCV cannot read {path} to annotate it")
@@ -169,6 +165,8 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
     """(frame count if known, iterator of (name, encoded bytes)) for a video, folder or glob."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        import cv2
+
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise typer.BadParameter(f"cannot open video {source}")
@@ -199,7 +197,7 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
 
 def infer_stream(
     source: Annotated[str, typer.Argument(help="A video file, a folder of images or a glob.")],
-    target: Target = None,
+    target: TargetOpt = None,
     model: ModelOpt = "",
     conf: Conf = 0.0,
     iou: Iou = 0.0,
@@ -222,7 +220,7 @@ def infer_stream(
     failures = 0
     with (
         rpc_errors(),
-        Client(_target(target)) as client,
+        Client(target) as client,
         Progress(console=console, transient=True) as bar,
     ):
         task = bar.add_task("frames", total=total)
@@ -269,11 +267,11 @@ def infer_stream(
         raise typer.Exit(1)
 
 
-def models(target: Target = None, json_out: Json = False) -> None:
+def models(target: TargetOpt = None, json_out: Json = False) -> None:
     """List the models the server holds."""
     from visionrpc.client import Client
 
-    with rpc_errors(), Client(_target(target)) as client:
+    with rpc_errors(), Client(target) as client:
         infos, default = client.list_models()
     if json_out:
         typer.echo(
@@ -316,71 +314,7 @@ def models(target: Target = None, json_out: Json = False) -> None:
     console.print(table)
 
 
-def evaluate(
-    target: Target = None,
-    models_dir: Annotated[
-        Path | None, typer.Option("--models", help="Serve this model folder locally instead.")
-    ] = None,
-    model: ModelOpt = "",
-    count: Annotated[
-        int, typer.Option(help="Held-out images to generate (>= 200 for a report).")
-    ] = 200,
-    seed: Annotated[int, typer.Option(help="Generator seed; training used 1 and 2.")] = 1000,
-    json_out: Json = False,
-) -> None:
-    """Accuracy through the gRPC API: box and mask mAP50 on a held-out generated set.
-
-    Without --target a server is started in this process on a free loopback port.
-    """
-    from visionrpc.client import Client
-    from visionrpc.evaluation import evaluate as run_eval
-    from visionrpc.evaluation import served
-
-    def go(address: str) -> None:
-        with (
-            rpc_errors(),
-            Client(address, timeout=120.0) as client,
-            Progress(console=console, transient=True) as bar,
-        ):
-            task = bar.add_task("evaluating", total=count)
-
-            def progress(it: Iterable[int]) -> Iterator[int]:
-                for i in it:
-                    yield i
-                    bar.advance(task)
-
-            report = run_eval(served(client, model), seed=seed, count=count, progress=progress)
-        if json_out:
-            typer.echo(json.dumps(asdict(report), indent=2))
-            return
-        table = Table(
-            title=f"held-out set: seed {seed}, {report.images} images, {report.instances} defects"
-        )
-        for col in ("class", "box mAP50", "mask mAP50"):
-            table.add_column(col)
-        for name, box in report.per_class_box_map50.items():
-            table.add_row(name, f"{box:.3f}", f"{report.per_class_mask_map50[name]:.3f}")
-        table.add_row("all", f"{report.box_map50:.3f}", f"{report.mask_map50:.3f}")
-        console.print(table)
-        console.print(
-            f"box mAP50-95 {report.box_map50_95:.3f}, mask mAP50-95 "
-            f"{report.mask_map50_95:.3f}, mean server time {report.mean_latency_ms:.1f} ms"
-        )
-
-    if target:
-        go(target)
-        return
-    from visionrpc.server.local import running_server
-
-    overrides: dict = {"host": "127.0.0.1", "port": 0, "access_log": False}
-    if models_dir is not None:
-        overrides["models_dir"] = models_dir
-    with running_server(Settings(**overrides)) as server:
-        go(server.address)
-
-
 def register(app: typer.Typer) -> None:
     app.command("infer")(infer)
     app.command("infer-stream")(infer_stream)
     app.command("models")(models)
-    app.command("eval")(evaluate)

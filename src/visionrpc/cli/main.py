@@ -1,14 +1,15 @@
 """``visionrpc`` entry point: a registry of commands; implementations live in sibling modules.
 
-Add a command with one line, e.g. ``app.command("infer")(infer.infer)`` or
-``app.add_typer(infer.models_app, name="models")``.
+Add a command with one line, e.g. ``app.command("infer")(infer.infer)``. Server-side commands
+(serve, eval, demo --local) import the server only when they run, so the client commands work
+from a client-only install.
 """
 
 from __future__ import annotations
 
 import typer
 
-from visionrpc.cli import bench, core, infer
+from visionrpc.cli import calls, demo, evaluate, infer, serve
 
 app = typer.Typer(
     name="visionrpc",
@@ -17,14 +18,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-app.command("serve")(core.serve)
-app.command("ping")(core.ping)
-app.add_typer(core.numbers_app, name="numbers")
-app.command("chat")(core.chat)
-app.command("health")(core.health)
-app.command("demo")(core.demo)
-infer.register(app)
-bench.register(app)
+app.command("serve")(serve.serve)
+app.command("ping")(calls.ping)
+app.add_typer(calls.numbers_app, name="numbers")
+app.command("chat")(calls.chat)
+app.command("health")(calls.health)
+app.command("demo")(demo.demo)
+app.command("infer")(infer.infer)
+app.command("infer-stream")(infer.infer_stream)
+app.command("models")(infer.models)
+app.command("eval")(evaluate.evaluate)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from visionrpc.errors import InvalidInputError, ResourceLimitError
 from visionrpc.runtime.image_headers import ImageFormat, read_header
-from visionrpc.runtime.types import PixelFormat, RawImage
+from visionrpc.types import PixelFormat, RawImage
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 

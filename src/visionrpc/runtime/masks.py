@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from visionrpc.runtime.types import EncodedMask, MaskFormat
 from visionrpc.runtime.yolo import BoxMask
+from visionrpc.types import EncodedMask, MaskFormat
 
 
 class MaskEncoder:

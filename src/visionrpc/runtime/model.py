@@ -15,23 +15,23 @@ import numpy as np
 import onnxruntime as ort
 
 from visionrpc.errors import ModelLoadError
-from visionrpc.runtime.types import Task
 from visionrpc.runtime.yolo import OutputSpec, detect_layout
-from visionrpc.settings import RuntimeSettings
+from visionrpc.settings import Device, ExecutionMode, GraphOptimization, RuntimeSettings
+from visionrpc.types import Task
 
 log = logging.getLogger(__name__)
 
-_GRAPH_OPT = {
+_GRAPH_OPT: dict[GraphOptimization, ort.GraphOptimizationLevel] = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_EXEC_MODE = {
+_EXEC_MODE: dict[ExecutionMode, ort.ExecutionMode] = {
     "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
     "parallel": ort.ExecutionMode.ORT_PARALLEL,
 }
-_DEVICE_PROVIDERS = {
+_DEVICE_PROVIDERS: dict[Device, str] = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
@@ -39,14 +39,13 @@ _DEVICE_PROVIDERS = {
 DEFAULT_INPUT_SIZE = 640
 
 
-def select_providers(device: str, available: Sequence[str] | None = None) -> list[Any]:
+def select_providers(device: Device, available: Sequence[str] | None = None) -> list[Any]:
     """Execution providers to ask for, best first; CPU is always the last fallback.
 
     "auto" takes TensorRT and CUDA when this onnxruntime build offers them; an explicit device that
     is not offered is a ModelLoadError rather than a silent CPU fallback.
     """
     available = list(ort.get_available_providers() if available is None else available)
-    device = device.lower().strip()
     trt: tuple[str, dict[str, Any]] = (
         "TensorrtExecutionProvider",
         {
@@ -61,8 +60,6 @@ def select_providers(device: str, available: Sequence[str] | None = None) -> lis
         if "CUDAExecutionProvider" in available:
             chosen.append("CUDAExecutionProvider")
         return [*chosen, "CPUExecutionProvider"]
-    if device not in _DEVICE_PROVIDERS:
-        raise ModelLoadError(f"runtime.device is {device!r}; use auto, cpu, cuda or tensorrt")
     wanted = _DEVICE_PROVIDERS[device]
     if wanted not in available:
         raise ModelLoadError(
@@ -119,7 +116,7 @@ def plan_instances(
 
 
 def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
-    """ORT session options from settings.runtime; unknown names are a ModelLoadError."""
+    """ORT session options from settings.runtime (whose choices the settings already checked)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = settings.inter_op_threads
@@ -131,19 +128,8 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     opts.add_session_config_entry(
         "session.inter_op.allow_spinning", "1" if settings.allow_spinning else "0"
     )
-    try:
-        opts.graph_optimization_level = _GRAPH_OPT[settings.graph_optimization.lower()]
-    except KeyError:
-        raise ModelLoadError(
-            f"runtime.graph_optimization is {settings.graph_optimization!r}; "
-            f"use one of {', '.join(_GRAPH_OPT)}"
-        ) from None
-    try:
-        opts.execution_mode = _EXEC_MODE[settings.execution_mode.lower()]
-    except KeyError:
-        raise ModelLoadError(
-            f"runtime.execution_mode is {settings.execution_mode!r}; use sequential or parallel"
-        ) from None
+    opts.graph_optimization_level = _GRAPH_OPT[settings.graph_optimization]
+    opts.execution_mode = _EXEC_MODE[settings.execution_mode]
     return opts
 
 
@@ -217,7 +203,7 @@ class OnnxModel:
             )
         self.provider: str = self.session.get_providers()[0]
         requested = providers[0] if isinstance(providers[0], str) else providers[0][0]
-        if runtime.device.lower().strip() != "auto" and self.provider != requested:
+        if runtime.device != "auto" and self.provider != requested:
             raise ModelLoadError(
                 f"{self.path}: runtime.device={runtime.device} asked for {requested}, but ONNX "
                 f"Runtime fell back to {self.provider} (driver or library missing?)"

@@ -33,10 +33,13 @@ from visionrpc.runtime.imaging import (
 )
 from visionrpc.runtime.masks import MaskEncoder
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
-from visionrpc.runtime.types import (
+from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
+from visionrpc.settings import Settings
+from visionrpc.types import (
     BoxXYXY,
     DefectSummary,
     Detection,
+    EncodedMask,
     InferenceInput,
     InferenceOptions,
     InferenceResult,
@@ -44,8 +47,6 @@ from visionrpc.runtime.types import (
     Task,
     Timings,
 )
-from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
-from visionrpc.settings import Settings
 
 ItemOutputs = list[np.ndarray]  # one image's model outputs, batch axis removed
 
@@ -119,7 +120,7 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
                 f"valid names: {', '.join(model.class_names)}"
             )
         class_ids = frozenset(i for c in options.classes if (i := model.class_id(c)) is not None)
-    if options.return_masks and model.model.task is not Task.SEGMENT:
+    if options.return_masks and model.onnx.task is not Task.SEGMENT:
         raise InvalidInputError(
             f"return_masks is set but model {model.name!r} only detects (no masks); "
             "unset return_masks or choose a segmentation model"
@@ -136,7 +137,7 @@ class BatchRunner:
     """
 
     def __init__(self, model: LoadedModel) -> None:
-        self._model = model.model
+        self._model = model.onnx
         w, h = self._model.input_size
         self._shape = (model.max_batch_size, 3, h, w)
         self._local = threading.local()
@@ -166,6 +167,11 @@ class InferencePipeline:
         self._instance_threads: dict[str, list[ThreadPoolExecutor]] = {}
         self._batchers: dict[str, DynamicBatcher[Job, JobOutcome]] = {}
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferencePipeline:
+        """Load the repository that ``settings`` names and serve it (blocks while models load)."""
+        return cls(ModelRepository(settings), settings)
+
     # -- public API ------------------------------------------------------------------------
 
     def infer_sync(self, item: InferenceInput) -> InferenceResult:
@@ -189,7 +195,7 @@ class InferencePipeline:
         queue_ms = _ms_since(start)
         prepared = self._prepare(item, model)
         t0 = time.perf_counter()
-        outputs = model.model.run(to_chw_float(prepared.canvas)[None], all_cores=all_cores)
+        outputs = model.onnx.run(to_chw_float(prepared.canvas)[None], all_cores=all_cores)
         inference_ms = _ms_since(t0)
         return self._finish(
             item, model, options, prepared, [o[0] for o in outputs], inference_ms, queue_ms, start
@@ -299,7 +305,7 @@ class InferencePipeline:
         t0 = time.perf_counter()
         image = self._decode(item, model)
         t1 = time.perf_counter()
-        canvas, transform = letterbox_uint8(image, model.model.input_size)
+        canvas, transform = letterbox_uint8(image, model.onnx.input_size)
         return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1))
 
     def _decode(self, item: InferenceInput, model: LoadedModel) -> DecodedImage:
@@ -314,7 +320,7 @@ class InferencePipeline:
             item.image_bytes,
             max_pixels=s.max_image_pixels,
             max_side=s.max_image_side,
-            input_size=model.model.input_size,
+            input_size=model.onnx.input_size,
             reduced_decode=s.reduced_decode,
         )
 
@@ -358,11 +364,11 @@ class InferencePipeline:
         transform: ImageTransform,
         outputs: ItemOutputs,
     ) -> tuple[Detection, ...]:
-        spec = model.model.spec
+        spec = model.onnx.spec
         raw = decode_detections(outputs, spec, options.params)
         boxes = transform.boxes_to_original(raw.boxes)
         areas: list[int | None] = [None] * len(raw)
-        encoded: list = [None] * len(raw)
+        encoded: list[EncodedMask | None] = [None] * len(raw)
         if spec.task is Task.SEGMENT and raw.coeffs is not None and len(raw):
             masks = instance_masks(raw.coeffs, outputs[1], raw.boxes, boxes, transform)
             areas = [m.area for m in masks]

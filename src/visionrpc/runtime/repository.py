@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from visionrpc.errors import ModelLoadError, ModelNotFoundError
 from visionrpc.runtime.model import OnnxModel, plan_instances
-from visionrpc.runtime.types import ModelDescription
 from visionrpc.settings import BatchingSettings, Settings
+from visionrpc.types import ModelDescription
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class LoadedModel:
 
     name: str
     path: Path
-    model: OnnxModel
+    onnx: OnnxModel  # the ONNX Runtime session(s) and what the graph says about itself
     config: ModelConfig
     class_names: tuple[str, ...]
     batching: BatchingSettings
@@ -66,14 +66,14 @@ class LoadedModel:
     @property
     def max_batch_size(self) -> int:
         """Largest batch one ORT call gets: the fixed batch size, or the configured maximum."""
-        if self.model.fixed_batch_size is not None:
-            return self.model.fixed_batch_size
+        if self.onnx.fixed_batch_size is not None:
+            return self.onnx.fixed_batch_size
         return self.batching.max_batch_size
 
     @property
     def max_detections_limit(self) -> int:
         """What a request may ask for: the global limit or what the model can give at all."""
-        return min(MAX_DETECTIONS_LIMIT, self.model.spec.capacity)
+        return min(MAX_DETECTIONS_LIMIT, self.onnx.spec.capacity)
 
     @property
     def default_max_detections(self) -> int:
@@ -91,21 +91,21 @@ class LoadedModel:
         return f"class_{class_id}"
 
     def describe(self) -> ModelDescription:
-        w, h = self.model.input_size
+        w, h = self.onnx.input_size
         return ModelDescription(
             name=self.name,
             version=self.config.version,
             display_name=self.config.display_name or self.name,
-            task=self.model.task,
+            task=self.onnx.task,
             input_width=w,
             input_height=h,
             class_names=self.class_names,
-            execution_provider=self.model.provider,
+            execution_provider=self.onnx.provider,
             default_confidence_threshold=self.config.confidence_threshold,
             default_iou_threshold=self.config.iou_threshold,
             default_max_detections=self.default_max_detections,
-            layout=self.model.spec.layout,
-            dynamic_batch=self.model.dynamic_batch,
+            layout=self.onnx.spec.layout,
+            dynamic_batch=self.onnx.dynamic_batch,
             max_batch_size=self.max_batch_size,
         )
 
@@ -123,8 +123,8 @@ def packaged_models_dir() -> Path:
 class ModelRepository:
     """All models of ``settings.models_dir`` (or the packaged one), loaded eagerly."""
 
-    def __init__(self, settings: Settings, models_dir: Path | None = None) -> None:
-        directory = models_dir or settings.models_dir or packaged_models_dir()
+    def __init__(self, settings: Settings) -> None:
+        directory = settings.models_dir or packaged_models_dir()
         self.directory = Path(directory)
         self._settings = settings
         if not self.directory.is_dir():
@@ -148,11 +148,6 @@ class ModelRepository:
             ", ".join(self._models),
             self.default_name,
         )
-
-    @classmethod
-    def load(cls, models_dir: Path | None = None, *, settings: Settings) -> ModelRepository:
-        """Load ``models_dir`` (None: settings.models_dir, else the packaged model)."""
-        return cls(settings, models_dir)
 
     @property
     def names(self) -> list[str]:

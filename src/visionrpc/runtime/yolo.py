@@ -19,7 +19,7 @@ import numpy as np
 
 from visionrpc.errors import ModelLoadError
 from visionrpc.runtime.imaging import ImageTransform
-from visionrpc.runtime.types import Layout, Task
+from visionrpc.types import Layout, Task
 
 MAX_NMS_CANDIDATES = 30_000  # like Ultralytics' max_nms: bounds NMS time at very low thresholds
 MASK_THRESHOLD = 0.5

@@ -1,7 +1,7 @@
 """The grpc.aio server: built in one place, with health, reflection, interceptors and draining.
 
-Adding a service (e.g. InferenceMethods) means writing a class that satisfies ``Service`` and
-passing an instance to ``VisionServer``/``serve`` – usually by returning it from
+Adding a service (e.g. InferenceMethods) means writing a servicer that also satisfies ``Service``
+and passing an instance to ``VisionServer``/``serve`` – usually by returning it from
 ``default_services``. The server then:
 
 1. builds the grpc.aio server with the message-size options from Settings and the interceptors,
@@ -26,8 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from visionrpc.server.core_services import CoreService, CoreServicesServicer
 from visionrpc.server.interceptors import CallInterceptor
+from visionrpc.server.reference.core_services import CoreServicesServicer
 from visionrpc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ class Service(Protocol):
 
 def default_services(settings: Settings) -> list[Service]:
     """Extra services ``visionrpc serve`` runs next to CoreServices (always included)."""
-    from visionrpc.server.inference_servicer import InferenceService
+    from visionrpc.server.inference_servicer import InferenceServicer
 
-    return [InferenceService(settings)]
+    return [InferenceServicer(settings)]
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -82,7 +82,7 @@ class VisionServer:
 
     def __init__(self, settings: Settings, services: Sequence[Service] = ()) -> None:
         self.settings = settings
-        self.core = CoreService(settings)
+        self.core = CoreServicesServicer(settings)
         self.services: list[Service] = [self.core, *services]
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
@@ -95,10 +95,6 @@ class VisionServer:
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
         self._port = 0
-
-    @property
-    def core_servicer(self) -> CoreServicesServicer:
-        return self.core.servicer
 
     @property
     def port(self) -> int:

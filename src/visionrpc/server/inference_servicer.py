@@ -1,4 +1,10 @@
-"""InferenceMethods: each method converts the request, calls the runtime pipeline, converts back."""
+"""InferenceMethods: each method converts the request, calls the runtime pipeline, converts back.
+
+The servicer also owns the service's lifecycle for VisionServer (see ``server.app.Service``): it is
+registered before start-up (gRPC needs its handlers up front), loads the models in ``start`` and
+closes the pipeline in ``stop``; until the models are loaded its calls fail with UNAVAILABLE and
+health reports NOT_SERVING.
+"""
 
 from __future__ import annotations
 
@@ -6,116 +12,49 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
-from visionrpc.converters import (
+from visionrpc.errors import InvalidInputError, NotReadyError, VisionRPCError
+from visionrpc.runtime.pipeline import InferencePipeline
+from visionrpc.runtime.repository import ModelRepository
+from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, status_for
+from visionrpc.settings import Settings
+from visionrpc.v1 import inference_pb2 as pb
+from visionrpc.v1 import inference_pb2_grpc
+from visionrpc.wire.codes import code_value
+from visionrpc.wire.converters import (
     InferRequestConverter,
     InferResponseConverter,
     ModelInfoConverter,
 )
-from visionrpc.errors import NotReadyError, VisionRPCError
-from visionrpc.runtime.pipeline import InferencePipeline
-from visionrpc.runtime.repository import ModelRepository
-from visionrpc.server.status import map_errors, status_for
-from visionrpc.settings import Settings
-from visionrpc.v1 import inference_pb2 as pb
-from visionrpc.v1 import inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "visionrpc.v1.InferenceMethods"
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["InferenceMethods"].full_name
+
+
+@dataclass(frozen=True)
+class _EndOfStream:
+    """What the reader puts last: the exception that stopped reading, if any."""
+
+    error: BaseException | None = None
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
-    def __init__(self, service: InferenceService):
-        self._service = service
-
-    async def _infer(self, request: pb.InferRequest) -> pb.InferResponse:
-        item = InferRequestConverter.to_types(request)
-        result = await self._service.pipeline.infer(item)
-        return InferResponseConverter.from_types(result)
-
-    @map_errors
-    async def Infer(
-        self, request: pb.InferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.InferResponse:
-        return await self._infer(request)
-
-    async def _infer_frame(self, request: pb.InferRequest) -> pb.InferResponse:
-        """One stream frame: a failure becomes this frame's ``error``, not the stream's."""
-        try:
-            return await self._infer(request)
-        except Exception as exc:
-            code, message = status_for(exc)
-            if not isinstance(exc, VisionRPCError):
-                log.exception("frame %r failed", request.request_id)
-            return pb.InferResponse(
-                request_id=request.request_id,
-                error=status_pb2.Status(code=code.value[0], message=message),
-            )
-
-    async def InferStream(
-        self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.InferResponse]:
-        # At most `window` frames are in flight: when the queue is full the reader stops pulling
-        # from the stream, and HTTP/2 flow control pushes back on a producer that is too fast.
-        window = self._service.settings.stream_window
-        pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | None] = asyncio.Queue(window)
-
-        async def read() -> None:
-            async for request in request_iterator:
-                await pending.put(asyncio.create_task(self._infer_frame(request)))
-            await pending.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                task = await pending.get()
-                if task is None:
-                    break
-                yield await task
-            await reader
-        finally:
-            reader.cancel()
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-
-    @map_errors
-    async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListModelsResponse:
-        repository = self._service.repository
-        return pb.ListModelsResponse(
-            models=[ModelInfoConverter.from_types(d) for d in repository.describe_all()],
-            default_model=repository.default_name,
-        )
-
-    @map_errors
-    async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInfo:
-        return ModelInfoConverter.from_types(self._service.repository.describe(request.name))
-
-
-class InferenceService:
-    """Plugs InferenceMethods into the server app: loads the models at start, frees them at stop.
-
-    The servicer is registered before start-up (gRPC needs its handlers up front); until the models
-    are loaded its calls fail with UNAVAILABLE and health reports NOT_SERVING.
-    """
+    """``visionrpc.v1.InferenceMethods`` over an :class:`InferencePipeline`."""
 
     name = SERVICE_NAME
 
-    def __init__(self, settings: Settings, repository: ModelRepository | None = None):
+    def __init__(self, settings: Settings, repository: ModelRepository | None = None) -> None:
         self.settings = settings
         self._repository = repository
         self._pipeline: InferencePipeline | None = None
+
+    # -- lifecycle (server.app.Service) --------------------------------------------------------
 
     @property
     def pipeline(self) -> InferencePipeline:
@@ -130,14 +69,15 @@ class InferenceService:
         return self._repository
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        inference_pb2_grpc.add_InferenceMethodsServicer_to_server(InferenceServicer(self), server)
+        inference_pb2_grpc.add_InferenceMethodsServicer_to_server(self, server)
 
     async def start(self) -> None:
         if self._repository is None:
-            self._repository = await asyncio.to_thread(
-                ModelRepository.load, self.settings.models_dir, settings=self.settings
-            )
-        self._pipeline = InferencePipeline(self._repository, self.settings)
+            pipeline = await asyncio.to_thread(InferencePipeline.from_settings, self.settings)
+            self._repository = pipeline.repository
+        else:
+            pipeline = InferencePipeline(self._repository, self.settings)
+        self._pipeline = pipeline
         for info in self._repository.describe_all():
             log.info(
                 "model %s v%s (%s, %dx%d, %s) ready%s",
@@ -153,3 +93,88 @@ class InferenceService:
     async def stop(self) -> None:
         if self._pipeline is not None:
             await self._pipeline.close()
+
+    # -- methods -------------------------------------------------------------------------------
+
+    async def _infer(self, request: pb.InferRequest) -> pb.InferResponse:
+        item = InferRequestConverter.to_types(request)
+        result = await self.pipeline.infer(item)
+        return InferResponseConverter.from_types(result)
+
+    @map_errors
+    async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
+        return await self._infer(request)
+
+    async def _infer_frame(self, request: pb.InferRequest) -> pb.InferResponse:
+        """One stream frame: a failure becomes this frame's ``error``, not the stream's."""
+        try:
+            return await self._infer(request)
+        except Exception as exc:
+            code, message = status_for(exc)
+            if not isinstance(exc, VisionRPCError):
+                log.exception("frame %r failed", request.request_id)
+            return pb.InferResponse(
+                request_id=request.request_id,
+                error=status_pb2.Status(code=code_value(code), message=message),
+            )
+
+    async def InferStream(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: Context
+    ) -> AsyncIterator[pb.InferResponse]:
+        """Frames in, results out in order, at most ``stream_window`` frames in flight.
+
+        When the window is full the reader stops pulling from the stream, and HTTP/2 flow control
+        pushes back on a producer that is too fast. When reading fails (a frame that does not
+        parse, a client that gives up half-way), the frames already read are still answered, then
+        the call ends with a status at once instead of waiting for its deadline.
+        """
+        window = self.settings.stream_window
+        pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
+            window
+        )
+
+        async def read() -> None:
+            error: BaseException | None = None
+            count = 0
+            try:
+                async for request in request_iterator:
+                    count += 1
+                    await pending.put(asyncio.create_task(self._infer_frame(request)))
+            except DecodeError:
+                error = InvalidInputError(
+                    f"frame {count + 1} of the stream is not an InferRequest; the "
+                    f"{count} frame(s) before it were answered"
+                )
+            except Exception as exc:  # the stream itself broke: end the call with a status
+                error = exc
+            await pending.put(_EndOfStream(error))
+
+        reader = asyncio.create_task(read())
+        try:
+            while not isinstance(item := await pending.get(), _EndOfStream):
+                yield await item
+            if item.error is not None:
+                log_unexpected(item.error)
+                await abort_with(context, item.error)
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if isinstance(leftover, asyncio.Task):
+                    leftover.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    @map_errors
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        repository = self.repository
+        return pb.ListModelsResponse(
+            models=[ModelInfoConverter.from_types(d) for d in repository.describe_all()],
+            default_model=repository.default_name,
+        )
+
+    @map_errors
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
+        return ModelInfoConverter.from_types(self.repository.describe(request.name))

@@ -11,13 +11,21 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from visionrpc.wire.codes import code_name
+
 ACCESS_LOGGER = "visionrpc.access"
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+if TYPE_CHECKING:  # generic in grpc-stubs only; at run time these classes take no parameters
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    ServerInterceptor = grpc.aio.ServerInterceptor
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 Behavior = Callable[..., Any]
 
 
@@ -32,18 +40,14 @@ def _final_code(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException 
         expired = remaining is not None and remaining <= 0
         return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
     code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if isinstance(code, int):  # some grpc versions report the raw integer
-        return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+    if isinstance(code, grpc.StatusCode | int):  # some grpc versions report the raw integer
+        return code_name(code)
     if exc is not None and not isinstance(exc, grpc.aio.AbortError):
         return "UNKNOWN"
     return "OK"
 
 
-def _wrap_handler(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]
-) -> grpc.RpcMethodHandler:
+def _wrap_handler(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) -> Handler:
     """A copy of ``handler`` whose behaviour is ``wrap(behaviour, response_streaming)``."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
@@ -100,7 +104,7 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
     return unary_behavior
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
+class CallInterceptor(ServerInterceptor):
     """The server's one interceptor: a readiness gate, then one access-log line per call.
 
     One interceptor rather than two because each one costs about 5% of a Ping's throughput.
@@ -123,11 +127,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.ready = False
         self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
-        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[tuple[str, int], Handler] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED

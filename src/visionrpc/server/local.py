@@ -1,7 +1,7 @@
-"""A server on a background thread of this process: for `visionrpc eval`, `demo --local`, `bench`.
+"""Servers on a background thread of this process: for `visionrpc eval`, `demo --local` and tests.
 
-grpc.aio objects belong to the loop that made them, so the server is built and stopped on its own
-loop in a daemon thread while the caller keeps using blocking code.
+grpc.aio objects belong to the loop that made them, so servers are built, run and stopped on their
+own loop in a daemon thread while the caller keeps using blocking code.
 """
 
 from __future__ import annotations
@@ -35,25 +35,46 @@ class LoopThread:
         self.loop.close()
 
 
+class ServerThread:
+    """Starts VisionServers on one background loop and stops them all on ``close()``."""
+
+    def __init__(self) -> None:
+        self._loop = LoopThread()
+        self._servers: list[VisionServer] = []
+
+    def start(self, settings: Settings, services: Sequence[Service] | None = None) -> VisionServer:
+        """A started server (the default services unless ``services`` is given)."""
+
+        async def create() -> VisionServer:  # grpc.aio objects must be built on their loop
+            chosen = default_services(settings) if services is None else services
+            server = VisionServer(settings, chosen)
+            await server.start()
+            return server
+
+        server = self._loop.run(create())
+        self._servers.append(server)
+        return server
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
+        """Run a coroutine on the servers' loop (e.g. to look at their state)."""
+        return self._loop.run(coro, timeout)
+
+    def close(self) -> None:
+        try:
+            for server in reversed(self._servers):
+                self._loop.run(server.stop(0))
+        finally:
+            self._servers.clear()
+            self._loop.close()
+
+
 @contextmanager
 def running_server(
     settings: Settings, services: Sequence[Service] | None = None
 ) -> Iterator[VisionServer]:
     """Start a VisionServer (default services unless given) in a thread; stop it on exit."""
-    loop = LoopThread()
-
-    async def create() -> VisionServer:
-        server = VisionServer(
-            settings, default_services(settings) if services is None else services
-        )
-        await server.start()
-        return server
-
+    thread = ServerThread()
     try:
-        server = loop.run(create())
-        try:
-            yield server
-        finally:
-            loop.run(server.stop(0))
+        yield thread.start(settings, services)
     finally:
-        loop.close()
+        thread.close()

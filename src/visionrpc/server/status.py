@@ -26,6 +26,8 @@ from visionrpc.errors import (
 
 log = logging.getLogger(__name__)
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -54,7 +56,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+async def abort_with(context: Context, exc: BaseException) -> None:
     """End the call with the status for ``exc`` (raises grpc's AbortError, like context.abort)."""
     code, message = status_for(exc)
     await context.abort(code, message)
@@ -63,7 +65,7 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: BaseExcep
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _log_unexpected(exc: Exception) -> None:
+def log_unexpected(exc: BaseException) -> None:
     """Domain errors are the caller's business; anything else is a bug worth a traceback."""
     if not isinstance(exc, VisionRPCError):
         log.error("unexpected error", exc_info=exc)
@@ -90,7 +92,7 @@ def map_errors(method: F) -> F:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                _log_unexpected(exc)
+                log_unexpected(exc)
                 await abort_with(context, exc)
 
         return cast(F, stream_wrapper)
@@ -105,7 +107,7 @@ def map_errors(method: F) -> F:
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                _log_unexpected(exc)
+                log_unexpected(exc)
                 await abort_with(context, exc)
 
         return cast(F, unary_wrapper)

@@ -88,7 +88,8 @@ def spot_polygon(rng: np.random.Generator, origin: np.ndarray, unit: float) -> n
     ys = radius * aspect * wobble * np.sin(theta)
     cos, sin = np.cos(rotation), np.sin(rotation)
     points = np.stack([xs * cos - ys * sin, xs * sin + ys * cos], axis=1)
-    return origin + points
+    outline: np.ndarray = origin + points
+    return outline
 
 
 SHAPES = (scratch_polygon, spot_polygon, crack_polygon)

@@ -36,7 +36,8 @@ def fractal_noise(
 
 
 def _tint(gray: np.ndarray, color: np.ndarray) -> np.ndarray:
-    return np.clip(gray[..., None] * color[None, None, :], 0.0, 1.0).astype(np.float32)
+    tinted: np.ndarray = np.clip(gray[..., None] * color[None, None, :], 0.0, 1.0)
+    return tinted.astype(np.float32)
 
 
 def brushed_metal(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -93,7 +94,8 @@ def wood(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     light = np.array([0.78, 0.60, 0.40]) * rng.uniform(0.85, 1.1)
     dark = np.array([0.55, 0.38, 0.22]) * rng.uniform(0.85, 1.1)
     rgb = dark[None, None, :] + (light - dark)[None, None, :] * rings[..., None]
-    return np.clip(rgb + fine[..., None], 0.0, 1.0).astype(np.float32)
+    grain: np.ndarray = np.clip(rgb + fine[..., None], 0.0, 1.0)
+    return grain.astype(np.float32)
 
 
 TEXTURES: dict[str, Texture] = {
@@ -114,4 +116,5 @@ def lighting(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     radius = rng.uniform(0.4, 1.2) * max(height, width)
     spot = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2)) * rng.uniform(0.0, 0.3)
     gain = 0.8 + ramp - ramp.mean() + spot
-    return np.clip(image * gain[..., None], 0.0, 1.0).astype(np.float32)
+    lit: np.ndarray = np.clip(image * gain[..., None], 0.0, 1.0)
+    return lit.astype(np.float32)

@@ -10,23 +10,20 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from visionrpc import __version__
 from visionrpc.errors import InvalidInputError, OutOfRangeError
-from visionrpc.server.chat import ChatEvent, ChatHub, Participant
-from visionrpc.server.status import map_errors
+from visionrpc.server.reference.chat import ChatEvent, ChatHub, Participant
+from visionrpc.server.status import Context, map_errors
 from visionrpc.settings import Settings
 from visionrpc.v1 import core_pb2, core_pb2_grpc
 
-SERVICE_NAME = core_pb2.DESCRIPTOR.services_by_name["CoreServices"].full_name
+SERVICE_NAME: str = core_pb2.DESCRIPTOR.services_by_name["CoreServices"].full_name
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -46,7 +43,12 @@ def _chat_message(event: ChatEvent) -> core_pb2.ChatMessage:
 
 
 class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
-    """The four call types. Counters are public so tests and operators can observe behaviour."""
+    """The four call types. Counters are public so tests and operators can observe behaviour.
+
+    Always part of a VisionServer (see ``server.app.Service``); it has nothing to load or free.
+    """
+
+    name = SERVICE_NAME
 
     def __init__(self, settings: Settings, instance_id: str | None = None) -> None:
         self._settings = settings
@@ -56,6 +58,15 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
         """StreamNumbers values produced since start-up (shows that cancelled streams stop)."""
         self.active_streams = 0
         """StreamNumbers calls currently producing."""
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        core_pb2_grpc.add_CoreServicesServicer_to_server(self, server)
+
+    async def start(self) -> None:
+        """Nothing to load."""
+
+    async def stop(self) -> None:
+        """Nothing to release: open chat streams end with the server."""
 
     @map_errors
     async def Ping(self, request: core_pb2.PingRequest, context: Context) -> core_pb2.PingReply:
@@ -156,21 +167,3 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
                 participant.post(message.text)
         finally:
             participant.close()
-
-
-class CoreService:
-    """CoreServices packaged for VisionServer (see server.app.Service)."""
-
-    name = SERVICE_NAME
-
-    def __init__(self, settings: Settings) -> None:
-        self.servicer = CoreServicesServicer(settings)
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        core_pb2_grpc.add_CoreServicesServicer_to_server(self.servicer, server)
-
-    async def start(self) -> None:
-        """Nothing to load."""
-
-    async def stop(self) -> None:
-        """Nothing to release: open chat streams end with the server."""

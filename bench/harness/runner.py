@@ -34,9 +34,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from visionrpc.bench import models as bench_models
-from visionrpc.bench.images import BENCH_SEED, BenchImage, describe, make_images, save_images
-from visionrpc.bench.loadgen import (
+from bench.harness import models as bench_models
+from bench.harness.images import BENCH_SEED, BenchImage, describe, make_images, save_images
+from bench.harness.loadgen import (
     LoadResult,
     grpc_infer,
     grpc_infer_stream,
@@ -45,9 +45,9 @@ from visionrpc.bench.loadgen import (
     grpc_stream_numbers,
     infer_requests,
 )
-from visionrpc.bench.paired import load_pipeline, paired_points
-from visionrpc.bench.procs import ServerProcess, bare_server, run_worker, visionrpc_server
-from visionrpc.bench.report import (
+from bench.harness.paired import load_pipeline, paired_points
+from bench.harness.procs import ServerProcess, bare_server, run_worker, visionrpc_server
+from bench.harness.report import (
     IDLE_PING,
     REFERENCE_CONCURRENCY,
     SCHEMA_VERSION,

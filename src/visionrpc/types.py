@@ -1,4 +1,9 @@
-"""Protocol-neutral types passed between the wire layer and the model runtime."""
+"""Domain types shared by the client, the wire layer and the model runtime (no gRPC, no ONNX).
+
+Results (``InferenceResult`` and what it holds, ``ModelDescription``) are what the client hands its
+users and what the runtime produces; the request types (``InferenceInput``...) are what the
+server's converters build for the runtime.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class InferenceOptions:
     classes: tuple[str, ...] = ()
     return_masks: bool = False
     mask_format: MaskFormat = MaskFormat.RLE
+    agnostic_nms: bool | None = None  # None: the model's default
 
 
 @dataclass(frozen=True)
@@ -154,3 +160,4 @@ class ModelDescription:
     layout: Layout
     dynamic_batch: bool
     max_batch_size: int
+    default_agnostic_nms: bool = False

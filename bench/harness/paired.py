@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionrpc.bench.loadgen import (
+from bench.harness.loadgen import (
     LoadResult,
     closed_loop,
     grpc_infer,
@@ -28,8 +28,8 @@ from visionrpc.bench.loadgen import (
     plain_caller,
     sync_loop,
 )
-from visionrpc.bench.procs import cpu_seconds
-from visionrpc.bench.report import ResultRow, Section
+from bench.harness.procs import cpu_seconds
+from bench.harness.report import ResultRow, Section
 from visionrpc.client import AsyncClient
 
 INPROCESS_NAME = "visionrpc pipeline in-process"
@@ -80,7 +80,7 @@ async def paired_points(
 ) -> list[ResultRow]:
     """In-process ``infer_sync`` vs served Infer at concurrency 1, and in-process ``infer`` vs
     served Infer at ``concurrency``, alternating slices of ``slice_s`` for ``rounds`` rounds."""
-    from visionrpc.runtime.types import InferenceInput, InferenceOptions
+    from visionrpc.types import InferenceInput, InferenceOptions
 
     items = [InferenceInput(InferenceOptions(model=model), image_bytes=d) for d in data]
     requests = infer_requests(data, model)
@@ -129,8 +129,7 @@ async def paired_points(
 def load_pipeline(models_dir: Path) -> Any:
     """visionrpc's pipeline over ``models_dir`` with the server's settings (VISIONRPC_* env)."""
     from visionrpc.runtime.pipeline import InferencePipeline
-    from visionrpc.runtime.repository import ModelRepository
     from visionrpc.settings import Settings
 
     settings = Settings(models_dir=models_dir)
-    return InferencePipeline(ModelRepository(settings), settings)
+    return InferencePipeline.from_settings(settings)

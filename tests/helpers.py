@@ -1,18 +1,49 @@
-"""Server-test helpers on top of the shared server fixtures in tests/conftest.py."""
+"""Helpers for tests: settings for test servers, a handle on a running server, polling, chat.
+
+Fixtures that use these live in the conftest files; tests import helpers from here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
-import pytest
 
-from tests.conftest import RunningServer
+from visionrpc.server.app import VisionServer
+from visionrpc.server.reference.core_services import CoreServicesServicer
+from visionrpc.settings import Settings
 from visionrpc.v1 import core_pb2, core_pb2_grpc
 
+TEST_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 1.0}
 EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for a test server: loopback, free port, short grace, then the overrides."""
+    return Settings(**{**TEST_DEFAULTS, **overrides})
+
+
+@dataclass
+class RunningServer:
+    server: VisionServer
+    settings: Settings
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def core(self) -> CoreServicesServicer:
+        """The CoreServices servicer (counters, chat hub) for white-box assertions."""
+        return self.server.core
+
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+StartThreadedServer = Callable[..., RunningServer]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -22,17 +53,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(server.address) as ch:
-        yield ch
-
-
-@pytest.fixture
-def stub(channel: grpc.aio.Channel) -> core_pb2_grpc.CoreServicesStub:
-    return core_pb2_grpc.CoreServicesStub(channel)
 
 
 class ChatSession:

@@ -72,10 +72,16 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout: ``bench`` is not installed, so child processes find it through PYTHONPATH."""
+
+
 def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(overrides or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
+    path = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path))
     return env
 
 
@@ -184,7 +190,7 @@ def visionrpc_server(
 def bare_server(log_path: Path) -> Iterator[ServerProcess]:
     """The minimal grpc.aio CoreServices server (bare_server.py), until it answers Ping."""
     port = free_port()
-    argv = [sys.executable, "-m", "visionrpc.bench.bare_server", "--port", str(port)]
+    argv = [sys.executable, "-m", "bench.harness.bare_server", "--port", str(port)]
     server = ServerProcess("bare grpc.aio server", argv, port, log_path)
     try:
         server.wait_ready(_ping_answers, 60)
@@ -199,7 +205,7 @@ def run_worker(
     on_progress: Callable[[str], None],
     timeout_s: float,
 ) -> dict[str, Any]:
-    """Run ``python -m visionrpc.bench.worker`` on ``spec``; progress lines go to ``on_progress``.
+    """Run ``python -m bench.harness.worker`` on ``spec``; progress lines go to ``on_progress``.
 
     The worker prints one JSON object per finished point and writes its result to a file.
     """
@@ -210,7 +216,7 @@ def run_worker(
     spec_path.write_text(json.dumps({**spec, "result_path": str(result_path)}), encoding="utf-8")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "visionrpc.bench.worker", str(spec_path)],
+            [sys.executable, "-m", "bench.harness.worker", str(spec_path)],
             stdout=subprocess.PIPE,
             stderr=log,
             env=child_env(),

@@ -1,8 +1,11 @@
 """Proto ↔ domain converters for the inference service: one class per message family.
 
 The server converts once on the way in and once on the way out, so the runtime never sees protobuf;
-the client uses the same classes the other way round to hand users typed results. They live at the
-package top level, not under ``server/``, because both ends of the wire share them.
+the client uses the same classes the other way round to hand users typed results. They live in the
+wire layer, not under ``server/``, because both ends of the wire share them.
+
+Proto ``float`` fields are float32: read back into Python they show artefacts such as
+0.6000000238418579, so the converters round them to the shortest decimal that is the same float32.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
+from visionrpc import types
 from visionrpc.errors import InvalidInputError
-from visionrpc.runtime import types
 from visionrpc.v1 import inference_pb2 as pb
 
 _MASK_FORMATS = {
@@ -29,13 +32,13 @@ _PIXEL_FORMATS = {
     pb.PIXEL_FORMAT_RGBA: types.PixelFormat.RGBA,
     pb.PIXEL_FORMAT_BGRA: types.PixelFormat.BGRA,
 }
-_PIXEL_FORMATS_TO_PB = {v: k for k, v in _PIXEL_FORMATS.items() if v is not None}
-_MASK_FORMATS_TO_PB = {
-    types.MaskFormat.RLE: pb.MASK_FORMAT_RLE,
-    types.MaskFormat.PNG: pb.MASK_FORMAT_PNG,
-    types.MaskFormat.POLYGON: pb.MASK_FORMAT_POLYGON,
-}
 _TASKS = {types.Task.DETECT: pb.TASK_DETECT, types.Task.SEGMENT: pb.TASK_SEGMENT}
+_TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
+
+
+def f32(value: float) -> float:
+    """A float32 read from protobuf as the decimal it was written as (0.6, not 0.6000000238...)."""
+    return float(str(np.float32(value)))
 
 
 class InferRequestConverter:
@@ -55,6 +58,7 @@ class InferRequestConverter:
             classes=tuple(request.classes),
             return_masks=request.return_masks,
             mask_format=_MASK_FORMATS[request.mask_format],
+            agnostic_nms=request.agnostic_nms if request.HasField("agnostic_nms") else None,
         )
         which = request.WhichOneof("image")
         if which == "raw":
@@ -81,36 +85,6 @@ class InferRequestConverter:
         return types.InferenceInput(
             options=options, image_bytes=request.image_bytes, request_id=request.request_id
         )
-
-    @staticmethod
-    def from_types(item: types.InferenceInput) -> pb.InferRequest:
-        o = item.options
-        request = pb.InferRequest(
-            model=o.model,
-            confidence_threshold=o.confidence_threshold or 0.0,
-            iou_threshold=o.iou_threshold or 0.0,
-            max_detections=o.max_detections or 0,
-            classes=list(o.classes),
-            return_masks=o.return_masks,
-            mask_format=_MASK_FORMATS_TO_PB[o.mask_format],
-            request_id=item.request_id,
-        )
-        if item.raw is not None:
-            r = item.raw
-            request.raw.CopyFrom(
-                pb.RawImage(
-                    width=r.width,
-                    height=r.height,
-                    channels=r.channels,
-                    pixel_format=_PIXEL_FORMATS_TO_PB.get(r.pixel_format, 0)  # type: ignore[arg-type]
-                    if r.pixel_format is not None
-                    else pb.PIXEL_FORMAT_UNSPECIFIED,
-                    data=r.data,
-                )
-            )
-        elif item.image_bytes is not None:
-            request.image_bytes = item.image_bytes
-        return request
 
 
 class MaskConverter:
@@ -178,7 +152,7 @@ class InferResponseConverter:
                     class_id=d.class_id,
                     class_name=d.class_name,
                     mask=MaskConverter.to_types(d.mask) if d.HasField("mask") else None,
-                    mask_area_px=d.mask.area_px if d.HasField("mask") else None,
+                    mask_area_px=d.mask_area_px if d.HasField("mask_area_px") else None,
                 )
                 for d in response.detections
             ),
@@ -217,6 +191,8 @@ class InferResponseConverter:
             )
             if d.mask is not None:
                 det.mask.CopyFrom(MaskConverter.from_types(d.mask))
+            if d.mask_area_px is not None:
+                det.mask_area_px = d.mask_area_px
         for s in result.defects:
             response.defects.add(
                 class_name=s.class_name,
@@ -226,9 +202,6 @@ class InferResponseConverter:
                 area_fraction=s.area_fraction,
             )
         return response
-
-
-_TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
 
 
 class ModelInfoConverter:
@@ -243,12 +216,13 @@ class ModelInfoConverter:
             input_height=info.input_height,
             class_names=tuple(info.class_names),
             execution_provider=info.execution_provider,
-            default_confidence_threshold=info.default_confidence_threshold,
-            default_iou_threshold=info.default_iou_threshold,
+            default_confidence_threshold=f32(info.default_confidence_threshold),
+            default_iou_threshold=f32(info.default_iou_threshold),
             default_max_detections=info.default_max_detections,
             layout=types.Layout(info.layout) if info.layout else types.Layout.YOLOV8,
             dynamic_batch=info.dynamic_batch,
             max_batch_size=info.max_batch_size,
+            default_agnostic_nms=info.default_agnostic_nms,
         )
 
     @staticmethod
@@ -268,4 +242,5 @@ class ModelInfoConverter:
             layout=info.layout.value,
             dynamic_batch=info.dynamic_batch,
             max_batch_size=info.max_batch_size,
+            default_agnostic_nms=info.default_agnostic_nms,
         )

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
-from visionrpc.bench.report import ResultRow, Section
+from bench.harness.report import ResultRow, Section
 from visionrpc.client import AsyncClient
 from visionrpc.v1 import core_pb2, core_pb2_grpc, inference_pb2, inference_pb2_grpc
 

@@ -2,7 +2,7 @@
 
 Same proto, same reply contents (Ping: echo, timestamp, version, instance id; StreamNumbers: index
 and value), but no interceptors, health, reflection, validation or counters: what "grpc.aio
-itself" costs. Run: ``python -m visionrpc.bench.bare_server --port N`` (SIGTERM stops it).
+itself" costs. Run: ``python -m bench.harness.bare_server --port N`` (SIGTERM stops it).
 """
 
 from __future__ import annotations

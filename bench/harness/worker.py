@@ -1,4 +1,4 @@
-"""In-process measurements, run in a child process (``python -m visionrpc.bench.worker SPEC``).
+"""In-process measurements, run in a child process (``python -m bench.harness.worker SPEC``).
 
 A child of its own per phase gives each pipeline a clean process: its peak RSS is comparable with
 the server's, and the parent (which later drives gRPC load) does not carry its threads or
@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from visionrpc.bench.images import load_images
-from visionrpc.bench.loadgen import closed_loop, plain_caller, sync_loop
-from visionrpc.bench.procs import peak_rss_mb
-from visionrpc.bench.report import ResultRow, Section
+from bench.harness.images import load_images
+from bench.harness.loadgen import closed_loop, plain_caller, sync_loop
+from bench.harness.procs import peak_rss_mb
+from bench.harness.report import ResultRow, Section
 
 BASELINE_NAME = "straightforward baseline"
 INPROCESS_NAME = "visionrpc pipeline in-process"
@@ -36,7 +36,7 @@ def progress(label: str) -> None:
 
 
 def run_baseline(spec: dict[str, Any]) -> list[ResultRow]:
-    from visionrpc.bench.baseline import StraightforwardPipeline
+    from bench.harness.baseline import StraightforwardPipeline
 
     data = [i.data for i in load_images(Path(spec["images_dir"]))]
     b = spec["baseline"]
@@ -77,7 +77,7 @@ def run_baseline(spec: dict[str, Any]) -> list[ResultRow]:
 
 async def _inprocess(pipeline: Any, spec: dict[str, Any], data: list[bytes]) -> list[ResultRow]:
     """All in-process points on one event loop (the pipeline's batchers bind to it)."""
-    from visionrpc.runtime.types import InferenceInput, InferenceOptions
+    from visionrpc.types import InferenceInput, InferenceOptions
 
     rows: list[ResultRow] = []
     for model in spec["models"]:
@@ -111,12 +111,11 @@ async def _inprocess(pipeline: Any, spec: dict[str, Any], data: list[bytes]) -> 
 
 def run_inprocess(spec: dict[str, Any]) -> list[ResultRow]:
     from visionrpc.runtime.pipeline import InferencePipeline
-    from visionrpc.runtime.repository import ModelRepository
     from visionrpc.settings import Settings
 
     data = [i.data for i in load_images(Path(spec["images_dir"]))]
     settings = Settings(models_dir=Path(spec["models_dir"]), default_model=spec["models"][0])
-    pipeline = InferencePipeline(ModelRepository(settings), settings)
+    pipeline = InferencePipeline.from_settings(settings)
 
     async def go() -> list[ResultRow]:
         async with pipeline:

@@ -1,4 +1,9 @@
-"""``visionrpc bench``: the one-run benchmark (see visionrpc.bench and bench/README.md)."""
+"""``python -m bench.harness``: the project's one-run comparison benchmark (bench/README.md).
+
+Not part of the installed package: it compares visionrpc with a straightforward baseline, its own
+pipeline in-process, a bare grpc.aio server and the peers. Users measure their own server with
+``visionrpc bench --target HOST:PORT``.
+"""
 
 from __future__ import annotations
 
@@ -109,8 +114,8 @@ def bench(
 
     Prints a table per section with the issue's targets marked, and writes JSON to --out.
     """
-    from visionrpc.bench import report
-    from visionrpc.bench.runner import LEVERS, BenchConfig, run_bench
+    from bench.harness import report
+    from bench.harness.runner import LEVERS, BenchConfig, run_bench
 
     if from_json is not None:
         doc: dict[str, Any] = report.read_json(from_json)
@@ -162,5 +167,5 @@ def bench(
         console.print(f"results: {out or DEFAULT_OUT}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(bench)

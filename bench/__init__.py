@@ -1,0 +1,1 @@
+"""The project's benchmarks (not installed): harness/, peers/, run.sh, RESULTS.md."""

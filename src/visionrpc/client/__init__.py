@@ -1,0 +1,59 @@
+"""The visionrpc client library: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+It depends on gRPC, protobuf and numpy only, never on the model runtime or the server, so an
+inspection station installs ``pip install visionrpc`` without ONNX Runtime or OpenCV. Both clients
+match the server's 64 MiB message limits and let gRPC retry UNAVAILABLE through the service config
+(a restarting or still-loading server is retried with backoff, no hand-written loop).
+"""
+
+from visionrpc.client.aio import AsyncClient
+from visionrpc.client.base import USE_CLIENT_DEFAULT, Timeout, channel_options, service_config
+from visionrpc.client.errors import MessageSizeError
+from visionrpc.client.requests import ImageLike, infer_request
+from visionrpc.client.results import (
+    ChatMessageResult,
+    HealthResult,
+    NumberResult,
+    PingResult,
+    StreamResult,
+    UploadResult,
+)
+from visionrpc.client.settings import ClientSettings
+from visionrpc.client.sync import Client
+from visionrpc.types import (
+    BoxXYXY,
+    DefectSummary,
+    Detection,
+    EncodedMask,
+    InferenceResult,
+    MaskFormat,
+    ModelDescription,
+    Timings,
+)
+
+__all__ = [
+    "USE_CLIENT_DEFAULT",
+    "AsyncClient",
+    "BoxXYXY",
+    "ChatMessageResult",
+    "Client",
+    "ClientSettings",
+    "DefectSummary",
+    "Detection",
+    "EncodedMask",
+    "HealthResult",
+    "ImageLike",
+    "InferenceResult",
+    "MaskFormat",
+    "MessageSizeError",
+    "ModelDescription",
+    "NumberResult",
+    "PingResult",
+    "StreamResult",
+    "Timeout",
+    "Timings",
+    "UploadResult",
+    "channel_options",
+    "infer_request",
+    "service_config",
+]
