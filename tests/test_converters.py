@@ -80,13 +80,8 @@ def test_request_with_encoded_bytes_carries_every_option() -> None:
 
 @pytest.mark.parametrize("fmt", [*types.PixelFormat, None])
 def test_request_with_raw_frame(fmt: types.PixelFormat | None) -> None:
-    numbers = {
-        None: pb.PIXEL_FORMAT_UNSPECIFIED,
-        **{f: pb.PixelFormat.Value(f"PIXEL_FORMAT_{f.name}") for f in types.PixelFormat},
-    }
-    raw = pb.RawImage(
-        width=3, height=2, channels=3, pixel_format=numbers[fmt], data=bytes(range(18))
-    )
+    number = pb.PixelFormat.Value(f"PIXEL_FORMAT_{fmt.name}" if fmt else "PIXEL_FORMAT_UNSPECIFIED")
+    raw = pb.RawImage(width=3, height=2, channels=3, pixel_format=number, data=bytes(range(18)))
     item = InferRequestConverter.to_types(pb.InferRequest(raw=raw, request_id="r2"))
     expected = types.RawImage(
         width=3, height=2, channels=3, pixel_format=fmt, data=bytes(range(18))

@@ -154,7 +154,7 @@ class ChatHub:
         if not state.members and self._rooms.get(state.name) is state:
             del self._rooms[state.name]
 
-    # -- introspection (health pages, tests) -------------------------------------------------------
+    # -- introspection (tests check that rooms are freed when their last member leaves) --
 
     def rooms(self) -> list[str]:
         """Names of the rooms that currently have participants."""
