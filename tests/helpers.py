@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -61,7 +61,8 @@ class ChatSession:
     def __init__(self, stub: core_pb2_grpc.CoreServicesStub, room: str, sender: str) -> None:
         self.room, self.sender = room, sender
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self.call = stub.Chat(self._requests())
+        # the stub of an aio channel: typed as the async stub (read(), async request iterator)
+        self.call = cast(core_pb2_grpc.CoreServicesAsyncStub, stub).Chat(self._requests())
 
     async def _requests(self) -> AsyncIterator[core_pb2.ChatMessage]:
         while (text := await self._outbox.get()) is not None:
@@ -76,7 +77,7 @@ class ChatSession:
 
     async def read(self, timeout: float = 5.0) -> core_pb2.ChatMessage:
         message = await asyncio.wait_for(self.call.read(), timeout)
-        assert message is not EOF, "stream ended"
+        assert isinstance(message, core_pb2.ChatMessage), "stream ended"  # not EOF
         return message
 
     async def join(self) -> core_pb2.ChatMessage:
@@ -87,5 +88,6 @@ class ChatSession:
     async def read_rest(self, timeout: float = 5.0) -> list[core_pb2.ChatMessage]:
         out = []
         while (message := await asyncio.wait_for(self.call.read(), timeout)) is not EOF:
+            assert isinstance(message, core_pb2.ChatMessage)
             out.append(message)
         return out

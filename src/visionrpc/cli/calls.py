@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, TextIO
 
 import typer
@@ -74,23 +74,28 @@ def numbers_stream(
                 typer.echo(f"{number.index}\t{number.value}")
 
 
+def _integer(token: str, where: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise usage_error(f"not an integer: {token!r} ({where})") from None
+
+
 def _read_numbers(stream: TextIO) -> Iterator[int]:
     """Whitespace-separated integers; a bad token ends the upload as a usage error (exit 2)."""
     for line_number, line in enumerate(stream, start=1):
         for token in line.split():
-            try:
-                yield int(token)
-            except ValueError:
-                raise usage_error(
-                    f"not an integer: {token!r} (line {line_number} of stdin)"
-                ) from None
+            yield _integer(token, f"line {line_number} of stdin")
 
 
 @numbers_app.command("upload")
 def numbers_upload(
     values: Annotated[
-        list[int] | None,
-        typer.Argument(help="Integers to upload; read from stdin when none (use -- before -5)."),
+        list[str] | None,
+        typer.Argument(
+            help="Integers to upload; read from stdin when none (use -- before -5).",
+            show_default=False,
+        ),
     ] = None,
     target: TargetOpt = None,
     timeout: TimeoutOpt = None,
@@ -99,11 +104,16 @@ def numbers_upload(
     """Client streaming: upload integers, print count/sum/min/max/mean.
 
     Arguments are checked before the call; a value on stdin that is not an integer cancels the
-    upload, prints which value on which line, and exits with code 2.
+    upload. Either way the bad value is named and the exit code is 2.
     """
-    source = values if values else _read_numbers(sys.stdin)
-    with rpc_errors(target), Client(target, timeout=timeout) as client:
-        result = client.upload_numbers(source)
+    with rpc_errors(target):
+        source: Iterable[int] = (
+            [_integer(v, f"argument {i}") for i, v in enumerate(values, start=1)]
+            if values
+            else _read_numbers(sys.stdin)
+        )
+        with Client(target, timeout=timeout) as client:
+            result = client.upload_numbers(source)
     summary = {
         "count": result.count,
         "sum": result.sum,

@@ -105,8 +105,11 @@ def require_images_extra(purpose: str) -> None:
     for module in ("cv2", "pycocotools.mask"):
         try:
             importlib.import_module(module)
-        except ImportError:
-            raise CliError(f"{purpose} needs OpenCV and pycocotools: {IMAGES_EXTRA}") from None
+        except ImportError as exc:
+            missing = exc.name or module
+            raise CliError(
+                f"{purpose} needs OpenCV and pycocotools ({missing} is missing): {IMAGES_EXTRA}"
+            ) from None
 
 
 def print_json(value: Any) -> None:

@@ -134,10 +134,14 @@ def entry_json(
 
 
 def print_result(out: Console, name: str, result: InferenceResult) -> None:
-    table = Table(
-        title=f"{name}: {result.image_width}×{result.image_height}, model "
-        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms"
+    out.print(
+        f"{name}: {result.image_width}×{result.image_height}, model "
+        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
+    table = Table()
     for col in ("class", "score", "x_min", "y_min", "x_max", "y_max", "mask px"):
         table.add_column(col, justify="left" if col == "class" else "right", overflow="fold")
     for d in result.detections:
@@ -148,7 +152,7 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
             f"{d.box.y_min:.1f}",
             f"{d.box.x_max:.1f}",
             f"{d.box.y_max:.1f}",
-            str(d.mask.area_px) if d.mask is not None else "",
+            str(d.mask.area_px if d.mask is not None else d.mask_area_px or ""),
         )
     out.print(table)
     if result.defects:
@@ -398,7 +402,7 @@ def infer_stream(
         with Client(target) as client:
             check_model(client, model, _class_list(classes))
             started = time.perf_counter()
-            with Progress(console=console, transient=True) as bar:
+            with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
                 task = bar.add_task("frames", total=total)
                 index = -1
                 for index, item in enumerate(
