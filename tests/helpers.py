@@ -62,7 +62,7 @@ class ChatSession:
         self.room, self.sender = room, sender
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         # the stub of an aio channel: typed as the async stub (read(), async request iterator)
-        self.call = cast(core_pb2_grpc.CoreServicesAsyncStub, stub).Chat(self._requests())
+        self.call = cast("core_pb2_grpc.CoreServicesAsyncStub", stub).Chat(self._requests())
 
     async def _requests(self) -> AsyncIterator[core_pb2.ChatMessage]:
         while (text := await self._outbox.get()) is not None:
