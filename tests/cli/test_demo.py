@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.resources
 import json
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -77,3 +79,18 @@ def test_demo_local_and_target_conflict() -> None:
     result = runner.invoke(app, ["demo", "--local", "--target", "127.0.0.1:1"])
     assert result.exit_code == 2
     assert "either --target or --local" in result.output
+
+
+def test_demo_local_without_the_server_extra_says_what_to_install() -> None:
+    # as in a client-only install: ONNX Runtime cannot be imported
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None; from visionrpc.cli.main import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "demo", "--local"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: --local needs the server extra (onnxruntime is missing): "
+        'pip install "visionrpc[server]"\n'
+    )

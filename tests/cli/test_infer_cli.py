@@ -132,9 +132,15 @@ def test_infer_expands_folders_and_globs(
     globbed = invoke("infer", str(folder / "*.jpg"), "--target", inference_server.address, "--json")
     assert globbed.exit_code == 0, globbed.output
     assert [e["image"] for e in json.loads(globbed.stdout)] == [str(images[0]), str(images[2])]
-    missing = invoke("infer", str(folder / "nothing*.png"), "--target", inference_server.address)
-    assert missing.exit_code == 2
-    assert missing.stderr.startswith(f"error: no images at {folder / 'nothing*.png'}")
+    target = ["--target", inference_server.address]
+    no_match = invoke("infer", str(folder / "nothing*.png"), *target)
+    assert no_match.exit_code == 2
+    [line] = no_match.stderr.splitlines()
+    assert line.startswith("error: no ") and line.endswith(f" files match {folder}/nothing*.png")
+    missing = invoke("infer", str(images[0]), str(folder / "gone.jpg"), *target)
+    assert missing.exit_code == 2  # checked before any image is sent
+    assert missing.stderr == f"error: no such file or folder: {folder / 'gone.jpg'}\n"
+    assert missing.stdout == ""
 
 
 def test_infer_errors_are_reported(inference_server: RunningServer, images: list[Path]) -> None:

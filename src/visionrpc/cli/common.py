@@ -21,16 +21,14 @@ from visionrpc.client.settings import ClientSettings
 TargetOpt = Annotated[
     str | None,
     typer.Option(
-        "--target", help="Server address host:port [default: VISIONRPC_TARGET or 127.0.0.1:50051]"
+        "--target", help=r"Server address host:port \[default: VISIONRPC_TARGET or 127.0.0.1:50051]"
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", help="Deadline in seconds [default: VISIONRPC_TIMEOUT_S or 30]"),
+    typer.Option("--timeout", help=r"Deadline in seconds \[default: VISIONRPC_TIMEOUT_S or 30]"),
 ]
-
-IMAGES_EXTRA = 'pip install "visionrpc[images]"'
 
 _NO_SERVER = re.compile(
     r"failed to connect to all addresses|connection refused|errors resolving|dns resolution failed",
@@ -100,15 +98,26 @@ def rpc_errors(target: str | None = None, *, local: bool = False) -> Iterator[No
         raise typer.Exit(1) from None
 
 
-def require_images_extra(purpose: str) -> None:
-    """Fail with an install hint, before any call, when OpenCV or pycocotools is missing."""
-    for module in ("cv2", "pycocotools.mask"):
+EXTRAS = {
+    "images": ("OpenCV and pycocotools", ("cv2", "pycocotools.mask")),
+    "server": (
+        "the server extra",
+        ("onnxruntime", "grpc_reflection", "yaml", "cv2", "pycocotools"),
+    ),
+}
+"""What each optional extra of the package brings, and modules that show it is installed."""
+
+
+def require_extra(extra: str, purpose: str) -> None:
+    """Fail with an install hint, before any call, when an optional extra is not installed."""
+    what, modules = EXTRAS[extra]
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             missing = exc.name or module
             raise CliError(
-                f"{purpose} needs OpenCV and pycocotools ({missing} is missing): {IMAGES_EXTRA}"
+                f'{purpose} needs {what} ({missing} is missing): pip install "visionrpc[{extra}]"'
             ) from None
 
 

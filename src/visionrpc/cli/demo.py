@@ -13,7 +13,7 @@ import grpc
 import typer
 
 from visionrpc.cli.calls import format_chat
-from visionrpc.cli.common import CliError, TargetOpt, rpc_errors
+from visionrpc.cli.common import TargetOpt, require_extra, rpc_errors
 from visionrpc.client import AsyncClient, ChatMessageResult
 
 Say = Callable[[str], None]
@@ -158,8 +158,8 @@ def demo(
 ) -> None:
     """Call every CoreServices method and Infer once and show what each returns.
 
-    --local needs the server extra (pip install "visionrpc[server]"); without it the demo
-    calls the server at --target.
+    --local needs the server extra (pip install "visionrpc\\[server]"); without it, run the
+    demo against a server with --target.
     """
     if not local:
         with rpc_errors(target, local=True):
@@ -168,13 +168,9 @@ def demo(
     if target is not None:
         raise typer.BadParameter("use either --target or --local, not both")
     with rpc_errors(local=True):
-        try:
-            from visionrpc.server.local import running_server
-            from visionrpc.settings import Settings
-        except ImportError as exc:
-            raise CliError(
-                f"--local needs the server extra ({exc.name} is missing): "
-                'pip install "visionrpc[server]"'
-            ) from None
+        require_extra("server", "--local")
+        from visionrpc.server.local import running_server
+        from visionrpc.settings import Settings
+
         with running_server(Settings(port=0, access_log=False)) as server:
             asyncio.run(run_demo(server.address))

@@ -26,7 +26,7 @@ from visionrpc.cli.common import (
     CliError,
     TargetOpt,
     is_no_server,
-    require_images_extra,
+    require_extra,
     rpc_errors,
     rpc_status,
     table_console,
@@ -67,16 +67,17 @@ def expand_images(source: str) -> list[Path]:
     path = Path(source)
     if path.is_file():
         return [path]
+    suffixes = "/".join(sorted(IMAGE_SUFFIXES))
     if path.is_dir():
-        candidates = list(path.iterdir())
-    else:
+        candidates, nothing = list(path.iterdir()), f"no {suffixes} files in folder {source}"
+    elif glob.escape(source) != source:  # a pattern
         candidates = [Path(p) for p in glob.glob(source, recursive=True)]
+        nothing = f"no {suffixes} files match {source}"
+    else:
+        raise usage_error(f"no such file or folder: {source}")
     files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        kind = "folder" if path.is_dir() else "file, folder or pattern"
-        raise usage_error(
-            f"no images at {source} (a {kind} with no {'/'.join(sorted(IMAGE_SUFFIXES))} files)"
-        )
+        raise usage_error(nothing)
     return files
 
 
@@ -222,6 +223,21 @@ def save_annotated_image(image: Path, result: InferenceResult, out: Path) -> Non
         raise CliError(f"{image}: cannot write the annotated image to {out}")
 
 
+def _infer_one(
+    client: Client, path: Path, **options: Any
+) -> tuple[InferenceResult | None, tuple[str, str]]:
+    """(result, no error) or (None, (code, message)) for one image; "no server" is raised, since
+    it would fail every other image too."""
+    try:
+        return client.infer(path, request_id=path.name, **options), ("", "")
+    except grpc.RpcError as exc:
+        if is_no_server(exc):
+            raise
+        return None, rpc_status(exc)
+    except OSError as exc:
+        return None, (UNREADABLE, f"cannot read the file: {exc.strerror or exc}")
+
+
 def infer(
     images: Annotated[
         list[str],
@@ -245,7 +261,7 @@ def infer(
             "--save-annotated",
             help="Draw the results: a .png/.jpg/.jpeg path is the file to write (one image "
             "only); any other path is a folder (created) that gets <stem>.annotated.png per image. "
-            'Needs OpenCV (pip install "visionrpc[images]").',
+            r'Needs OpenCV (pip install "visionrpc\[images]").',
         ),
     ] = None,
 ) -> None:
@@ -266,30 +282,21 @@ def infer(
         paths = [p for source in images for p in expand_images(source)]
         annotate_to = annotated_paths(save_annotated, paths)
         if save_annotated is not None:
-            require_images_extra("--save-annotated")
+            require_extra("images", "--save-annotated")
         with Client(target) as client:
             check_model(client, model, _class_list(classes))
             for path, annotated in zip(paths, annotate_to, strict=True):
-                error = ("", "")
-                result: InferenceResult | None = None
-                try:
-                    result = client.infer(
-                        path,
-                        model=model,
-                        confidence_threshold=conf or None,
-                        iou_threshold=iou or None,
-                        max_detections=max_det or None,
-                        classes=_class_list(classes),
-                        return_masks=masks or annotated is not None,
-                        mask_format=mask_format,
-                        request_id=path.name,
-                    )
-                except grpc.RpcError as exc:
-                    if is_no_server(exc):
-                        raise
-                    error = rpc_status(exc)
-                except OSError as exc:
-                    error = (UNREADABLE, f"cannot read the file: {exc.strerror or exc}")
+                result, error = _infer_one(
+                    client,
+                    path,
+                    model=model,
+                    confidence_threshold=conf or None,
+                    iou_threshold=iou or None,
+                    max_detections=max_det or None,
+                    classes=_class_list(classes),
+                    return_masks=masks or annotated is not None,
+                    mask_format=mask_format,
+                )
                 entry = entry_json(str(path), result, error)
                 if result is None:
                     failed += 1
@@ -318,7 +325,7 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
     """(frame count if known, iterator of (name, encoded bytes)) for a video, folder or glob."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        require_images_extra("reading video")
+        require_extra("images", "reading video")
         import cv2
 
         capture = cv2.VideoCapture(str(path))
@@ -383,7 +390,7 @@ def infer_stream(
     The last line sums the run up: "N frames, F failed, R images/s; defects: 12× crack, ...".
     --json prints one JSON object per line, {"image": NAME, "result": {...}} or
     {"image": NAME, "error": {"code": ..., "message": ...}}, then {"summary": {...}}.
-    Video files need OpenCV (pip install "visionrpc[images]").
+    Video files need OpenCV (pip install "visionrpc\\[images]").
     Exit code: 0 when every frame succeeded, 1 when any failed, 2 for a usage error.
     """
     from visionrpc.client import Client
