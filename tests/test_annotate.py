@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionrpc.annotate import color_for, decode_mask, draw
+from visionrpc.annotate import (
+    PALETTE,
+    color_for,
+    contrast_ratio,
+    decode_mask,
+    draw,
+    layout_labels,
+    text_color_for,
+)
 from visionrpc.runtime.masks import encode_png, encode_polygons, encode_rle
 from visionrpc.runtime.yolo import BoxMask
 from visionrpc.types import BoxXYXY, Detection, EncodedMask, InferenceResult, MaskFormat
@@ -23,12 +31,12 @@ def box_mask() -> tuple[BoxMask, np.ndarray]:
     return BoxMask(mask=region, x=20, y=10, image_width=W, image_height=H), full
 
 
-def result_with(*detections: Detection) -> InferenceResult:
+def result_with(*detections: Detection, height: int = H, width: int = W) -> InferenceResult:
     return InferenceResult(
         model="m",
         model_version="1",
-        image_width=W,
-        image_height=H,
+        image_width=width,
+        image_height=height,
         detections=detections,
         defects=(),
     )
@@ -60,18 +68,22 @@ def test_draw_marks_boxes_and_masks_and_leaves_the_input_alone() -> None:
     bm, full = box_mask()
     with_mask = Detection(BoxXYXY(20, 10, 50, 40), 0.9, 0, "scratch", mask=encode_rle(bm))
     box_only = Detection(BoxXYXY(60, 45, 75, 58), 0.6, 1, "spot")
-    drawn = draw(image, result_with(with_mask, box_only))
+    result = result_with(with_mask, box_only)
+    drawn = draw(image, result)
     assert np.all(image == 128)  # a copy is drawn on
     changed = np.any(drawn != image, axis=2)
-    # the mask is tinted with its class colour (away from the outline and the label on top)
+    # the mask is tinted with its class colour (away from the outline and the labels)
     inner = np.zeros((H, W), bool)
-    inner[17:39, 22:49] = True
+    inner[12:39, 22:49] = True
+    for label in layout_labels(result, H, W):
+        inner[label.y0 : label.y1, label.x0 : label.x1] = False
+    assert inner[full].sum() > 50 and inner[~full].sum() > 50
     tint = (0.55 * 128 + 0.45 * np.array(color_for(0))).astype(np.uint8)
     assert np.all(drawn[full & inner] == tint)
     assert np.all(drawn[~full & inner] == 128)
     # box outlines are drawn, far-away pixels stay as they were
     assert changed[10, 20:50].any() and changed[45:58, 60].any() and changed[58, 60:75].any()
-    assert not changed[50:, :10].any() and not changed[25:35, 55:58].any()
+    assert not changed[50:, :10].any()
     assert changed[10:40, 20:50].mean() > 0.3
 
 
@@ -79,3 +91,41 @@ def test_draw_without_detections_is_a_plain_copy() -> None:
     image = np.random.default_rng(0).integers(0, 255, (H, W, 3), np.uint8)
     drawn = draw(image, result_with())
     assert np.array_equal(drawn, image) and drawn is not image
+
+
+def test_neighbouring_class_colours_are_clearly_different() -> None:
+    colours = np.array([color_for(i) for i in range(len(PALETTE))], float)
+    distances = np.linalg.norm(colours[:, None] - colours[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    assert distances.min() > 100  # any two of the first twelve class ids, not only neighbours
+
+
+def test_label_text_contrasts_with_its_background() -> None:
+    for colour in PALETTE:
+        assert contrast_ratio(text_color_for(colour), colour) >= 4.5, colour
+
+
+def test_labels_of_overlapping_boxes_do_not_cover_each_other() -> None:
+    height, width = 240, 320
+    image = np.full((height, width, 3), 90, np.uint8)
+    detections = (
+        Detection(BoxXYXY(40, 4, 200, 150), 0.91, 0, "scratch"),  # at the top: no room above
+        Detection(BoxXYXY(44, 8, 204, 154), 0.87, 2, "crack"),  # almost the same box
+        Detection(BoxXYXY(42, 6, 202, 152), 0.55, 1, "spot"),
+    )
+    result = result_with(*detections, height=height, width=width)
+    labels = layout_labels(result, height, width)
+    assert [label.text for label in labels] == ["scratch 0.91", "crack 0.87", "spot 0.55"]
+    for i, a in enumerate(labels):
+        assert 0 <= a.x0 < a.x1 <= width and 0 <= a.y0 < a.y1 <= height, a
+        for b in labels[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+            # the rectangles really are apart: no shared pixel
+            assert a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0
+    drawn = draw(image, result)
+    for det, label in zip(detections, labels, strict=True):
+        patch = drawn[label.y0 : label.y1, label.x0 : label.x1].reshape(-1, 3)
+        background = color_for(det.class_id)
+        # the label is filled with its class colour and carries text in the contrasting colour
+        assert (patch == background).all(axis=1).mean() > 0.5, label
+        assert (patch == text_color_for(background)).all(axis=1).any(), label

@@ -2,32 +2,98 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
 from visionrpc.types import EncodedMask, InferenceResult, MaskFormat
 
-_PALETTE = np.array(
-    [
-        (255, 56, 56),
-        (50, 205, 50),
-        (255, 157, 151),
-        (0, 194, 255),
-        (255, 178, 29),
-        (207, 210, 49),
-        (72, 249, 10),
-        (146, 204, 23),
-        (61, 219, 134),
-        (26, 147, 52),
-    ],
-    np.uint8,
-)  # RGB
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),  # red
+    (60, 180, 75),  # green
+    (0, 130, 200),  # blue
+    (245, 130, 48),  # orange
+    (145, 30, 180),  # purple
+    (70, 240, 240),  # cyan
+    (240, 50, 230),  # magenta
+    (210, 245, 60),  # lime
+    (250, 190, 212),  # pink
+    (128, 0, 0),  # maroon
+    (128, 128, 0),  # olive
+    (0, 0, 128),  # navy
+)
+"""RGB class colours: twelve of Sasha Trubetskoy's distinct colours, chosen so that any two are
+far apart (class ids beyond twelve reuse them)."""
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def color_for(class_id: int) -> tuple[int, int, int]:
-    r, g, b = _PALETTE[class_id % len(_PALETTE)]
-    return int(r), int(g), int(b)
+    return PALETTE[class_id % len(PALETTE)]
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG relative luminance of an sRGB colour."""
+    c = np.array(rgb, float) / 255
+    lin = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ (0.2126, 0.7152, 0.0722))
+
+
+def contrast_ratio(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """WCAG contrast ratio (1 to 21) of two colours."""
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_color_for(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``background``."""
+    black, white = (0, 0, 0), (255, 255, 255)
+    return max((black, white), key=lambda c: contrast_ratio(c, background))
+
+
+@dataclass(frozen=True)
+class LabelBox:
+    """Where a detection's label goes: the text and its filled rectangle (x1, y1 exclusive)."""
+
+    text: str
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def overlaps(self, other: LabelBox) -> bool:
+        return (
+            self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
+        )
+
+
+def _style(height: int, width: int) -> tuple[int, float]:
+    """(line thickness, font scale) that stay visible as the image grows."""
+    thickness = max(1, round(max(height, width) / 400))
+    return thickness, 0.4 * thickness
+
+
+def layout_labels(result: InferenceResult, height: int, width: int) -> list[LabelBox]:
+    """A label per detection, in order: above its box, else inside its top edge, else below it,
+    else inside its bottom edge, else the row nearest its top that lies within the image and covers
+    no earlier label (if none does, above the box, clamped into the image)."""
+    thickness, scale = _style(height, width)
+    placed: list[LabelBox] = []
+    for det in result.detections:
+        text = f"{det.class_name} {det.score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+        w, h = tw + 2, th + base + 2
+        x = min(max(round(det.box.x_min), 0), max(width - w, 0))
+        top, bottom = round(det.box.y_min), round(det.box.y_max)
+        rows = range(0, max(height - h, 0) + 1, max(h // 2, 1))
+        candidates = [top - h, top, bottom, bottom - h, *sorted(rows, key=lambda y: abs(y - top))]
+        fits = (LabelBox(text, x, y, x + w, y + h) for y in candidates if 0 <= y <= height - h)
+        free = next((b for b in fits if not any(b.overlaps(p) for p in placed)), None)
+        y = min(max(top - h, 0), max(height - h, 0))
+        placed.append(free or LabelBox(text, x, y, x + w, y + h))
+    return placed
 
 
 def decode_mask(mask: EncodedMask, height: int, width: int) -> np.ndarray:
@@ -54,30 +120,22 @@ def draw(image_rgb: np.ndarray, result: InferenceResult) -> np.ndarray:
     """A copy of ``image_rgb`` with each detection's mask (translucent), box and label drawn."""
     canvas = image_rgb.copy()
     height, width = canvas.shape[:2]
-    thickness = max(1, round(max(height, width) / 400))
+    thickness, scale = _style(height, width)
     for det in result.detections:
-        color = color_for(det.class_id)
         if det.mask is not None:
             region = decode_mask(det.mask, height, width)
-            canvas[region] = (0.55 * canvas[region] + 0.45 * np.array(color)).astype(np.uint8)
+            tint = np.array(color_for(det.class_id))
+            canvas[region] = (0.55 * canvas[region] + 0.45 * tint).astype(np.uint8)
     for det in result.detections:
-        color = color_for(det.class_id)
         p1 = (round(det.box.x_min), round(det.box.y_min))
         p2 = (round(det.box.x_max), round(det.box.y_max))
-        cv2.rectangle(canvas, p1, p2, color, thickness, cv2.LINE_AA)
-        label = f"{det.class_name} {det.score:.2f}"
-        scale = 0.4 * thickness
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        top = max(p1[1] - th - base - 2, 0)
-        cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw + 2, top + th + base + 2), color, -1)
+        cv2.rectangle(canvas, p1, p2, color_for(det.class_id), thickness, cv2.LINE_AA)
+    for det, label in zip(result.detections, layout_labels(result, height, width), strict=True):
+        color = color_for(det.class_id)
+        cv2.rectangle(canvas, (label.x0, label.y0), (label.x1 - 1, label.y1 - 1), color, -1)
+        _, base = cv2.getTextSize(label.text, FONT, scale, thickness)
+        origin = (label.x0 + 1, label.y1 - base - 1)
         cv2.putText(
-            canvas,
-            label,
-            (p1[0] + 1, top + th + 1),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            thickness,
-            cv2.LINE_AA,
+            canvas, label.text, origin, FONT, scale, text_color_for(color), thickness, cv2.LINE_AA
         )
     return canvas

@@ -1,9 +1,11 @@
-"""Inference CLI commands (infer, infer-stream, models, eval, demo --local) against live servers."""
+"""Inference CLI commands (infer, infer-stream, models, eval) against live servers."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from tests.helpers import RunningServer, make_settings
+from tests.helpers import RunningServer, StartThreadedServer, make_settings
+from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
 from visionrpc.cli.main import app
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.local import ServerThread
@@ -23,8 +26,7 @@ SAMPLES = [(1001, 11), (1001, 19), (1000, 15)]  # small held-out images with vis
 
 
 def invoke(*args: str) -> Result:
-    # rich sizes tables to COLUMNS (80 when not a terminal, which ellipsizes the cells)
-    return runner.invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
+    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,9 @@ def images(tmp_path: Path) -> list[Path]:
 def test_infer_json(inference_server: RunningServer, images: list[Path]) -> None:
     result = invoke("infer", str(images[0]), "--target", inference_server.address, "--json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    [entry] = json.loads(result.stdout)  # a list even for one image
+    assert entry["image"] == str(images[0]) and "error" not in entry
+    data = entry["result"]
     sample = generate_sample(*SAMPLES[0])
     assert (data["image_width"], data["image_height"]) == (sample.width, sample.height)
     assert data["request_id"] == images[0].name and data["model"] == "defects"
@@ -63,15 +67,20 @@ def test_infer_json(inference_server: RunningServer, images: list[Path]) -> None
         assert det["class_name"] in ("scratch", "spot", "crack") and 0 < det["score"] <= 1
         assert set(det["box"]) == {"x_min", "y_min", "x_max", "y_max"}
         assert "mask" not in det
+        # float32 on the wire, rounded for people: pixels to 2 decimals, scores to 4
+        assert all(round(v, 2) == v for v in det["box"].values()), det["box"]
+        assert round(det["score"], 4) == det["score"]
+    assert not re.search(r"\d\.\d{7,}", result.stdout)  # no 0.6000000238418579
     assert data["timings"]["total_ms"] > 0
-    # several images and masks: a list, each detection with its RLE mask
+    # several images and masks: one entry per image, in order, each detection with its RLE mask
     both = invoke(
         "infer", *map(str, images[:2]), "--target", inference_server.address, "--json", "--masks"
     )
     assert both.exit_code == 0, both.output
-    results = json.loads(both.stdout)
-    assert [r["request_id"] for r in results] == [images[0].name, images[1].name]
-    mask = results[0]["detections"][0]["mask"]
+    entries = json.loads(both.stdout)
+    assert [e["image"] for e in entries] == [str(images[0]), str(images[1])]
+    assert [e["result"]["request_id"] for e in entries] == [images[0].name, images[1].name]
+    mask = entries[0]["result"]["detections"][0]["mask"]
     assert mask["format"] == "rle" and mask["area_px"] > 0 and mask["rle"]["counts"]
 
 
@@ -83,51 +92,188 @@ def test_infer_table(inference_server: RunningServer, images: list[Path]) -> Non
     assert re.search(r"(spot|crack|scratch)\s*│\s*0\.\d{3}", out), out
 
 
+@pytest.fixture
+def with_broken(images: list[Path]) -> list[Path]:
+    """img0.jpg, broken.jpg (a truncated JPEG) and img2.jpg."""
+    broken = images[0].parent / "broken.jpg"
+    broken.write_bytes(images[0].read_bytes()[:500])
+    return [images[0], broken, images[2]]
+
+
+def test_infer_tries_every_image_and_reports_each(
+    inference_server: RunningServer, with_broken: list[Path]
+) -> None:
+    args = ["infer", *map(str, with_broken), "--target", inference_server.address]
+    as_json = invoke(*args, "--json")
+    assert as_json.exit_code == 1  # one image failed
+    entries = json.loads(as_json.stdout)
+    assert [e["image"] for e in entries] == list(map(str, with_broken))
+    assert "result" in entries[0] and "result" in entries[2]
+    assert set(entries[1]) == {"image", "error"}
+    error = entries[1]["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and "truncated" in error["message"]
+    table = invoke(*args)
+    assert table.exit_code == 1
+    assert table.stdout.count("model defects") == 2  # both good images have their table
+    [line] = table.stderr.splitlines()
+    assert line.startswith(f"error: {with_broken[1]}: INVALID_ARGUMENT: ") and "truncated" in line
+    ok = invoke("infer", str(with_broken[0]), "--target", inference_server.address)
+    assert ok.exit_code == 0  # the server keeps serving
+
+
+def test_infer_expands_folders_and_globs(
+    inference_server: RunningServer, images: list[Path]
+) -> None:
+    folder = images[0].parent
+    result = invoke("infer", str(folder), "--target", inference_server.address, "--json")
+    assert result.exit_code == 0, result.output
+    # the folder's image files, sorted (notes.txt is left out)
+    assert [e["image"] for e in json.loads(result.stdout)] == list(map(str, images))
+    globbed = invoke("infer", str(folder / "*.jpg"), "--target", inference_server.address, "--json")
+    assert globbed.exit_code == 0, globbed.output
+    assert [e["image"] for e in json.loads(globbed.stdout)] == [str(images[0]), str(images[2])]
+    target = ["--target", inference_server.address]
+    no_match = invoke("infer", str(folder / "nothing*.png"), *target)
+    assert no_match.exit_code == 2
+    [line] = no_match.stderr.splitlines()
+    assert line.startswith("error: no ") and line.endswith(f" files match {folder}/nothing*.png")
+    missing = invoke("infer", str(images[0]), str(folder / "gone.jpg"), *target)
+    assert missing.exit_code == 2  # checked before any image is sent
+    assert missing.stderr == f"error: no such file or folder: {folder / 'gone.jpg'}\n"
+    assert missing.stdout == ""
+
+
 def test_infer_errors_are_reported(inference_server: RunningServer, images: list[Path]) -> None:
-    args = ["infer", str(images[0]), "--target", inference_server.address, "--classes", "rust"]
+    args = ["infer", *map(str, images), "--target", inference_server.address, "--classes", "rust"]
     result = invoke(*args)
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: INVALID_ARGUMENT: unknown class name(s) ['rust']")
-    assert "valid names: scratch, spot, crack" in result.stderr
+    assert result.exit_code == 2  # once, before any image is sent
+    assert result.stderr == (
+        "error: --classes: model defects has no class 'rust'; its classes: scratch, spot, crack\n"
+    )
+    unknown = invoke(*args[:-2], "--model", "nope")
+    assert unknown.exit_code == 1
+    [line] = unknown.stderr.splitlines()
+    assert line.startswith("error: NOT_FOUND: ") and "nope" in line
 
 
-def test_infer_save_annotated(
+def test_infer_save_annotated_to_a_folder(
     inference_server: RunningServer, images: list[Path], tmp_path: Path
 ) -> None:
     out_dir = tmp_path / "annotated"
     result = invoke(
         "infer",
-        str(images[1]),
+        *map(str, images[:2]),
         "--target",
         inference_server.address,
         "--save-annotated",
         str(out_dir),
     )
     assert result.exit_code == 0, result.output
-    written = out_dir / f"{images[1].stem}.annotated.png"
-    assert written.is_file() and str(written) in result.stdout.replace("\n", "")
-    original = cv2.imread(str(images[1]))
-    drawn = cv2.imread(str(written))
-    assert original is not None and drawn is not None and drawn.shape == original.shape
-    changed = np.any(drawn != original, axis=2)
-    assert 0.001 < changed.mean() < 0.5  # boxes, labels and masks, not the whole image
+    for image in images[:2]:
+        written = out_dir / f"{image.stem}.annotated.png"
+        assert written.is_file() and str(written) in result.stdout.replace("\n", "")
+        original = cv2.imread(str(image))
+        drawn = cv2.imread(str(written))
+        assert original is not None and drawn is not None and drawn.shape == original.shape
+        changed = np.any(drawn != original, axis=2)
+        assert 0.001 < changed.mean() < 0.5  # boxes, labels and masks, not the whole image
+
+
+def test_infer_save_annotated_to_a_file(
+    inference_server: RunningServer, images: list[Path], tmp_path: Path
+) -> None:
+    target = ["--target", inference_server.address]
+    out = tmp_path / "out" / "drawn.png"
+    result = invoke("infer", str(images[0]), *target, "--save-annotated", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    assert out.is_file()  # a file, not a folder named drawn.png
+    drawn, original = cv2.imread(str(out)), cv2.imread(str(images[0]))
+    assert drawn is not None and original is not None and drawn.shape == original.shape
+    assert json.loads(result.stdout)[0]["annotated"] == str(out)
+    jpeg = tmp_path / "drawn.jpg"
+    assert invoke("infer", str(images[0]), *target, "--save-annotated", str(jpeg)).exit_code == 0
+    assert jpeg.read_bytes()[:2] == b"\xff\xd8"  # written as JPEG
+    # a file name for several images is a usage error, found before any call
+    several = invoke(
+        "infer", *map(str, images), *target, "--save-annotated", str(tmp_path / "x.png")
+    )
+    assert several.exit_code == 2
+    assert several.stderr == (
+        f"error: --save-annotated {tmp_path / 'x.png'} names one file but there are 3 images; "
+        "give a folder instead\n"
+    )
+    assert several.stdout == "" and not (tmp_path / "x.png").exists()
+
+
+def run_without_opencv(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess where ``import cv2`` fails, as in a client-only install."""
+    code = "import sys; sys.modules['cv2'] = None; from visionrpc.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+HINT = '(cv2 is missing): pip install "visionrpc[images]"\n'
+
+
+def test_annotating_without_opencv_says_what_to_install(
+    inference_server: RunningServer, images: list[Path], tmp_path: Path
+) -> None:
+    target = ["--target", inference_server.address]
+    done = run_without_opencv("infer", str(images[0]), *target, "--save-annotated", str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr == f"error: --save-annotated needs OpenCV and pycocotools {HINT}"
+    assert done.stdout == ""
+    plain = run_without_opencv("infer", str(images[0]), *target, "--json")  # no OpenCV needed
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)[0]["result"]["detections"]
+
+
+def test_video_without_opencv_says_what_to_install(
+    inference_server: RunningServer, tmp_path: Path
+) -> None:
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: OpenCV is checked first")
+    done = run_without_opencv("infer-stream", str(video), "--target", inference_server.address)
+    assert done.returncode == 1
+    assert done.stderr == f"error: reading video needs OpenCV and pycocotools {HINT}"
+
+
+SUMMARY = re.compile(
+    r"^(\d+) frames, (\d+) failed, \d+\.\d images/s; defects: (none|\d+× \w+(, \d+× \w+)*)$"
+)
 
 
 def test_infer_stream_folder_and_glob(inference_server: RunningServer, images: list[Path]) -> None:
     folder = images[0].parent
     result = invoke("infer-stream", str(folder), "--target", inference_server.address)
     assert result.exit_code == 0, result.output
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    *lines, summary = [line for line in result.stdout.splitlines() if line.strip()]
     assert [line.split(":")[0] for line in lines] == ["img0.jpg", "img1.png", "img2.jpg"]
+    found: dict[str, int] = {}
     for line in lines:
         assert re.search(r"\d+× (spot|crack|scratch).*\(\d+\.\d ms\)", line), line
+        for count, name in re.findall(r"(\d+)× (\w+)", line):
+            found[name] = found.get(name, 0) + int(count)
+    match = SUMMARY.match(summary)
+    assert match and match.group(1, 2) == ("3", "0"), summary
+    # the summary adds up the frames' defects, most frequent first
+    totals = dict((name, int(n)) for n, name in re.findall(r"(\d+)× (\w+)", match.group(3)))
+    assert totals == found and list(totals.values()) == sorted(totals.values(), reverse=True)
     globbed = invoke(
         "infer-stream", str(folder / "*.jpg"), "--target", inference_server.address, "--json"
     )
     assert globbed.exit_code == 0, globbed.output
-    frames = [json.loads(line) for line in globbed.stdout.splitlines() if line.strip()]
-    assert [f["frame"] for f in frames] == ["img0.jpg", "img2.jpg"]
-    assert all(f["detections"] and "error" not in f for f in frames)
+    *frames, last = [json.loads(line) for line in globbed.stdout.splitlines() if line.strip()]
+    assert [f["image"] for f in frames] == ["img0.jpg", "img2.jpg"]
+    assert all(f["result"]["detections"] and "error" not in f for f in frames)
+    assert last["summary"]["frames"] == 2 and last["summary"]["failed"] == 0
+    assert last["summary"]["images_per_s"] > 0
+    defects: dict[str, int] = {}
+    for f in frames:
+        for d in f["result"]["defects"]:
+            defects[d["class_name"]] = defects.get(d["class_name"], 0) + d["count"]
+    assert last["summary"]["defects"] == defects
 
 
 def test_infer_stream_reports_bad_frames(
@@ -137,10 +283,31 @@ def test_infer_stream_reports_bad_frames(
     (folder / "broken.jpg").write_bytes(images[0].read_bytes()[:500])
     result = invoke("infer-stream", str(folder), "--target", inference_server.address)
     assert result.exit_code == 1
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    *lines, summary = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 4
     assert lines[0].startswith("broken.jpg: ERROR INVALID_ARGUMENT") and "truncated" in lines[0]
     assert all("ERROR" not in line for line in lines[1:])
+    assert summary.startswith("4 frames, 1 failed, ")
+
+
+def test_infer_stream_unknown_model_fails_once(
+    inference_server: RunningServer, images: list[Path]
+) -> None:
+    folder = images[0].parent
+    args = ["infer-stream", str(folder), "--target", inference_server.address]
+    result = invoke(*args, "--model", "nope")
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()  # one line, not one per frame
+    assert line.startswith("error: NOT_FOUND: ") and "'nope'" in line and "defects" in line
+    assert result.stdout.strip() == ""
+    classes = invoke(*args, "--classes", "spot,rust", "--json")
+    assert classes.exit_code == 2
+    assert classes.stderr == (
+        "error: --classes: model defects has no class 'rust'; its classes: scratch, spot, crack\n"
+    )
+    named = invoke(*args, "--model", "defects", "--classes", "spot")  # known: streams as usual
+    assert named.exit_code == 0, named.output
+    assert all("crack" not in line for line in named.stdout.splitlines()[:-1])
 
 
 def write_video(path: Path, fourcc: str, frames: int = 4) -> bool:
@@ -168,9 +335,12 @@ def test_infer_stream_video(inference_server: RunningServer, tmp_path: Path) -> 
         pytest.skip("this OpenCV build can neither write mp4v nor MJPG video")
     result = invoke("infer-stream", str(path), "--target", inference_server.address, "--json")
     assert result.exit_code == 0, result.output
-    frames = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    assert [f["frame"] for f in frames] == [f"frame{i:06d}" for i in range(4)]
-    assert all((f["image_width"], f["image_height"]) == (320, 240) for f in frames)
+    *frames, last = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [f["image"] for f in frames] == [f"frame{i:06d}" for i in range(4)]
+    assert all(
+        (f["result"]["image_width"], f["result"]["image_height"]) == (320, 240) for f in frames
+    )
+    assert last["summary"]["frames"] == 4
 
 
 def test_models_json(inference_server: RunningServer) -> None:
@@ -183,9 +353,30 @@ def test_models_json(inference_server: RunningServer) -> None:
     assert model["class_names"] == ["scratch", "spot", "crack"]
     assert model["execution_provider"] == "CPUExecutionProvider"
     assert (model["input_width"], model["input_height"]) == (320, 320)
+    # float32 thresholds as configured, not 0.6000000238418579
+    assert '"default_iou_threshold": 0.6,' in result.stdout
+    assert not re.search(r"\d\.\d{7,}", result.stdout)
     table = invoke("models", "--target", inference_server.address)
     assert table.exit_code == 0
     assert "defects (default)" in table.stdout and "CPUExecutionProvider" in table.stdout
+
+
+LONG_NAME = "line7-station3-left-camera-" + "surface-inspection-" * 5 + "v2"
+
+
+def test_models_never_cuts_long_names(
+    start_threaded_server: StartThreadedServer, tmp_path: Path
+) -> None:
+    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
+    constant_model(tmp_path / f"{LONG_NAME}.onnx", [out], input_size=(64, 64), names={0: "dent"})
+    settings = {"models_dir": tmp_path, "default_model": LONG_NAME, "access_log": False}
+    running = start_threaded_server([InferenceServicer(make_settings(**settings))], **settings)
+    assert len(LONG_NAME) > 100
+    # not a terminal and no COLUMNS: rich would use 80 columns and cut the name with "…"
+    result = runner.invoke(app, ["models", "--target", running.address], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"{LONG_NAME} (default)" in result.stdout
+    assert "…" not in result.stdout
 
 
 def test_eval_json(inference_server: RunningServer) -> None:
@@ -200,28 +391,3 @@ def test_eval_json(inference_server: RunningServer) -> None:
         assert set(per_class) == {"scratch", "spot", "crack"}
         assert all(0.0 <= v <= 1.0 for v in per_class.values())
     assert report["mean_latency_ms"] > 0
-
-
-def test_demo_local_runs_every_step_with_inference() -> None:
-    result = invoke("demo", "--local")
-    assert result.exit_code == 0, result.output
-    out = result.stdout
-    assert "health: SERVING" in out
-    for title in ("Ping", "StreamNumbers", "UploadNumbers", "Chat", "Infer"):
-        assert f"== {title}" in out
-    infer_section = out.split("== Infer", 1)[1]
-    assert "planted (" in infer_section and "found (" in infer_section
-    found = re.findall(r"^\s+(scratch|spot|crack)\s+box=\(.*\) score=0\.\d\d", infer_section, re.M)
-    assert found, infer_section
-
-
-def test_demo_skips_inference_on_a_core_only_server(threaded_server: RunningServer) -> None:
-    result = invoke("demo", "--target", threaded_server.address)
-    assert result.exit_code == 0, result.output
-    assert "skipped: this server does not offer visionrpc.v1.InferenceMethods" in result.stdout
-
-
-def test_demo_local_and_target_conflict() -> None:
-    result = runner.invoke(app, ["demo", "--local", "--target", "127.0.0.1:1"])
-    assert result.exit_code == 2
-    assert "either --target or --local" in result.output

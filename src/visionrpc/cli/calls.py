@@ -1,19 +1,26 @@
 """The CoreServices and health commands: ping, numbers stream/upload, chat, health.
 
 Each command is a plain function registered in cli/main.py; a failed call prints
-``error: CODE: details`` on stderr and exits with code 1.
+``error: CODE: details`` on stderr and exits with code 1 (2 for bad input).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, TextIO
 
 import typer
 
-from visionrpc.cli.common import JsonOpt, TargetOpt, TimeoutOpt, print_json, rpc_errors
+from visionrpc.cli.common import (
+    JsonOpt,
+    TargetOpt,
+    TimeoutOpt,
+    print_json,
+    rpc_errors,
+    usage_error,
+)
 from visionrpc.client import ChatMessageResult, Client
 
 
@@ -24,7 +31,7 @@ def ping(
     as_json: JsonOpt = False,
 ) -> None:
     """Unary call: echo a message and show the server's version, instance and clock."""
-    with rpc_errors(), Client(target, timeout=timeout) as client:
+    with rpc_errors(target), Client(target, timeout=timeout) as client:
         started = time.perf_counter()
         result = client.ping(message)
         rtt_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -59,7 +66,7 @@ def numbers_stream(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Server streaming: print numbers as the server produces them."""
-    with rpc_errors(), Client(target) as client:
+    with rpc_errors(target), Client(target) as client:
         for number in client.stream_numbers(start, count, step, interval_ms, timeout=timeout):
             if as_json:
                 print_json({"index": number.index, "value": number.value})
@@ -67,29 +74,46 @@ def numbers_stream(
                 typer.echo(f"{number.index}\t{number.value}")
 
 
+def _integer(token: str, where: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise usage_error(f"not an integer: {token!r} ({where})") from None
+
+
 def _read_numbers(stream: TextIO) -> Iterator[int]:
-    for line in stream:
+    """Whitespace-separated integers; a bad token ends the upload as a usage error (exit 2)."""
+    for line_number, line in enumerate(stream, start=1):
         for token in line.split():
-            try:
-                yield int(token)
-            except ValueError:
-                raise typer.BadParameter(f"not an integer: {token!r}") from None
+            yield _integer(token, f"line {line_number} of stdin")
 
 
 @numbers_app.command("upload")
 def numbers_upload(
     values: Annotated[
-        list[int] | None,
-        typer.Argument(help="Integers to upload; read from stdin when none (use -- before -5)."),
+        list[str] | None,
+        typer.Argument(
+            help="Integers to upload; read from stdin when none (use -- before -5).",
+            show_default=False,
+        ),
     ] = None,
     target: TargetOpt = None,
     timeout: TimeoutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Client streaming: upload integers, print count/sum/min/max/mean."""
-    source = values if values else _read_numbers(sys.stdin)
-    with rpc_errors(), Client(target, timeout=timeout) as client:
-        result = client.upload_numbers(source)
+    """Client streaming: upload integers, print count/sum/min/max/mean.
+
+    Arguments are checked before the call; a value on stdin that is not an integer cancels the
+    upload. Either way the bad value is named and the exit code is 2.
+    """
+    with rpc_errors(target):
+        source: Iterable[int] = (
+            [_integer(v, f"argument {i}") for i, v in enumerate(values, start=1)]
+            if values
+            else _read_numbers(sys.stdin)
+        )
+        with Client(target, timeout=timeout) as client:
+            result = client.upload_numbers(source)
     summary = {
         "count": result.count,
         "sum": result.sum,
@@ -110,7 +134,7 @@ def health(
     as_json: JsonOpt = False,
 ) -> None:
     """grpc.health.v1 check; exit code 0 only when SERVING (usable as a probe)."""
-    with rpc_errors(), Client(target, timeout=timeout) as client:
+    with rpc_errors(target), Client(target, timeout=timeout) as client:
         result = client.health(service)
     if as_json:
         print_json({"service": result.service, "status": result.status})
@@ -148,7 +172,7 @@ def chat(
             if text := line.rstrip("\r\n"):
                 yield text
 
-    with rpc_errors(), Client(target) as client:
+    with rpc_errors(target), Client(target) as client:
         for message in client.chat(room, name, outgoing()):
             if message.sender == name:
                 if not message.text:

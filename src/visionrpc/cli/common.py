@@ -1,39 +1,135 @@
-"""What every client command shares: ``--target`` and friends, and one-line call errors."""
+"""What every client command shares: ``--target`` and friends, one-line errors, output helpers.
+
+Exit codes of every command: 0 success, 1 a failed call (or a failed item), 2 a usage error.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import grpc
 import typer
+from rich.console import Console
+
+from visionrpc.client.settings import ClientSettings
 
 TargetOpt = Annotated[
     str | None,
     typer.Option(
-        "--target", help="Server address host:port [default: VISIONRPC_TARGET or 127.0.0.1:50051]"
+        "--target", help=r"Server address host:port \[default: VISIONRPC_TARGET or 127.0.0.1:50051]"
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--timeout", help="Deadline in seconds [default: VISIONRPC_TIMEOUT_S or 30]"),
+    typer.Option("--timeout", help=r"Deadline in seconds \[default: VISIONRPC_TIMEOUT_S or 30]"),
 ]
+
+_NO_SERVER = re.compile(
+    r"failed to connect to all addresses|connection refused|errors resolving|dns resolution failed",
+    re.IGNORECASE,
+)
+"""How gRPC words UNAVAILABLE when nothing answers at the address (the server's own UNAVAILABLE,
+e.g. "server is starting", does not match)."""
+
+
+class CliError(Exception):
+    """A failure the command reports as one line ``error: <message>`` and this exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def usage_error(message: str) -> CliError:
+    """A problem with what the user gave (an option, an argument, a value on stdin): exit 2."""
+    return CliError(message, 2)
+
+
+def resolve_target(target: str | None) -> str:
+    """The address a client built with ``target`` talks to (the same rule as the Client's)."""
+    return target or ClientSettings().target
+
+
+def is_no_server(exc: grpc.RpcError) -> bool:
+    """True when the call failed because nothing answers at the target."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else ""
+    return code == grpc.StatusCode.UNAVAILABLE and bool(_NO_SERVER.search(details or ""))
+
+
+def rpc_status(exc: grpc.RpcError) -> tuple[str, str]:
+    """(status code name, details) of a failed call."""
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return code, details or ""
+
+
+def describe_rpc_error(exc: grpc.RpcError, target: str | None = None, local: bool = False) -> str:
+    """The one line a failed call prints: a hint when no server answers, else CODE: details."""
+    if is_no_server(exc):
+        hint = "or use `--local`" if local else "there or pass --target HOST:PORT"
+        return f"no server at {resolve_target(target)}; start `visionrpc serve` {hint}"
+    code, details = rpc_status(exc)
+    return f"{code}: {details}" if details else code
 
 
 @contextlib.contextmanager
-def rpc_errors() -> Iterator[None]:
-    """Turn gRPC failures into a one-line message and exit code 1 instead of a traceback."""
+def rpc_errors(target: str | None = None, *, local: bool = False) -> Iterator[None]:
+    """Turn failures into one line on stderr instead of a traceback.
+
+    A failed call prints ``error: CODE: details`` (or, when nothing answers at the address, which
+    address and what to do) and exits 1; a :class:`CliError` prints its message and exit code.
+    ``target`` is the command's ``--target`` (None: the default target), named in the hint.
+    ``local``: the command offers ``--local``, so the hint suggests it.
+    """
     try:
         yield
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        typer.echo(f"error: {code}: {details}", err=True)
+        typer.echo(f"error: {describe_rpc_error(exc, target, local)}", err=True)
         raise typer.Exit(1) from None
+
+
+EXTRAS = {
+    "images": ("OpenCV and pycocotools", ("cv2", "pycocotools.mask")),
+    "server": (
+        "the server extra",
+        ("onnxruntime", "grpc_reflection", "yaml", "cv2", "pycocotools"),
+    ),
+}
+"""What each optional extra of the package brings, and modules that show it is installed."""
+
+
+def require_extra(extra: str, purpose: str) -> None:
+    """Fail with an install hint, before any call, when an optional extra is not installed."""
+    what, modules = EXTRAS[extra]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing = exc.name or module
+            raise CliError(
+                f'{purpose} needs {what} ({missing} is missing): pip install "visionrpc[{extra}]"'
+            ) from None
 
 
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, default=str))
+
+
+WIDE = 10_000
+"""Width of a console that is not a terminal: tables take their natural width, never cut."""
+
+
+def table_console() -> Console:
+    """A console for tables on stdout: the terminal's width (cells fold), unlimited when piped."""
+    console = Console()
+    return console if console.is_terminal else Console(width=WIDE)

@@ -13,7 +13,7 @@ import grpc
 import typer
 
 from visionrpc.cli.calls import format_chat
-from visionrpc.cli.common import TargetOpt, rpc_errors
+from visionrpc.cli.common import TargetOpt, require_extra, rpc_errors
 from visionrpc.client import AsyncClient, ChatMessageResult
 
 Say = Callable[[str], None]
@@ -156,15 +156,21 @@ def demo(
         bool, typer.Option("--local", help="Start a server in this process and use it.")
     ] = False,
 ) -> None:
-    """Call every CoreServices method and Infer once and show what each returns."""
+    """Call every CoreServices method and Infer once and show what each returns.
+
+    --local needs the server extra (pip install "visionrpc\\[server]"); without it, run the
+    demo against a server with --target.
+    """
     if not local:
-        with rpc_errors():
+        with rpc_errors(target, local=True):
             asyncio.run(run_demo(target))
         return
     if target is not None:
         raise typer.BadParameter("use either --target or --local, not both")
-    from visionrpc.server.local import running_server
-    from visionrpc.settings import Settings
+    with rpc_errors(local=True):
+        require_extra("server", "--local")
+        from visionrpc.server.local import running_server
+        from visionrpc.settings import Settings
 
-    with running_server(Settings(port=0, access_log=False)) as server, rpc_errors():
-        asyncio.run(run_demo(server.address))
+        with running_server(Settings(port=0, access_log=False)) as server:
+            asyncio.run(run_demo(server.address))

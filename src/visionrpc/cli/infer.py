@@ -1,22 +1,41 @@
-"""CLI commands for inference: infer, infer-stream, models."""
+"""CLI commands for inference: infer, infer-stream, models.
+
+Both inference commands describe each image with one JSON shape (:func:`entry_json`):
+``{"image": NAME, "result": {...}}`` or ``{"image": NAME, "error": {"code": ..., "message": ...}}``.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import grpc
 import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from visionrpc.cli.common import TargetOpt, rpc_errors
+from visionrpc.cli.common import (
+    CliError,
+    TargetOpt,
+    is_no_server,
+    require_extra,
+    rpc_errors,
+    rpc_status,
+    table_console,
+    usage_error,
+)
 from visionrpc.types import InferenceResult, MaskFormat
+
+if TYPE_CHECKING:
+    from visionrpc.client import Client
 
 console = Console()
 
@@ -33,14 +52,38 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+ANNOTATED_FILE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+UNREADABLE = "UNREADABLE"
+"""Error code of an image file that could not be read (the others are gRPC status names)."""
 
 
 def _class_list(classes: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in classes.split(",") if c.strip())
 
 
+def expand_images(source: str) -> list[Path]:
+    """The image files ``source`` names: the file itself (sent whatever its suffix), a folder's
+    image files, or a glob pattern's image files (``**`` recurses), sorted."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    suffixes = "/".join(sorted(IMAGE_SUFFIXES))
+    if path.is_dir():
+        candidates, nothing = list(path.iterdir()), f"no {suffixes} files in folder {source}"
+    elif glob.escape(source) != source:  # a pattern
+        candidates = [Path(p) for p in glob.glob(source, recursive=True)]
+        nothing = f"no {suffixes} files match {source}"
+    else:
+        raise usage_error(f"no such file or folder: {source}")
+    files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise usage_error(nothing)
+    return files
+
+
 def result_to_json(result: InferenceResult) -> dict[str, Any]:
-    """A JSON-friendly dict of a result (masks as their encodings, PNG bytes as length only)."""
+    """A JSON-friendly dict of a result: pixel coordinates to 2 decimals, scores to 4, masks as
+    their encodings (PNG bytes as their length only)."""
     out: dict[str, Any] = {
         "request_id": result.request_id,
         "model": result.model,
@@ -48,16 +91,27 @@ def result_to_json(result: InferenceResult) -> dict[str, Any]:
         "image_width": result.image_width,
         "image_height": result.image_height,
         "detections": [],
-        "defects": [asdict(d) for d in result.defects],
-        "timings": asdict(result.timings),
+        "defects": [
+            {
+                "class_name": s.class_name,
+                "count": s.count,
+                "max_score": round(s.max_score, 4),
+                "total_area_px": round(s.total_area_px, 1),
+                "area_fraction": round(s.area_fraction, 6),
+            }
+            for s in result.defects
+        ],
+        "timings": {k: round(v, 3) for k, v in asdict(result.timings).items()},
     }
     for d in result.detections:
         det: dict[str, Any] = {
-            "box": asdict(d.box),
+            "box": {k: round(v, 2) for k, v in asdict(d.box).items()},
             "score": round(d.score, 4),
             "class_id": d.class_id,
             "class_name": d.class_name,
         }
+        if d.mask_area_px is not None:
+            det["mask_area_px"] = d.mask_area_px
         if d.mask is not None:
             m = d.mask
             det["mask"] = {"format": m.format.value, "area_px": m.area_px}
@@ -71,13 +125,26 @@ def result_to_json(result: InferenceResult) -> dict[str, Any]:
     return out
 
 
-def print_result(name: str, result: InferenceResult) -> None:
-    table = Table(
-        title=f"{name}: {result.image_width}×{result.image_height}, model "
-        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms"
+def entry_json(
+    image: str, result: InferenceResult | None, error: tuple[str, str] = ("", "")
+) -> dict[str, Any]:
+    """One image's JSON entry: its result, or its error as (code, message)."""
+    if result is not None:
+        return {"image": image, "result": result_to_json(result)}
+    return {"image": image, "error": {"code": error[0], "message": error[1]}}
+
+
+def print_result(out: Console, name: str, result: InferenceResult) -> None:
+    out.print(
+        f"{name}: {result.image_width}×{result.image_height}, model "
+        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
+    table = Table()
     for col in ("class", "score", "x_min", "y_min", "x_max", "y_max", "mask px"):
-        table.add_column(col, justify="left" if col == "class" else "right")
+        table.add_column(col, justify="left" if col == "class" else "right", overflow="fold")
     for d in result.detections:
         table.add_row(
             d.class_name,
@@ -86,13 +153,13 @@ def print_result(name: str, result: InferenceResult) -> None:
             f"{d.box.y_min:.1f}",
             f"{d.box.x_max:.1f}",
             f"{d.box.y_max:.1f}",
-            str(d.mask.area_px) if d.mask is not None else "",
+            str(d.mask.area_px if d.mask is not None else d.mask_area_px or ""),
         )
-    console.print(table)
+    out.print(table)
     if result.defects:
         defects = Table(title="defects")
         for col in ("class", "count", "max score", "area px", "area %"):
-            defects.add_column(col, justify="left" if col == "class" else "right")
+            defects.add_column(col, justify="left" if col == "class" else "right", overflow="fold")
         for s in result.defects:
             defects.add_row(
                 s.class_name,
@@ -101,13 +168,84 @@ def print_result(name: str, result: InferenceResult) -> None:
                 f"{s.total_area_px:.0f}",
                 f"{100 * s.area_fraction:.2f}",
             )
-        console.print(defects)
+        out.print(defects)
     else:
-        console.print("no defects found")
+        out.print("no defects found")
+
+
+def check_model(client: Client, model: str, classes: Sequence[str]) -> None:
+    """Fail once, before any image is sent, when --model or --classes names something the server
+    does not have (rather than once per image)."""
+    if not model and not classes:
+        return
+    info = client.get_model_info(model)  # NOT_FOUND for an unknown model: one error line
+    unknown = [c for c in classes if c not in info.class_names]
+    if unknown:
+        raise usage_error(
+            f"--classes: model {info.name} has no class {', '.join(map(repr, unknown))}; "
+            f"its classes: {', '.join(info.class_names)}"
+        )
+
+
+def annotated_paths(option: Path | None, images: Sequence[Path]) -> list[Path | None]:
+    """Where each image's annotated copy goes: ``option`` itself when it has an image suffix (one
+    input image only), else ``option/<stem>.annotated.png``; checked before any call."""
+    if option is None:
+        return [None] * len(images)
+    if option.suffix.lower() in ANNOTATED_FILE_SUFFIXES:
+        if len(images) != 1:
+            raise usage_error(
+                f"--save-annotated {option} names one file but there are {len(images)} images; "
+                "give a folder instead"
+            )
+        if option.is_dir():
+            raise usage_error(f"--save-annotated {option} is an existing folder, not a file")
+        return [option]
+    outs: list[Path | None] = [option / f"{p.stem}.annotated.png" for p in images]
+    if len(set(outs)) != len(outs):
+        twice = next(o for o in outs if outs.count(o) > 1)
+        raise usage_error(f"--save-annotated: two images would both be saved as {twice}")
+    return outs
+
+
+def save_annotated_image(image: Path, result: InferenceResult, out: Path) -> None:
+    """Draw ``result`` on ``image`` and write it to ``out`` (format from its suffix)."""
+    import cv2
+
+    from visionrpc.annotate import draw
+
+    bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise CliError(f"{image}: OpenCV cannot read this image to annotate it")
+    drawn = draw(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
+        raise CliError(f"{image}: cannot write the annotated image to {out}")
+
+
+def _infer_one(
+    client: Client, path: Path, **options: Any
+) -> tuple[InferenceResult | None, tuple[str, str]]:
+    """(result, no error) or (None, (code, message)) for one image; "no server" is raised, since
+    it would fail every other image too."""
+    try:
+        return client.infer(path, request_id=path.name, **options), ("", "")
+    except grpc.RpcError as exc:
+        if is_no_server(exc):
+            raise
+        return None, rpc_status(exc)
+    except OSError as exc:
+        return None, (UNREADABLE, f"cannot read the file: {exc.strerror or exc}")
 
 
 def infer(
-    images: Annotated[list[Path], typer.Argument(help="Image files to send.", exists=True)],
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (their image files) or quoted glob patterns.",
+            show_default=False,
+        ),
+    ],
     target: TargetOpt = None,
     model: ModelOpt = "",
     conf: Conf = 0.0,
@@ -118,58 +256,81 @@ def infer(
     mask_format: MaskFmt = MaskFormat.RLE,
     json_out: Json = False,
     save_annotated: Annotated[
-        Path | None, typer.Option("--save-annotated", help="Folder for images with results drawn.")
+        Path | None,
+        typer.Option(
+            "--save-annotated",
+            help="Draw the results: a .png/.jpg/.jpeg path is the file to write (one image "
+            "only); any other path is a folder (created) that gets <stem>.annotated.png per image. "
+            r'Needs OpenCV (pip install "visionrpc\[images]").',
+        ),
     ] = None,
 ) -> None:
-    """Send images to InferenceMethods.Infer and print boxes and defects."""
+    """Send images to InferenceMethods.Infer and print boxes and defects.
+
+    Every image is tried; one that fails gets an error line (in --json, an entry with "error").
+    --json prints one list, one object per image in order:
+    {"image": PATH, "result": {...}} or {"image": PATH, "error": {"code": CODE, "message": TEXT}}
+    (CODE is the gRPC status name, or UNREADABLE when the file could not be read).
+    Exit code: 0 when every image succeeded, 1 when any failed, 2 for a usage error.
+    """
     from visionrpc.client import Client
 
-    if save_annotated is not None:
-        save_annotated.mkdir(parents=True, exist_ok=True)
-    outputs = []
-    with rpc_errors(), Client(target) as client:
-        for path in images:
-            result = client.infer(
-                path,
-                model=model,
-                confidence_threshold=conf or None,
-                iou_threshold=iou or None,
-                max_detections=max_det or None,
-                classes=_class_list(classes),
-                return_masks=masks or save_annotated is not None,
-                mask_format=mask_format,
-                request_id=path.name,
-            )
-            if json_out:
-                outputs.append(result_to_json(result))
-            else:
-                print_result(str(path), result)
-            if save_annotated is not None:
-                import cv2
-
-                from visionrpc.annotate import draw
-
-                bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if bgr is None:
-                    raise typer.BadParameter(f"OpenCV cannot read {path} to annotate it")
-                drawn = draw(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), result)
-                out = save_annotated / f"{path.stem}.annotated.png"
-                cv2.imwrite(str(out), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-                if not json_out:
-                    console.print(f"annotated image: {out}")
+    out = table_console()
+    entries: list[dict[str, Any]] = []
+    failed = 0
+    with rpc_errors(target):
+        paths = [p for source in images for p in expand_images(source)]
+        annotate_to = annotated_paths(save_annotated, paths)
+        if save_annotated is not None:
+            require_extra("images", "--save-annotated")
+        with Client(target) as client:
+            check_model(client, model, _class_list(classes))
+            for path, annotated in zip(paths, annotate_to, strict=True):
+                result, error = _infer_one(
+                    client,
+                    path,
+                    model=model,
+                    confidence_threshold=conf or None,
+                    iou_threshold=iou or None,
+                    max_detections=max_det or None,
+                    classes=_class_list(classes),
+                    return_masks=masks or annotated is not None,
+                    mask_format=mask_format,
+                )
+                entry = entry_json(str(path), result, error)
+                if result is None:
+                    failed += 1
+                    if not json_out:
+                        typer.echo(f"error: {path}: {error[0]}: {error[1]}", err=True)
+                elif not json_out:
+                    print_result(out, str(path), result)
+                if result is not None and annotated is not None:
+                    try:
+                        save_annotated_image(path, result, annotated)
+                    except CliError as exc:
+                        failed += 1
+                        typer.echo(f"error: {exc}", err=True)
+                    else:
+                        entry["annotated"] = str(annotated)
+                        if not json_out:
+                            out.print(f"annotated image: {annotated}", markup=False)
+                entries.append(entry)
     if json_out:
-        typer.echo(json.dumps(outputs if len(outputs) != 1 else outputs[0], indent=2))
+        typer.echo(json.dumps(entries, indent=2))
+    if failed:
+        raise typer.Exit(1)
 
 
 def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
     """(frame count if known, iterator of (name, encoded bytes)) for a video, folder or glob."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        require_extra("images", "reading video")
         import cv2
 
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
-            raise typer.BadParameter(f"cannot open video {source}")
+            raise usage_error(f"cannot open video {source}")
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
 
         def video() -> Iterator[tuple[str, bytes]]:
@@ -186,17 +347,35 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
                 capture.release()
 
         return total, video()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        files = sorted(Path(p) for p in glob.glob(source))
-    if not files:
-        raise typer.BadParameter(f"no images or video found at {source}")
+    files = expand_images(source)
     return len(files), ((p.name, p.read_bytes()) for p in files)
 
 
+def stream_summary(
+    frames: int, failed: int, seconds: float, defects: Counter[str]
+) -> dict[str, Any]:
+    """What an infer-stream run did, for its last line."""
+    return {
+        "frames": frames,
+        "failed": failed,
+        "images_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
+        "defects": dict(defects.most_common()),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """``42 frames, 0 failed, 18.3 images/s; defects: 12× crack, 3× spot``."""
+    found = ", ".join(f"{n}× {name}" for name, n in summary["defects"].items()) or "none"
+    return (
+        f"{summary['frames']} frames, {summary['failed']} failed, "
+        f"{summary['images_per_s']:.1f} images/s; defects: {found}"
+    )
+
+
 def infer_stream(
-    source: Annotated[str, typer.Argument(help="A video file, a folder of images or a glob.")],
+    source: Annotated[
+        str, typer.Argument(help="A video file, a folder of images, an image or a quoted glob.")
+    ],
     target: TargetOpt = None,
     model: ModelOpt = "",
     conf: Conf = 0.0,
@@ -206,72 +385,81 @@ def infer_stream(
     masks: Masks = False,
     json_out: Json = False,
 ) -> None:
-    """Stream frames through InferenceMethods.InferStream and print one line per frame."""
+    """Stream frames through InferenceMethods.InferStream: one line per frame, then a summary.
+
+    The last line sums the run up: "N frames, F failed, R images/s; defects: 12× crack, ...".
+    --json prints one JSON object per line, {"image": NAME, "result": {...}} or
+    {"image": NAME, "error": {"code": ..., "message": ...}}, then {"summary": {...}}.
+    Video files need OpenCV (pip install "visionrpc\\[images]").
+    Exit code: 0 when every frame succeeded, 1 when any failed, 2 for a usage error.
+    """
     from visionrpc.client import Client
 
-    total, frames = _frames(source)
     names: list[str] = []
-
-    def named() -> Iterator[bytes]:
-        for name, data in frames:
-            names.append(name)
-            yield data
-
     failures = 0
-    with (
-        rpc_errors(),
-        Client(target) as client,
-        Progress(console=console, transient=True) as bar,
-    ):
-        task = bar.add_task("frames", total=total)
-        for index, item in enumerate(
-            client.infer_stream(
-                named(),
-                model=model,
-                confidence_threshold=conf or None,
-                iou_threshold=iou or None,
-                max_detections=max_det or None,
-                classes=_class_list(classes),
-                return_masks=masks,
-            )
-        ):
-            name = names[index] if index < len(names) else str(index)
-            bar.advance(task)
-            if json_out:
-                line = {
-                    "frame": name,
-                    **(
-                        {"error": {"code": item.error_code, "message": item.error_message}}
-                        if item.result is None
-                        else result_to_json(item.result)
-                    ),
-                }
-                # soft_wrap: one JSON document per line whatever the terminal width
-                bar.console.print(json.dumps(line), markup=False, highlight=False, soft_wrap=True)
-                failures += item.result is None
-                continue
-            if item.result is None:
-                failures += 1
-                bar.console.print(
-                    f"{name}: ERROR {item.error_code}: {item.error_message}",
-                    markup=False,
-                    soft_wrap=True,
-                )
-                continue
-            r = item.result
-            summary = ", ".join(f"{d.count}× {d.class_name}" for d in r.defects) or "no defects"
-            bar.console.print(
-                f"{name}: {summary}  ({r.timings.total_ms:.1f} ms)", markup=False, soft_wrap=True
-            )
+    defects: Counter[str] = Counter()
+    with rpc_errors(target):
+        total, frames = _frames(source)
+
+        def named() -> Iterator[bytes]:
+            for name, data in frames:
+                names.append(name)
+                yield data
+
+        with Client(target) as client:
+            check_model(client, model, _class_list(classes))
+            started = time.perf_counter()
+            with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+                task = bar.add_task("frames", total=total)
+                index = -1
+                for index, item in enumerate(
+                    client.infer_stream(
+                        named(),
+                        model=model,
+                        confidence_threshold=conf or None,
+                        iou_threshold=iou or None,
+                        max_detections=max_det or None,
+                        classes=_class_list(classes),
+                        return_masks=masks,
+                    )
+                ):
+                    name = names[index] if index < len(names) else str(index)
+                    bar.advance(task)
+                    failures += item.result is None
+                    if item.result is not None:
+                        defects.update({d.class_name: d.count for d in item.result.defects})
+                    if json_out:
+                        line = entry_json(name, item.result, (item.error_code, item.error_message))
+                        _print_line(bar.console, json.dumps(line))
+                    elif item.result is None:
+                        error = f"ERROR {item.error_code}: {item.error_message}"
+                        _print_line(bar.console, f"{name}: {error}")
+                    else:
+                        r = item.result
+                        found = ", ".join(f"{d.count}× {d.class_name}" for d in r.defects)
+                        _print_line(
+                            bar.console,
+                            f"{name}: {found or 'no defects'}  ({r.timings.total_ms:.1f} ms)",
+                        )
+            summary = stream_summary(index + 1, failures, time.perf_counter() - started, defects)
+    if json_out:
+        _print_line(console, json.dumps({"summary": summary}))
+    else:
+        _print_line(console, format_summary(summary))
     if failures:
         raise typer.Exit(1)
+
+
+def _print_line(out: Console, text: str) -> None:
+    # soft_wrap: one line whatever the terminal width (JSON lines stay parseable)
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def models(target: TargetOpt = None, json_out: Json = False) -> None:
     """List the models the server holds."""
     from visionrpc.client import Client
 
-    with rpc_errors(), Client(target) as client:
+    with rpc_errors(target), Client(target) as client:
         infos, default = client.list_models()
     if json_out:
         typer.echo(
@@ -298,7 +486,7 @@ def models(target: TargetOpt = None, json_out: Json = False) -> None:
         "iou",
         "max det",
     ):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for i in infos:
         table.add_row(
             i.name + (" (default)" if i.name == default else ""),
@@ -311,10 +499,4 @@ def models(target: TargetOpt = None, json_out: Json = False) -> None:
             f"{i.default_iou_threshold:g}",
             str(i.default_max_detections),
         )
-    console.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("infer")(infer)
-    app.command("infer-stream")(infer_stream)
-    app.command("models")(models)
+    table_console().print(table)

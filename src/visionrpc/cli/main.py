@@ -7,8 +7,11 @@ from a client-only install.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from visionrpc import __version__
 from visionrpc.cli import calls, demo, evaluate, infer, serve
 
 app = typer.Typer(
@@ -17,6 +20,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"visionrpc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """gRPC server and client for computer-vision inference."""
+
 
 app.command("serve")(serve.serve)
 app.command("ping")(calls.ping)
@@ -31,7 +53,7 @@ app.command("eval")(evaluate.evaluate)
 
 
 def main() -> None:
-    app()
+    app(prog_name="visionrpc")  # the same name in usage lines for `python -m visionrpc`
 
 
 if __name__ == "__main__":
