@@ -25,9 +25,9 @@ from pathlib import Path
 
 from bench.harness import models as bench_models
 from bench.harness.images import make_images
-from bench.harness.loadgen import grpc_infer, infer_requests
 from bench.harness.procs import visionrpc_server
 from visionrpc.client import AsyncClient
+from visionrpc.client.loadtest import infer_load, infer_requests
 
 _LINE = re.compile(r":\d+\)$")
 
@@ -64,7 +64,7 @@ async def drive(
 ) -> str:
     async with AsyncClient(address, timeout=120) as client:
         requests = infer_requests(data, model)
-        result = await grpc_infer(
+        result = await infer_load(
             client, requests, concurrency=concurrency, duration_s=seconds, max_requests=1_000_000
         )
     return (
