@@ -161,6 +161,16 @@ def infer(
         typer.echo(json.dumps(outputs if len(outputs) != 1 else outputs[0], indent=2))
 
 
+def image_files(source: str) -> list[Path]:
+    """The images of a folder (by suffix), the files a glob matches, or the file itself; sorted."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(Path(p) for p in glob.glob(source))
+
+
 def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
     """(frame count if known, iterator of (name, encoded bytes)) for a video, folder or glob."""
     path = Path(source)
@@ -186,10 +196,7 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
                 capture.release()
 
         return total, video()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        files = sorted(Path(p) for p in glob.glob(source))
+    files = image_files(source)
     if not files:
         raise typer.BadParameter(f"no images or video found at {source}")
     return len(files), ((p.name, p.read_bytes()) for p in files)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from visionrpc.cli import calls, demo, evaluate, infer, serve
+from visionrpc.cli import bench, calls, demo, evaluate, infer, serve
 
 app = typer.Typer(
     name="visionrpc",
@@ -28,6 +28,7 @@ app.command("infer")(infer.infer)
 app.command("infer-stream")(infer.infer_stream)
 app.command("models")(infer.models)
 app.command("eval")(evaluate.evaluate)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:

@@ -53,6 +53,17 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for a report: ``CODE: details`` for a failed call, else ``Type: message``."""
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "details", None)):
+        text = f"{error_code(exc)}: {exc.details()}"
+    elif isinstance(exc, CallFailed):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:300]
+
+
 @dataclass
 class LoadResult:
     """What one measurement point produced: successes' latencies and failures by status code."""
@@ -134,7 +145,7 @@ async def closed_loop(
                 except Exception as exc:  # counted and reported, not fatal
                     errors += 1
                     codes[error_code(exc)] += 1
-                    first_error = first_error or f"{type(exc).__name__}: {exc}"[:300]
+                    first_error = first_error or error_text(exc)
                     if isinstance(exc, ConnectionError):  # this worker's stream is gone
                         return
                     continue
