@@ -1,13 +1,13 @@
 """Profile ``visionrpc serve`` with py-spy while it is under Infer load, and list the hotspots.
 
     .venv/bin/pip install py-spy          # not a project dependency
-    .venv/bin/python bench/profile_server.py --concurrency 16 --seconds 20
+    .venv/bin/python -m bench.profile_server --concurrency 16 --seconds 20   # from the checkout
 
-Starts the server as ``visionrpc bench`` does (separate process, default settings, VISIONRPC_* env
-applies), drives unary Infer with the bench image set from this process, samples the server with
-``py-spy record --format raw`` (all threads, GIL holders and waiters alike, idle frames dropped)
-and prints the functions with the most self and inclusive samples. The raw collapsed stacks are
-kept (``--out-dir``) for flamegraph.pl or speedscope.
+Starts the server as the comparison benchmark (bench/harness) does (separate process, default
+settings, VISIONRPC_* env applies), drives unary Infer with the bench image set from this process,
+samples the server with ``py-spy record --format raw`` (all threads, GIL holders and waiters
+alike, idle frames dropped) and prints the functions with the most self and inclusive samples.
+The raw collapsed stacks are kept (``--out-dir``) for flamegraph.pl or speedscope.
 """
 
 from __future__ import annotations

@@ -616,6 +616,6 @@ def write_json(doc: Mapping[str, Any], path: Path) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict) or "rows" not in doc:
-        raise ValueError(f"{path} is not a visionrpc bench result (no 'rows')")
+        raise ValueError(f"{path} is not a bench.harness result (no 'rows')")
     doc["rows"] = [validate_row(r) for r in doc["rows"]]
     return doc
