@@ -6,11 +6,13 @@ status code, percentiles in order), never speeds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -18,7 +20,7 @@ from typer.testing import CliRunner, Result
 from tests.helpers import RunningServer, make_settings
 from visionrpc.cli.demo import demo_image
 from visionrpc.cli.main import app
-from visionrpc.client import Client
+from visionrpc.client import Client, ClientSettings
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.local import ServerThread
 
@@ -55,6 +57,7 @@ def test_tiny_run_reports_every_point(inference_server: RunningServer, tmp_path:
     config = doc["config"]
     assert config["target"] == address and config["methods"] == ["Infer", "InferStream"]
     assert config["concurrency"] == [1, 2] and config["duration_s"] == 0.3
+    assert config["timeout_s"] == ClientSettings().timeout_s  # every call has a deadline
     assert [i["name"] for i in config["images"]] == ["demo.jpg"]
     assert doc["model"]["name"] == "defects"
     assert doc["model"]["class_names"] == ["scratch", "spot", "crack"]
@@ -117,6 +120,37 @@ def test_unknown_model_fails_once_with_one_line(inference_server: RunningServer)
         "error: NOT_FOUND: model 'nope' is not loaded; available models: defects, defects-fp32"
     ]
     _still_serves(inference_server.address)
+
+
+class SilentInference(InferenceServicer):
+    """Describes its models but never answers a frame: the load must still end on its own."""
+
+    async def Infer(self, request: Any, context: Any) -> Any:
+        await asyncio.Event().wait()
+
+    async def InferStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()
+        yield  # never reached: makes this a stream handler
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_never_answers_cannot_hold_the_run(tmp_path: Path) -> None:
+    settings = make_settings(access_log=False)
+    thread = ServerThread()
+    try:
+        address = thread.start(settings, [SilentInference(settings)]).address
+        out = tmp_path / "bench.json"
+        args = ["--method", "both", "--concurrency", "1", "--duration", "0.3", "--warmup", "0"]
+        result = invoke("--target", address, *args, "--timeout", "1", "--json", str(out))
+    finally:
+        thread.close()
+    assert result.exit_code == 1, result.output
+    assert "DEADLINE_EXCEEDED" in result.stderr
+    points = json.loads(out.read_text())["points"]
+    assert [p["method"] for p in points] == ["Infer", "InferStream"]
+    for point in points:
+        assert point["ok"] == 0 and point["errors"] >= 1, point
+        assert set(point["errors_by_code"]) == {"DEADLINE_EXCEEDED"}, point
 
 
 @pytest.mark.timeout(60)

@@ -108,13 +108,15 @@ def load_images(sources: Sequence[str]) -> list[tuple[str, bytes]]:
     return images
 
 
-async def _timed(bar: Progress, label: str, seconds: float, work: Awaitable[LoadResult]) -> Any:
+async def _timed(
+    bar: Progress, label: str, seconds: float, work: Awaitable[LoadResult]
+) -> LoadResult:
     """Await ``work`` while the bar advances with the clock over its ``seconds`` of budget."""
     task = bar.add_task(label, total=seconds)
     job = asyncio.ensure_future(work)
     start = time.perf_counter()
     while not job.done():
-        await asyncio.wait({job}, timeout=0.1)
+        await asyncio.wait({job}, timeout=0.25)  # the bar ticks on the load's loop: keep it rare
         bar.update(task, completed=min(seconds, time.perf_counter() - start))
     bar.update(task, completed=seconds)
     return job.result()
@@ -135,14 +137,12 @@ async def run_sweep(
     points = []
     for rpc in rpcs:
         drive = DRIVERS[rpc]
-        common = {"concurrency": max(concurrency), "max_requests": max_requests}
         if warmup_s > 0:
-            await _timed(
-                bar,
-                f"{rpc} warm-up",
-                warmup_s,
-                drive(client, requests, duration_s=warmup_s, **common),
+            top = max(concurrency)
+            work = drive(
+                client, requests, concurrency=top, duration_s=warmup_s, max_requests=max_requests
             )
+            await _timed(bar, f"{rpc} warm-up", warmup_s, work)
         for c in concurrency:
             work = drive(
                 client, requests, concurrency=c, duration_s=duration_s, max_requests=max_requests
