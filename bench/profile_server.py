@@ -1,13 +1,13 @@
 """Profile ``visionrpc serve`` with py-spy while it is under Infer load, and list the hotspots.
 
     .venv/bin/pip install py-spy          # not a project dependency
-    .venv/bin/python bench/profile_server.py --concurrency 16 --seconds 20
+    .venv/bin/python -m bench.profile_server --concurrency 16 --seconds 20   # from the checkout
 
-Starts the server as ``visionrpc bench`` does (separate process, default settings, VISIONRPC_* env
-applies), drives unary Infer with the bench image set from this process, samples the server with
-``py-spy record --format raw`` (all threads, GIL holders and waiters alike, idle frames dropped)
-and prints the functions with the most self and inclusive samples. The raw collapsed stacks are
-kept (``--out-dir``) for flamegraph.pl or speedscope.
+Starts the server as the comparison benchmark (bench/harness) does (separate process, default
+settings, VISIONRPC_* env applies), drives unary Infer with the bench image set from this process,
+samples the server with ``py-spy record --format raw`` (all threads, GIL holders and waiters
+alike, idle frames dropped) and prints the functions with the most self and inclusive samples.
+The raw collapsed stacks are kept (``--out-dir``) for flamegraph.pl or speedscope.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from bench.harness import models as bench_models
 from bench.harness.images import make_images
-from bench.harness.loadgen import grpc_infer, infer_requests
 from bench.harness.procs import visionrpc_server
 from visionrpc.client import AsyncClient
+from visionrpc.client.loadtest import infer_load, infer_requests
 
 _LINE = re.compile(r":\d+\)$")
 
@@ -64,7 +64,7 @@ async def drive(
 ) -> str:
     async with AsyncClient(address, timeout=120) as client:
         requests = infer_requests(data, model)
-        result = await grpc_infer(
+        result = await infer_load(
             client, requests, concurrency=concurrency, duration_s=seconds, max_requests=1_000_000
         )
     return (

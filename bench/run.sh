@@ -5,7 +5,7 @@
 #   bench/run.sh --levers        also measure each server lever (one server restart each)
 #   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
 #                                images and model, and merge their rows into the same table
-# Extra arguments go to `python -m bench.harness`. Peer rows ($PEER_RESULTS, default
+# Extra arguments go to `python -m bench.harness` (run from any folder: PYTHONPATH is set here). Peer rows ($PEER_RESULTS, default
 # bench/peers/peers-results.json) are merged into the JSON and the Markdown when present.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,20 +23,20 @@ for arg in "$@"; do
   if [[ "$arg" == "--with-peers" ]]; then with_peers=1; else args+=("$arg"); fi
 done
 
-"${harness[@]}" --out "$json" "${args[@]}"
+"${harness[@]}" --out "$json" ${args[@]+"${args[@]}"}
 peer_file=${PEER_RESULTS:-$here/peers/peers-results.json}
 if [[ $with_peers == 1 ]]; then
   "$here/peers/setup.sh"
   peer_file="$out/peers-$stamp.json"
   quick=()
   [[ " ${args[*]} " == *" --quick "* ]] && quick=(--quick)
-  "$root/.venv/bin/python" "$here/peers/run_peers.py" --out "$peer_file" "${quick[@]}"
+  "$root/.venv/bin/python" "$here/peers/run_peers.py" --out "$peer_file" ${quick[@]+"${quick[@]}"}
 fi
 peers=()
 if [[ -f "$peer_file" ]]; then
   peers=(--peer-results "$peer_file")
 fi
-"${harness[@]}" --from-json "$json" "${peers[@]}" --markdown >"$out/bench-$stamp.md"
+"${harness[@]}" --from-json "$json" ${peers[@]+"${peers[@]}"} --markdown >"$out/bench-$stamp.md"
 ln -sf "$(basename "$json")" "$out/latest.json"
 ln -sf "bench-$stamp.md" "$out/latest.md"
 echo "JSON: $json"

@@ -36,6 +36,21 @@ class BareCoreServicer(core_pb2_grpc.CoreServicesServicer):
             instance_id=self.instance_id,
         )
 
+    async def UploadNumbers(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> core_pb2.UploadSummary:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "the bare server has Ping and StreamNumbers only"
+        )
+
+    async def Chat(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[core_pb2.ChatMessage]:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "the bare server has Ping and StreamNumbers only"
+        )
+        yield core_pb2.ChatMessage()  # never reached: makes this a stream handler
+
     async def StreamNumbers(
         self, request: core_pb2.StreamNumbersRequest, context: Any
     ) -> AsyncIterator[core_pb2.NumberReply]:

@@ -1,4 +1,4 @@
-"""The straightforward pipeline the issue's targets are measured against.
+"""The straightforward pipeline the project's targets are measured against.
 
 Written here on purpose, not borrowed from visionrpc.runtime: it is what a first, honest version
 looks like. Full-size ``cv2.imdecode`` → ``cv2.resize`` + pad → float32 NCHW → a plain

@@ -112,7 +112,7 @@ def bench(
 ) -> None:
     """Baseline vs visionrpc in-process vs visionrpc over gRPC, CoreServices, memory, accuracy.
 
-    Prints a table per section with the issue's targets marked, and writes JSON to --out.
+    Prints a table per section with the project's targets marked, and writes JSON to --out.
     """
     from bench.harness import report
     from bench.harness.runner import LEVERS, BenchConfig, run_bench

@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness.loadgen import (
-    LoadResult,
-    closed_loop,
-    grpc_infer,
-    infer_requests,
-    plain_caller,
-    sync_loop,
-)
+from bench.harness.loadgen import row, sync_loop
 from bench.harness.procs import cpu_seconds
 from bench.harness.report import ResultRow, Section
 from visionrpc.client import AsyncClient
+from visionrpc.client.loadtest import (
+    LoadResult,
+    closed_loop,
+    infer_load,
+    infer_requests,
+    plain_caller,
+)
 
 INPROCESS_NAME = "visionrpc pipeline in-process"
 SERVER_NAME = "visionrpc gRPC"
@@ -58,11 +58,11 @@ class _Side:
         return seconds * 1000 / self.result.count if self.result.count else None
 
     def row(self, name: str, model: str, method: str, concurrency: int, **extra: Any) -> ResultRow:
-        row = self.result.row(name, Section.PAIRED, model, method, concurrency, **extra)
-        row["cpu_ms_per_image"] = self.per_image_ms(self.cpu_s)
+        out = row(self.result, name, Section.PAIRED, model, method, concurrency, **extra)
+        out["cpu_ms_per_image"] = self.per_image_ms(self.cpu_s)
         if name == SERVER_NAME:
-            row["client_cpu_ms_per_image"] = self.per_image_ms(self.client_cpu_s)
-        return row
+            out["client_cpu_ms_per_image"] = self.per_image_ms(self.client_cpu_s)
+        return out
 
 
 async def paired_points(
@@ -94,7 +94,7 @@ async def paired_points(
 
         async def served(c: int) -> tuple[LoadResult, float, float]:
             server0, self0 = cpu_seconds(server_pid), self_cpu_seconds()
-            result = await grpc_infer(
+            result = await infer_load(
                 client, requests, concurrency=c, duration_s=slice_s, max_requests=budget
             )
             return result, cpu_seconds(server_pid) - server0, self_cpu_seconds() - self0

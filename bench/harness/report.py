@@ -43,7 +43,7 @@ from rich.table import Table
 
 SCHEMA_VERSION = 1
 REQUIRED_ROW_FIELDS = ("name", "concurrency", "images_per_s", "p50_ms", "p99_ms")
-REFERENCE_CONCURRENCY = 16  # the issue's targets are stated at concurrency 16
+REFERENCE_CONCURRENCY = 16  # the project's targets are stated at concurrency 16
 IDLE_PING = "Ping after 10 ms idle"  # section d: the wake-up cost of a call to an idle server
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
@@ -203,7 +203,7 @@ def models_of(doc: Mapping[str, Any]) -> list[str]:
 
 
 def analyse(doc: dict[str, Any]) -> None:
-    """(Re)compute ``ratios`` and ``targets`` (issue section c and its targets) from the rows."""
+    """(Re)compute ``ratios`` and ``targets`` (section c and the targets) from the rows."""
     ref = REFERENCE_CONCURRENCY
     base = baseline_best(doc)
     base1 = baseline_batch1(doc)
@@ -322,7 +322,7 @@ def _row_cells(r: ResultRow) -> list[str]:
 
 
 def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
-    """Every section of the report as neutral tables, in the issue's order a–e, then targets."""
+    """Every section of the report as neutral tables, in order a–e, then targets."""
     tables: list[TextTable] = []
     base = baseline_best(doc)
     base_ips = base["images_per_s"] if base else None
@@ -616,6 +616,6 @@ def write_json(doc: Mapping[str, Any], path: Path) -> None:
 def read_json(path: Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict) or "rows" not in doc:
-        raise ValueError(f"{path} is not a visionrpc bench result (no 'rows')")
+        raise ValueError(f"{path} is not a bench.harness result (no 'rows')")
     doc["rows"] = [validate_row(r) for r in doc["rows"]]
     return doc

@@ -36,15 +36,7 @@ from rich.progress import (
 
 from bench.harness import models as bench_models
 from bench.harness.images import BENCH_SEED, BenchImage, describe, make_images, save_images
-from bench.harness.loadgen import (
-    LoadResult,
-    grpc_infer,
-    grpc_infer_stream,
-    grpc_ping,
-    grpc_ping_after_idle,
-    grpc_stream_numbers,
-    infer_requests,
-)
+from bench.harness.loadgen import grpc_ping, grpc_ping_after_idle, grpc_stream_numbers, row
 from bench.harness.paired import load_pipeline, paired_points
 from bench.harness.procs import ServerProcess, bare_server, run_worker, visionrpc_server
 from bench.harness.report import (
@@ -57,6 +49,7 @@ from bench.harness.report import (
     analyse,
 )
 from visionrpc.client import AsyncClient, Client
+from visionrpc.client.loadtest import LoadResult, infer_load, infer_requests, infer_stream_load
 from visionrpc.evaluation import EVAL_SEED
 from visionrpc.settings import Settings
 
@@ -210,7 +203,7 @@ async def _served_points(
     rows = []
     requests = infer_requests(data, model)
     async with AsyncClient(address, timeout=config.timeout_s) as client:
-        methods = [("Infer", grpc_infer)] + ([("InferStream", grpc_infer_stream)] if stream else [])
+        methods = [("Infer", infer_load)] + ([("InferStream", infer_stream_load)] if stream else [])
         for method, drive in methods:
             plan.label(f"{name} {model} {method} warm-up")
             await drive(
@@ -225,7 +218,7 @@ async def _served_points(
                     duration_s=config.duration_s,
                     max_requests=config.max_requests,
                 )
-                rows.append(result.row(name, section, model, method, c, **extra))
+                rows.append(row(result, name, section, model, method, c, **extra))
                 plan.step(f"{name} {model} {method} c{c}", config.duration_s)
     return rows
 
@@ -272,9 +265,9 @@ async def _core_points(servers: dict[str, str], config: BenchConfig, rounds: int
                     ),
                 )
     return [
-        row
+        core_row
         for name in servers
-        for row in (
+        for core_row in (
             _core_row(name, "Ping", config.core_concurrency, pings[name], "calls/s"),
             _core_row(name, IDLE_PING, 1, idle_pings[name], "calls/s"),
             _core_row(name, "StreamNumbers", 1, numbers[name], "messages/s"),
@@ -466,13 +459,13 @@ async def _lever_points(
         }
         for lever, client in clients.items():
             plan.label(f"lever {lever}: warm-up")
-            await grpc_infer(
+            await infer_load(
                 client, requests, concurrency=4, duration_s=config.warmup_s, max_requests=64
             )
         for r in range(rounds):
             for c in config.lever_concurrency:
                 for lever, client in clients.items():
-                    result = await grpc_infer(
+                    result = await infer_load(
                         client,
                         requests,
                         concurrency=c,
@@ -482,7 +475,8 @@ async def _lever_points(
                     pooled[lever, c].add(result)
                     plan.step(f"lever {lever} c{c} (round {r + 1}/{rounds})", slice_s)
     return [
-        result.row(
+        row(
+            result,
             f"{SERVER_NAME} [{lever}]",
             Section.LEVER,
             model,

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.images import load_images
-from bench.harness.loadgen import closed_loop, plain_caller, sync_loop
+from bench.harness.loadgen import row, sync_loop
 from bench.harness.procs import peak_rss_mb
 from bench.harness.report import ResultRow, Section
+from visionrpc.client.loadtest import closed_loop, plain_caller
 
 BASELINE_NAME = "straightforward baseline"
 INPROCESS_NAME = "visionrpc pipeline in-process"
@@ -60,7 +61,8 @@ def run_baseline(spec: dict[str, Any]) -> list[ResultRow]:
             call, len(batches), spec["duration_s"], max(1, spec["max_requests"] // size)
         )
         rows.append(
-            result.row(
+            row(
+                result,
                 BASELINE_NAME,
                 Section.BASELINE,
                 b["name"],
@@ -92,7 +94,7 @@ async def _inprocess(pipeline: Any, spec: dict[str, Any], data: list[bytes]) -> 
         # Nothing else runs on the loop during the synchronous loop, so blocking it is harmless.
         sync_loop(sync_call, len(items), spec["warmup_s"], 8)
         result = sync_loop(sync_call, len(items), spec["duration_s"], spec["max_requests"])
-        rows.append(result.row(INPROCESS_NAME, Section.INPROCESS, model, "infer_sync", 1))
+        rows.append(row(result, INPROCESS_NAME, Section.INPROCESS, model, "infer_sync", 1))
         progress(f"in-process {model} infer_sync")
         await closed_loop(
             plain_caller(call), concurrency=4, duration_s=spec["warmup_s"], max_requests=64
@@ -104,7 +106,7 @@ async def _inprocess(pipeline: Any, spec: dict[str, Any], data: list[bytes]) -> 
                 duration_s=spec["duration_s"],
                 max_requests=spec["max_requests"],
             )
-            rows.append(result.row(INPROCESS_NAME, Section.INPROCESS, model, "infer", concurrency))
+            rows.append(row(result, INPROCESS_NAME, Section.INPROCESS, model, "infer", concurrency))
             progress(f"in-process {model} infer c{concurrency}")
     return rows
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The checkout, for bench.harness (not installed); python already put this script's folder first.
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 from peer_model import default_model, result_to_json
 
 from bench.harness.images import BENCH_SEED, BenchImage, make_images, save_images
@@ -42,7 +44,7 @@ from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.settings import Settings
 from visionrpc.types import InferenceInput, InferenceOptions
 
-HERE = Path(__file__).resolve().parent  # also on sys.path: python puts the script's folder there
+HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = HERE / ".venv-mlserver"
 TRITON_VENV = HERE / ".venv-triton"
 CLIENT_VENV = TRITON_VENV  # has tritonclient[grpc]; never the MLServer process

@@ -4,7 +4,8 @@
 #   .venv-triton    nvidia-pytriton 0.7.0 (a real Triton binary, ~450 MB) + tritonclient[grpc]
 #                   + visionrpc; it also runs the load generator (client.py)
 # visionrpc is installed into each venv so its runtime is importable there; neither peer is ever a
-# dependency of visionrpc itself. It goes in without its own dependency list (--no-deps) plus the
+# dependency of visionrpc itself. The bench harness is not installed: a .pth file puts the
+# checkout on each venv's path so that `bench.harness` (the image set) imports there too. It goes in without its own dependency list (--no-deps) plus the
 # packages its runtime imports: the peers pin protobuf < 7 (MLServer) and old grpcio/protobuf
 # (tritonclient), while visionrpc's generated gRPC code needs protobuf 7, and the peers never load
 # that code. PYTHON picks the interpreter (default: python3.11).
@@ -16,7 +17,7 @@ python=${PYTHON:-python3.11}
 
 # uvloop 0.22+ kills MLServer 1.7's worker ("There is no current event loop in thread").
 MLSERVER_PINS=("mlserver==1.7.1" "uvloop<0.22" "onnxruntime")
-MLSERVER_SMOKE="import mlserver, visionrpc.runtime.pipeline"
+MLSERVER_SMOKE="import mlserver, visionrpc.runtime.pipeline, bench.harness.images"
 # nvidia-pytriton pins numpy<2, so this venv gets OpenCV 4.x (the project's venv: numpy 2, OpenCV 5).
 TRITON_PINS=("nvidia-pytriton==0.7.0" "tritonclient[grpc]")
 TRITON_SMOKE="import pytriton.triton, tritonclient.grpc, bench.harness.images, visionrpc.runtime.pipeline"
@@ -32,6 +33,13 @@ quiet_pip() {
   "$python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
+# link_checkout VENV: the checkout on VENV's sys.path (bench.harness), as an editable install would.
+link_checkout() {
+  local site
+  site=$("$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$root" >"$site/visionrpc-bench-checkout.pth"
+}
+
 # make_venv NAME SMOKE PIN...: create bench/peers/NAME, install the pins plus visionrpc (editable),
 # then import SMOKE. A stamp file remembers the pins and interpreter of the last good install.
 make_venv() {
@@ -41,6 +49,8 @@ make_venv() {
   local want
   want="$("$python" -c 'import sys; print(sys.version)') | $* | ${RUNTIME_DEPS[*]} | visionrpc --no-deps -e $root"
   if [[ -f "$venv/.setup-done" && "$(cat "$venv/.setup-done")" == "$want" ]]; then
+    link_checkout "$venv" # venvs made before the harness left the package lack it
+    (cd / && "$venv/bin/python" -c "$smoke")
     echo "$name: up to date"
     return
   fi
@@ -49,9 +59,10 @@ make_venv() {
   quiet_pip "$venv/bin/python" install --quiet --upgrade pip
   quiet_pip "$venv/bin/python" install --quiet "$@" "${RUNTIME_DEPS[@]}"
   quiet_pip "$venv/bin/python" install --quiet --no-deps -e "$root"
+  link_checkout "$venv"
   quiet_pip "$venv/bin/python" check 2>/dev/null | grep -v "^visionrpc " \
     || true # visionrpc's own pins are deliberately not met here (see above)
-  "$venv/bin/python" -c "$smoke"
+  (cd / && "$venv/bin/python" -c "$smoke") # from elsewhere: the .pth, not the cwd, finds bench/
   echo "$want" >"$venv/.setup-done"
   echo "$name: ready ($(du -sh "$venv" | cut -f1))"
 }

@@ -46,6 +46,26 @@ def test_ping_text(threaded_server: RunningServer) -> None:
     assert threaded_server.core.instance_id in result.stdout
 
 
+def test_client_commands_take_the_default_deadline_from_the_environment(
+    threaded_server: RunningServer,
+) -> None:
+    """No --timeout means VISIONRPC_TIMEOUT_S (the client's default), not "no deadline": an
+    upload whose stdin stalls past it ends with DEADLINE_EXCEEDED."""
+    argv = [sys.executable, "-m", "visionrpc", "numbers", "upload", "--target"]
+    argv.append(threaded_server.address)
+    env = {**os.environ, "VISIONRPC_TIMEOUT_S": "0.5"}
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b"1\n")
+        proc.stdin.flush()
+        time.sleep(3)  # the deadline passes while the client waits for more numbers
+        out, err = proc.communicate(b"2\n", timeout=60)
+    assert proc.returncode == 1, out
+    assert err.decode().strip() == "error: DEADLINE_EXCEEDED: Deadline Exceeded"
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (bound, then released)."""
     with socket.socket() as sock:

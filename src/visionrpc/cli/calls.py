@@ -17,6 +17,7 @@ from visionrpc.cli.common import (
     JsonOpt,
     TargetOpt,
     TimeoutOpt,
+    client_timeout,
     print_json,
     rpc_errors,
     usage_error,
@@ -31,7 +32,7 @@ def ping(
     as_json: JsonOpt = False,
 ) -> None:
     """Unary call: echo a message and show the server's version, instance and clock."""
-    with rpc_errors(target), Client(target, timeout=timeout) as client:
+    with rpc_errors(target), Client(target, timeout=client_timeout(timeout)) as client:
         started = time.perf_counter()
         result = client.ping(message)
         rtt_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -112,7 +113,7 @@ def numbers_upload(
             if values
             else _read_numbers(sys.stdin)
         )
-        with Client(target, timeout=timeout) as client:
+        with Client(target, timeout=client_timeout(timeout)) as client:
             result = client.upload_numbers(source)
     summary = {
         "count": result.count,
@@ -134,7 +135,7 @@ def health(
     as_json: JsonOpt = False,
 ) -> None:
     """grpc.health.v1 check; exit code 0 only when SERVING (usable as a probe)."""
-    with rpc_errors(target), Client(target, timeout=timeout) as client:
+    with rpc_errors(target), Client(target, timeout=client_timeout(timeout)) as client:
         result = client.health(service)
     if as_json:
         print_json({"service": result.service, "status": result.status})

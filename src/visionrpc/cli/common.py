@@ -16,6 +16,7 @@ import grpc
 import typer
 from rich.console import Console
 
+from visionrpc.client.base import USE_CLIENT_DEFAULT, Timeout
 from visionrpc.client.settings import ClientSettings
 
 TargetOpt = Annotated[
@@ -44,6 +45,11 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def client_timeout(seconds: float | None) -> Timeout:
+    """``--timeout`` for a Client: unset means the client's default (VISIONRPC_TIMEOUT_S)."""
+    return USE_CLIENT_DEFAULT if seconds is None else seconds
 
 
 def usage_error(message: str) -> CliError:

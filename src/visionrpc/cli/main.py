@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from visionrpc import __version__
-from visionrpc.cli import calls, demo, evaluate, infer, serve
+from visionrpc.cli import bench, calls, demo, evaluate, infer, serve
 
 app = typer.Typer(
     name="visionrpc",
@@ -50,6 +50,7 @@ app.command("infer")(infer.infer)
 app.command("infer-stream")(infer.infer_stream)
 app.command("models")(infer.models)
 app.command("eval")(evaluate.evaluate)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:
