@@ -92,21 +92,20 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _in_use_problem(host: str, port: int) -> str | None:
-    """A message when another process listens on ``host:port``, else None.
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, saying what to change; None when it can.
 
-    Checked before gRPC binds, because gRPC's own failure is a log line of its C core plus an
+    Asked of the OS before gRPC binds, because gRPC's own failure is a line from its C core plus an
     error that says only "Failed to bind". SO_REUSEADDR as gRPC sets it, so that connections of a
     server that just stopped (TIME_WAIT) do not count as "in use".
     """
-    if port == 0:
-        return None
     try:
         addresses = socket.getaddrinfo(
             host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-    except OSError:
-        return None  # gRPC reports the unresolvable host
+    except OSError as exc:
+        return f"cannot listen on {host!r}: {exc.strerror}; choose another address with --host"
+    failures: list[OSError] = []
     for family, kind, proto, _, sockaddr in addresses:
         with socket.socket(family, kind, proto) as probe:
             if os.name == "posix":
@@ -114,37 +113,25 @@ def _in_use_problem(host: str, port: int) -> str | None:
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return (
-                        f"port {port} on {host} is in use; "
-                        "stop the other server or choose another with --port"
-                    )
-    return None
-
-
-def _bind_failure(host: str, port: int) -> str:
-    """Why gRPC could not bind ``host:port`` (asked of the OS again), with what to change."""
-    try:
-        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return f"cannot listen on {host!r}: {exc.strerror}; choose another address with --host"
-    for family, kind, proto, _, sockaddr in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            try:
-                probe.bind(sockaddr)
-            except OSError as exc:
-                if exc.errno == errno.EACCES:
-                    return (
-                        f"not allowed to listen on port {port}; "
-                        "choose one above 1023 with --port (or run with the privilege)"
-                    )
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    return (
-                        f"cannot listen on {host}: not an address of this machine; "
-                        "choose another with --host (0.0.0.0 for all interfaces)"
-                    )
-                return f"cannot listen on {_bracketed(host)}:{port}: {exc.strerror}"
-    return f"cannot listen on {_bracketed(host)}:{port}; GRPC_VERBOSITY=debug shows gRPC's reason"
+                failures.append(exc)
+    if any(exc.errno == errno.EADDRINUSE for exc in failures):
+        return (
+            f"port {port} on {host} is in use; stop the other server or choose another with --port"
+        )
+    if not failures or len(failures) < len(addresses):
+        return None  # gRPC listens on the addresses that work
+    first = failures[0]
+    if first.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on port {port} of {host}; "
+            "choose one above 1023 with --port (or run with that privilege)"
+        )
+    if first.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {host}: not an address of this machine; "
+            "choose another with --host (0.0.0.0 for all interfaces)"
+        )
+    return f"cannot listen on {_bracketed(host)}:{port}: {first.strerror}"
 
 
 class VisionServer:
@@ -204,13 +191,15 @@ class VisionServer:
 
     def _bind(self, server: grpc.aio.Server) -> int:
         host, port = self.settings.host, self.settings.port
-        problem = _in_use_problem(host, port)
+        problem = _bind_problem(host, port)
         if problem:
             raise StartupError(problem)
         try:
             return server.add_insecure_port(f"{_bracketed(host)}:{port}")
-        except RuntimeError:
-            raise StartupError(_bind_failure(host, port)) from None
+        except RuntimeError:  # the OS let us bind a moment ago; gRPC's C core logged why not
+            raise StartupError(
+                f"cannot listen on {_bracketed(host)}:{port}; see the gRPC error above"
+            ) from None
 
     async def start(self) -> None:
         """Listen (NOT_SERVING), start the services, then report SERVING.
