@@ -147,6 +147,7 @@ class VisionServer:
         self.health = HealthServicer()
         self._gate = CallInterceptor(ALWAYS_OPEN, access_log=settings.access_log)
         self._server: grpc.aio.Server | None = None
+        self._listening = False
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
         self._port = 0
@@ -214,6 +215,7 @@ class VisionServer:
         try:
             self._port = self._bind(server)
             await server.start()
+            self._listening = True
             log.info("listening on %s; starting services", self.listen_address)
             for service in self.services:
                 await service.start()
@@ -256,7 +258,7 @@ class VisionServer:
 
         Beware: cancelling this wait makes grpc.aio stop the server at once (no grace).
         """
-        if self._server is not None:
+        if self._server is not None and self._listening:
             await self._server.wait_for_termination()
         if self._stopping is not None:
             await asyncio.shield(self._stopping)
