@@ -67,5 +67,5 @@ async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> core_pb2_grpc.CoreServicesStub:
+def stub(channel: grpc.aio.Channel) -> core_pb2_grpc.CoreServicesAsyncStub:
     return core_pb2_grpc.CoreServicesStub(channel)

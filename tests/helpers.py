@@ -58,7 +58,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 class ChatSession:
     """A raw Chat stream driven step by step: ``send`` queues a message, ``read`` returns one."""
 
-    def __init__(self, stub: core_pb2_grpc.CoreServicesStub, room: str, sender: str) -> None:
+    def __init__(self, stub: core_pb2_grpc.CoreServicesAsyncStub, room: str, sender: str) -> None:
         self.room, self.sender = room, sender
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.call = stub.Chat(self._requests())
@@ -76,7 +76,7 @@ class ChatSession:
 
     async def read(self, timeout: float = 5.0) -> core_pb2.ChatMessage:
         message = await asyncio.wait_for(self.call.read(), timeout)
-        assert message is not EOF, "stream ended"
+        assert isinstance(message, core_pb2.ChatMessage), "stream ended"
         return message
 
     async def join(self) -> core_pb2.ChatMessage:
@@ -87,5 +87,6 @@ class ChatSession:
     async def read_rest(self, timeout: float = 5.0) -> list[core_pb2.ChatMessage]:
         out = []
         while (message := await asyncio.wait_for(self.call.read(), timeout)) is not EOF:
+            assert isinstance(message, core_pb2.ChatMessage)
             out.append(message)
         return out
