@@ -9,6 +9,7 @@ import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -22,6 +23,10 @@ CORE = "visionrpc.v1.CoreServices"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MiB = 1024 * 1024
+REFLECTION_PATHS = [
+    f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    for version in ("v1", "v1alpha")
+]
 
 
 class SlowService:
@@ -72,6 +77,16 @@ async def test_health_is_not_serving_until_services_started() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:  # the gate keeps calls out meanwhile
                 await core_pb2_grpc.CoreServicesStub(channel).Ping(core_pb2.PingRequest())
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            for path in REFLECTION_PATHS:  # tools can look at the server while it starts
+                reflect = channel.stream_stream(
+                    path,
+                    request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                    response_deserializer=rpb.ServerReflectionResponse.FromString,
+                )
+                (listed,) = [
+                    r async for r in reflect(iter([rpb.ServerReflectionRequest(list_services="")]))
+                ]
+                assert CORE in {s.name for s in listed.list_services_response.service}
             assert not starting.done()
 
             slow.release.set()
