@@ -9,12 +9,13 @@ import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2 as rpb
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
 from tests.helpers import EOF, RunningServer, StartServer, make_settings, wait_until
-from visionrpc.server.app import VisionServer
+from visionrpc.server.app import StartupError, VisionServer
 from visionrpc.server.interceptors import ACCESS_LOGGER
 from visionrpc.v1 import core_pb2, core_pb2_grpc
 
@@ -22,6 +23,10 @@ CORE = "visionrpc.v1.CoreServices"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MiB = 1024 * 1024
+REFLECTION_PATHS = [
+    f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    for version in ("v1", "v1alpha")
+]
 
 
 class SlowService:
@@ -72,6 +77,16 @@ async def test_health_is_not_serving_until_services_started() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:  # the gate keeps calls out meanwhile
                 await core_pb2_grpc.CoreServicesStub(channel).Ping(core_pb2.PingRequest())
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            for path in REFLECTION_PATHS:  # tools can look at the server while it starts
+                reflect = channel.stream_stream(
+                    path,
+                    request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                    response_deserializer=rpb.ServerReflectionResponse.FromString,
+                )
+                (listed,) = [
+                    r async for r in reflect(iter([rpb.ServerReflectionRequest(list_services="")]))
+                ]
+                assert CORE in {s.name for s in listed.list_services_response.service}
             assert not starting.done()
 
             slow.release.set()
@@ -87,13 +102,58 @@ async def test_health_is_not_serving_until_services_started() -> None:
         await server.stop(0)
 
 
-async def test_failed_service_start_stops_the_server() -> None:
+async def test_failed_service_start_stops_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="visionrpc.server.app")
     slow = SlowService(fail=True)
     slow.release.set()
     server = VisionServer(make_settings(), [slow])
     with pytest.raises(RuntimeError, match="broken"):
         await server.start()
     await asyncio.wait_for(server.wait_for_termination(), 5)
+    # the caller reports the error once; the traceback is there at DEBUG only
+    records = [r for r in caplog.records if r.name == "visionrpc.server.app"]
+    assert [r.levelname for r in records if r.levelno > logging.INFO] == []
+    (failed,) = [r for r in records if r.exc_info]
+    assert failed.levelno == logging.DEBUG and "broken" in str(failed.exc_info[1])  # type: ignore[index]
+
+
+async def test_port_in_use_is_one_clear_error(server: RunningServer) -> None:
+    """The port of a running server: refused before gRPC binds, and the first keeps serving."""
+    second = VisionServer(make_settings(port=server.server.port))
+    with pytest.raises(StartupError) as err:
+        await second.start()
+    assert str(err.value) == (
+        f"port {server.server.port} on 127.0.0.1 is in use; "
+        "stop the other server or choose another with --port"
+    )
+    await asyncio.wait_for(second.wait_for_termination(), 5)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        reply = await core_pb2_grpc.CoreServicesStub(channel).Ping(
+            core_pb2.PingRequest(message="x")
+        )
+    assert reply.message == "x"
+
+
+async def test_unknown_host_is_one_clear_error() -> None:
+    server = VisionServer(make_settings(host="no-such-host.invalid"))
+    with pytest.raises(StartupError, match=r"^cannot listen on 'no-such-host.invalid': .*--host$"):
+        await server.start()
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [("0.0.0.0", "0.0.0.0:{port} (all interfaces)"), ("127.0.0.1", "127.0.0.1:{port}")],
+)
+async def test_log_says_where_it_listens(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, host: str, said: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="visionrpc.server.app")
+    running = await start_server(host=host)
+    port = running.server.port
+    assert running.address == f"127.0.0.1:{port}"  # what a client on this machine dials
+    messages = [r.getMessage() for r in caplog.records if r.name == "visionrpc.server.app"]
+    assert f"listening on {said.format(port=port)}; starting services" in messages
+    assert f"serving {CORE} on {said.format(port=port)}" in messages
 
 
 async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
@@ -106,7 +166,8 @@ async def test_graceful_shutdown_finishes_in_flight_calls() -> None:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
         assert (await watch.read()).status == SERVING
         in_flight = stub.StreamNumbers(core_pb2.StreamNumbersRequest(count=5, interval_ms=100))
-        assert (await in_flight.read()).index == 0
+        first = await in_flight.read()
+        assert isinstance(first, core_pb2.NumberReply) and first.index == 0
 
         stopping = asyncio.create_task(server.stop())  # grace from settings: 5 s
         assert (await watch.read()).status == NOT_SERVING  # health flips first
@@ -142,11 +203,12 @@ def test_reflection_lists_all_services(threaded_server: RunningServer) -> None:
     with grpc.insecure_channel(threaded_server.address) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
-        assert {
+        assert services == {
             CORE,
             "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
-        } <= services
+        }
         core = DescriptorPool(database).FindServiceByName(CORE)
         assert [m.name for m in core.methods] == ["Ping", "StreamNumbers", "UploadNumbers", "Chat"]
 

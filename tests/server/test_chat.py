@@ -85,7 +85,7 @@ async def test_hub_requires_a_room() -> None:
 
 
 async def test_own_messages_come_back_with_seq_and_time(
-    stub: core_pb2_grpc.CoreServicesStub,
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
 ) -> None:
     session = ChatSession(stub, "solo", "me")
     session.send("one")
@@ -101,7 +101,7 @@ async def test_own_messages_come_back_with_seq_and_time(
 
 
 async def test_concurrent_participants_see_the_same_order(
-    server: RunningServer, stub: core_pb2_grpc.CoreServicesStub
+    server: RunningServer, stub: core_pb2_grpc.CoreServicesAsyncStub
 ) -> None:
     alice, bob = ChatSession(stub, "room", "alice"), ChatSession(stub, "room", "bob")
     await alice.join()
@@ -125,7 +125,7 @@ async def test_concurrent_participants_see_the_same_order(
 
 
 async def test_late_joiner_sees_messages_from_its_join_on(
-    stub: core_pb2_grpc.CoreServicesStub,
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
 ) -> None:
     early, late = ChatSession(stub, "r", "early"), ChatSession(stub, "r", "late")
     await early.join()
@@ -176,7 +176,7 @@ async def test_slow_reader_is_dropped_while_others_continue(start_server: StartS
 
 
 async def test_closing_or_cancelling_leaves_and_frees_the_room(
-    server: RunningServer, stub: core_pb2_grpc.CoreServicesStub
+    server: RunningServer, stub: core_pb2_grpc.CoreServicesAsyncStub
 ) -> None:
     hub = server.core.hub
     a, b = ChatSession(stub, "temp", "a"), ChatSession(stub, "temp", "b")
@@ -190,7 +190,7 @@ async def test_closing_or_cancelling_leaves_and_frees_the_room(
     await wait_until(lambda: hub.rooms() == [])
 
 
-async def test_first_message_must_name_a_room(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_first_message_must_name_a_room(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     session = ChatSession(stub, "", "nobody")
     session.send("hi")
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -199,7 +199,7 @@ async def test_first_message_must_name_a_room(stub: core_pb2_grpc.CoreServicesSt
 
 
 async def test_switching_rooms_mid_stream_is_refused(
-    server: RunningServer, stub: core_pb2_grpc.CoreServicesStub
+    server: RunningServer, stub: core_pb2_grpc.CoreServicesAsyncStub
 ) -> None:
     session = ChatSession(stub, "one", "me")
     await session.join()
@@ -211,7 +211,7 @@ async def test_switching_rooms_mid_stream_is_refused(
     await wait_until(lambda: server.core.hub.rooms() == [])
 
 
-async def test_closing_without_joining_is_fine(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_closing_without_joining_is_fine(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     session = ChatSession(stub, "r", "me")
     session.close()
     assert await session.read_rest() == []

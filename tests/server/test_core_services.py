@@ -16,7 +16,7 @@ from visionrpc.v1 import core_pb2, core_pb2_grpc
 INT64_MAX = 2**63 - 1
 
 
-async def test_ping_echoes_with_server_identity(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_ping_echoes_with_server_identity(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     before = datetime.now(UTC)
     first = await stub.Ping(core_pb2.PingRequest(message="hello"))
     second = await stub.Ping(core_pb2.PingRequest(message=""))
@@ -33,25 +33,29 @@ async def test_instance_id_differs_per_server(start_server: StartServer) -> None
     assert a.core.instance_id != b.core.instance_id
 
 
-async def test_stream_numbers_values(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_stream_numbers_values(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     call = stub.StreamNumbers(core_pb2.StreamNumbersRequest(start=-3, count=4, step=5))
     replies = [(r.index, r.value) async for r in call]
     assert replies == [(0, -3), (1, 2), (2, 7), (3, 12)]
     assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_stream_numbers_step_zero_means_one(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_stream_numbers_step_zero_means_one(
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
+) -> None:
     call = stub.StreamNumbers(core_pb2.StreamNumbersRequest(start=7, count=3, step=0))
     assert [r.value async for r in call] == [7, 8, 9]
 
 
-async def test_stream_numbers_count_zero_is_empty(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_stream_numbers_count_zero_is_empty(
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
+) -> None:
     call = stub.StreamNumbers(core_pb2.StreamNumbersRequest(start=1, count=0))
     assert [r async for r in call] == []
     assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_stream_numbers_is_paced(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_stream_numbers_is_paced(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     call = stub.StreamNumbers(core_pb2.StreamNumbersRequest(count=4, interval_ms=40))
@@ -74,7 +78,7 @@ async def test_stream_numbers_over_limit_is_invalid_argument(start_server: Start
 
 
 async def test_stream_numbers_int64_overflow_is_out_of_range(
-    stub: core_pb2_grpc.CoreServicesStub,
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
 ) -> None:
     call = stub.StreamNumbers(core_pb2.StreamNumbersRequest(start=INT64_MAX - 1, count=3))
     values = []
@@ -86,7 +90,7 @@ async def test_stream_numbers_int64_overflow_is_out_of_range(
 
 
 async def test_cancel_mid_stream_stops_the_producer(
-    server: RunningServer, stub: core_pb2_grpc.CoreServicesStub
+    server: RunningServer, stub: core_pb2_grpc.CoreServicesAsyncStub
 ) -> None:
     call = stub.StreamNumbers(core_pb2.StreamNumbersRequest(count=10_000, interval_ms=10))
     for _ in range(3):
@@ -102,7 +106,7 @@ async def test_cancel_mid_stream_stops_the_producer(
 
 
 async def test_deadline_exceeded_stops_the_producer(
-    server: RunningServer, stub: core_pb2_grpc.CoreServicesStub
+    server: RunningServer, stub: core_pb2_grpc.CoreServicesAsyncStub
 ) -> None:
     call = stub.StreamNumbers(
         core_pb2.StreamNumbersRequest(count=10_000, interval_ms=10), timeout=0.3
@@ -127,13 +131,13 @@ def _numbers(*values: int):
     return gen()
 
 
-async def test_upload_numbers_summary(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_upload_numbers_summary(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     summary = await stub.UploadNumbers(_numbers(4, -2, 10, 0))
     assert (summary.count, summary.sum, summary.min, summary.max) == (4, 12, -2, 10)
     assert summary.mean == pytest.approx(3.0)
 
 
-async def test_upload_single_number(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_upload_single_number(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     summary = await stub.UploadNumbers(_numbers(-7))
     assert (summary.count, summary.sum, summary.min, summary.max, summary.mean) == (
         1,
@@ -144,19 +148,23 @@ async def test_upload_single_number(stub: core_pb2_grpc.CoreServicesStub) -> Non
     )
 
 
-async def test_empty_upload_is_all_zero(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_empty_upload_is_all_zero(stub: core_pb2_grpc.CoreServicesAsyncStub) -> None:
     summary = await stub.UploadNumbers(_numbers())
     assert (summary.count, summary.sum, summary.min, summary.max, summary.mean) == (0, 0, 0, 0, 0.0)
 
 
-async def test_upload_sum_overflow_is_out_of_range(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_upload_sum_overflow_is_out_of_range(
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.UploadNumbers(_numbers(INT64_MAX, 1))
     assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert "overflow" in (err.value.details() or "")
 
 
-async def test_upload_sum_at_int64_limits_is_fine(stub: core_pb2_grpc.CoreServicesStub) -> None:
+async def test_upload_sum_at_int64_limits_is_fine(
+    stub: core_pb2_grpc.CoreServicesAsyncStub,
+) -> None:
     # intermediate sums beyond int64 do not matter: only the final sum must fit
     summary = await stub.UploadNumbers(_numbers(INT64_MAX, 5, -5))
     assert summary.sum == INT64_MAX

@@ -6,6 +6,8 @@ sends, the way grpcurl or Postman do it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
@@ -24,7 +26,7 @@ def test_all_four_call_types_through_reflection_only(threaded_server: RunningSer
         service = pool.FindServiceByName(CORE)
         methods = {m.name: m for m in service.methods}
 
-        def callable_for(name: str):  # type: ignore[no-untyped-def]
+        def callable_for(name: str) -> tuple[Any, Any]:
             method = methods[name]
             request_cls = GetMessageClass(method.input_type)
             response_cls = GetMessageClass(method.output_type)

@@ -5,9 +5,12 @@ and passing an instance to ``VisionServer``/``serve`` – usually by returning i
 ``default_services``. The server then:
 
 1. builds the grpc.aio server with the message-size options from Settings and the interceptors,
-2. calls every service's ``add_to_server`` and registers health + reflection for all of them,
-3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls),
-4. awaits every service's ``start()`` (model loading) in order, then flips health to SERVING,
+2. calls every service's ``add_to_server`` and registers health + reflection (v1 and v1alpha)
+   for all of them,
+3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls);
+   a port it cannot listen on is a ``StartupError`` that says what to change,
+4. awaits every service's ``start()`` (model loading) in order, then flips health to SERVING;
+   if one fails, what was started is stopped and the error raised, for the caller to report once,
 5. on ``stop(grace)``: health NOT_SERVING, new calls refused, in-flight calls get ``grace``
    seconds, then every service's ``stop()`` runs in reverse order.
 """
@@ -16,26 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
 
+from visionrpc.errors import VisionRPCError
+from visionrpc.server import reflection
+from visionrpc.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from visionrpc.server.health import HealthServicer
 from visionrpc.server.interceptors import CallInterceptor
 from visionrpc.server.reference.core_services import CoreServicesServicer
 from visionrpc.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-REFLECTION_SERVICE_NAME: str = reflection.SERVICE_NAME
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+ALWAYS_OPEN: tuple[str, ...] = (HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
+"""Services that answer while the server starts, so probes and tools work during model loading."""
+_ALL_INTERFACES = ("0.0.0.0", "::", "[::]", "")
+
+
+class StartupError(VisionRPCError):
+    """The server cannot start as configured; the message says what to change."""
 
 
 @runtime_checkable
@@ -77,6 +90,53 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     return options
 
 
+def _bracketed(host: str) -> str:
+    """``host`` as it goes before ``:port`` (IPv6 literals in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, saying what to change; None when it can.
+
+    Asked of the OS before gRPC binds, because gRPC's own failure is a line from its C core plus an
+    error that says only "Failed to bind". SO_REUSEADDR as gRPC sets it, so that connections of a
+    server that just stopped (TIME_WAIT) do not count as "in use".
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        return f"cannot listen on {host!r}: {exc.strerror}; choose another address with --host"
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                failures.append(exc)
+    if any(exc.errno == errno.EADDRINUSE for exc in failures):
+        return (
+            f"port {port} on {host} is in use; stop the other server or choose another with --port"
+        )
+    if not failures or len(failures) < len(addresses):
+        return None  # gRPC listens on the addresses that work
+    first = failures[0]
+    if first.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on port {port} of {host}; "
+            "choose one above 1023 with --port (or run with that privilege)"
+        )
+    if first.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {host}: not an address of this machine; "
+            "choose another with --host (0.0.0.0 for all interfaces)"
+        )
+    return f"cannot listen on {_bracketed(host)}:{port}: {first.strerror}"
+
+
 class VisionServer:
     """One server process: CoreServices + the given services, with health and reflection."""
 
@@ -87,11 +147,10 @@ class VisionServer:
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate service names: {names}")
-        self.health = health_aio.HealthServicer()
-        self._gate = CallInterceptor(
-            [HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME], access_log=settings.access_log
-        )
+        self.health = HealthServicer()
+        self._gate = CallInterceptor(ALWAYS_OPEN, access_log=settings.access_log)
         self._server: grpc.aio.Server | None = None
+        self._listening = False
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
         self._port = 0
@@ -105,11 +164,16 @@ class VisionServer:
     def address(self) -> str:
         """``host:port`` a client on this machine can dial."""
         host = self.settings.host
-        if host in ("0.0.0.0", "::", "[::]", ""):
+        if host in _ALL_INTERFACES:
             host = "127.0.0.1"
-        elif ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{host}:{self._port}"
+        return f"{_bracketed(host)}:{self._port}"
+
+    @property
+    def listen_address(self) -> str:
+        """Where the server listens, for people: ``0.0.0.0:50051 (all interfaces)``."""
+        host = self.settings.host or "0.0.0.0"
+        where = f"{_bracketed(host)}:{self._port}"
+        return f"{where} (all interfaces)" if host in _ALL_INTERFACES else where
 
     @property
     def ready(self) -> bool:
@@ -121,8 +185,7 @@ class VisionServer:
             service.add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*(s.name for s in self.services), HEALTH_SERVICE_NAME, REFLECTION_SERVICE_NAME],
-            server,
+            [*(s.name for s in self.services), HEALTH_SERVICE_NAME], server
         )
         return server
 
@@ -130,44 +193,60 @@ class VisionServer:
         for name in ("", *(s.name for s in self.services)):
             await self.health.set(name, status)
 
+    def _bind(self, server: grpc.aio.Server) -> int:
+        host, port = self.settings.host, self.settings.port
+        problem = _bind_problem(host, port)
+        if problem:
+            raise StartupError(problem)
+        try:
+            return server.add_insecure_port(f"{_bracketed(host)}:{port}")
+        except RuntimeError:  # the OS let us bind a moment ago; gRPC's C core logged why not
+            raise StartupError(
+                f"cannot listen on {_bracketed(host)}:{port}; see the gRPC error above"
+            ) from None
+
     async def start(self) -> None:
-        """Listen (NOT_SERVING), start the services, then report SERVING."""
+        """Listen (NOT_SERVING), start the services, then report SERVING.
+
+        On failure everything started so far is stopped again before the error is raised, so the
+        caller only reports it.
+        """
         if self._server is not None:
             raise RuntimeError("server already started")
         await self._set_health(NOT_SERVING)
         server = self._server = self._build()
-        bind = f"{self.settings.host}:{self.settings.port}"
-        if ":" in self.settings.host and not self.settings.host.startswith("["):
-            bind = f"[{self.settings.host}]:{self.settings.port}"
-        self._port = server.add_insecure_port(bind)  # raises RuntimeError when it cannot bind
-        await server.start()
-        log.info("listening on %s (starting services)", self.address)
         try:
+            self._port = self._bind(server)
+            await server.start()
+            self._listening = True
+            log.info("listening on %s; starting services", self.listen_address)
             for service in self.services:
                 await service.start()
                 self._started.append(service)
         except BaseException:
-            log.exception("service start-up failed; shutting down")
-            await self.stop(0)
+            log.debug("start-up failed; stopping what was started", exc_info=True)
+            await self.stop(0, quiet=True)
             raise
         await self._set_health(SERVING)
         self._gate.ready = True
-        log.info("serving %s on %s", ", ".join(s.name for s in self.services), self.address)
+        log.info("serving %s on %s", ", ".join(s.name for s in self.services), self.listen_address)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, *, quiet: bool = False) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight ones run ``grace`` s, stop services.
 
         Safe to call more than once and concurrently; later callers wait for the first drain.
+        ``quiet`` logs the steps at DEBUG only (a failed start, whose error says it all).
         """
         if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._drain(grace))
+            self._stopping = asyncio.ensure_future(self._drain(grace, quiet))
         await asyncio.shield(self._stopping)
 
-    async def _drain(self, grace: float | None) -> None:
+    async def _drain(self, grace: float | None, quiet: bool) -> None:
         grace = self.settings.grace_period_s if grace is None else grace
+        level = logging.DEBUG if quiet else logging.INFO
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
-            log.info("draining: in-flight calls have %.1fs to finish", grace)
+            log.log(level, "draining: in-flight calls have %.1fs to finish", grace)
             await self._server.stop(grace)
         for service in reversed(self._started):
             try:
@@ -175,14 +254,14 @@ class VisionServer:
             except Exception:
                 log.exception("stopping %s failed", service.name)
         self._started.clear()
-        log.info("server stopped")
+        log.log(level, "server stopped")
 
     async def wait_for_termination(self) -> None:
         """Return when the gRPC server has stopped.
 
         Beware: cancelling this wait makes grpc.aio stop the server at once (no grace).
         """
-        if self._server is not None:
+        if self._server is not None and self._listening:
             await self._server.wait_for_termination()
         if self._stopping is not None:
             await asyncio.shield(self._stopping)
@@ -197,13 +276,15 @@ async def serve(settings: Settings, services: Sequence[Service] = ()) -> None:
         with contextlib.suppress(NotImplementedError):  # e.g. Windows
             loop.add_signal_handler(sig, stop_requested.set)
     try:
-        await server.start()
-        # Not server.wait_for_termination(): grpc.aio shuts the server down *without grace* when
-        # that wait is cancelled, which would cut in-flight calls.
-        await stop_requested.wait()
-        log.info("shutdown requested")
+        await server.start()  # stops what it started when it fails
+        try:
+            # Not server.wait_for_termination(): grpc.aio shuts the server down *without grace*
+            # when that wait is cancelled, which would cut in-flight calls.
+            await stop_requested.wait()
+            log.info("shutdown requested")
+        finally:
+            await server.stop(settings.grace_period_s)
     finally:
-        await server.stop(settings.grace_period_s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
