@@ -97,6 +97,7 @@ async def test_async_an_exception_from_the_callers_iterator_is_raised_as_it_was(
     async with AsyncClient(server.address) as client:
         with pytest.raises(ValueError, match="sensor unplugged"):
             await client.upload_numbers(values())
+
         async def lines() -> AsyncIterator[str]:
             yield "hi"
             raise ValueError("stdin closed badly")
