@@ -31,14 +31,16 @@ async def test_check_of_an_unknown_service_says_which_are_known(server: RunningS
             assert reply.status == SERVING
 
 
-async def test_watch_of_an_unknown_service_ends_with_not_found(server: RunningServer) -> None:
+async def test_watch_of_an_unknown_service_follows_the_protocol(server: RunningServer) -> None:
+    """grpc.health.v1: Watch answers SERVICE_UNKNOWN and stays open (client-side health checking
+    in gRPC libraries relies on it), unlike Check."""
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         watch = stub.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await watch.read()
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        assert err.value.details() == UNKNOWN_NOPE
+        reply = await watch.read()
+        assert isinstance(reply, health_pb2.HealthCheckResponse)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        watch.cancel()
 
 
 async def test_watch_of_a_known_service_follows_its_status(server: RunningServer) -> None:

@@ -1,9 +1,9 @@
 """grpc.health.v1 that tells a caller which names it knows when asked for another one.
 
-grpcio-health-checking answers Check of an unknown service with a bare NOT_FOUND (no message), and
-a Watch of one with SERVICE_UNKNOWN that never ends. This server's services are fixed when it is
-built, so an unknown name is a typo that will never turn healthy: both answer NOT_FOUND naming the
-services this server reports on.
+grpcio-health-checking answers Check of an unknown service with a bare NOT_FOUND (no message), so
+`visionrpc health --service nope` could only say "NOT_FOUND: ". Check now names the services this
+server reports on. Watch keeps the protocol's behaviour (SERVICE_UNKNOWN, the stream stays open):
+client-side health checking in gRPC libraries relies on it.
 """
 
 from __future__ import annotations
@@ -32,16 +32,9 @@ class HealthServicer(_health_aio.HealthServicer):  # type: ignore[misc]
         names = ", ".join("'' (overall)" if name == "" else name for name in self._known)
         return f"unknown service {service!r}; this server reports health for: {names}"
 
-    async def _refuse_unknown(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
         if request.service not in self._known:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, self.unknown_service_message(request.service)
             )
-
-    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
-        await self._refuse_unknown(request, context)
         return await super().Check(request, context)
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        await self._refuse_unknown(request, context)
-        await super().Watch(request, context)
