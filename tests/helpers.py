@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
@@ -61,9 +61,7 @@ class ChatSession:
     def __init__(self, stub: core_pb2_grpc.CoreServicesAsyncStub, room: str, sender: str) -> None:
         self.room, self.sender = room, sender
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
-        # the tests' stubs are on aio channels
-        aio_stub = cast("core_pb2_grpc.CoreServicesAsyncStub", stub)
-        self.call = aio_stub.Chat(self._requests())
+        self.call = stub.Chat(self._requests())
 
     async def _requests(self) -> AsyncIterator[core_pb2.ChatMessage]:
         while (text := await self._outbox.get()) is not None:
