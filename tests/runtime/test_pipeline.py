@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,12 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from tests.runtime.onnx_builders import box_finder_model, constant_model, yolov8_detect_outputs
-from visionrpc.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
+from visionrpc.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    NotReadyError,
+    ResourceLimitError,
+)
 from visionrpc.runtime.model import OnnxModel
 from visionrpc.runtime.pipeline import InferencePipeline, summarize_defects
 from visionrpc.runtime.repository import ModelRepository
@@ -357,17 +363,64 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
     await p.infer(request(data, model="detect"))
     p.infer_sync(request(data, model="detect"))
     await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
-    assert flags == [True, True, True, False]  # the second of the pair went as a batch
+    # the pair ran side by side, alone each: only the first had every core
+    assert flags[:2] == [True, True] and sorted(flags[2:]) == [False, True]
     await p.close()
 
-    # One hop only for a request with nobody ahead of it: the second of two goes through the
-    # batcher even when a second instance is idle, so it cannot overtake earlier requests.
+    # One hop for each request with nobody waiting ahead of it: the second of two finds the
+    # first already running (not waiting) and the second instance idle.
     batches.clear()
     settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
     p = InferencePipeline(ModelRepository(settings), settings)
     pair = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
-    assert batches == [1] and all(r.detections == alone.detections for r in pair)
+    assert batches == [] and all(r.detections == alone.detections for r in pair)
     await p.close()
+
+
+async def test_a_request_running_alone_does_not_hold_up_the_next(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances and a 30 s queue delay: while one request runs alone, a second one is
+    served on the idle instance at once, not after the delay."""
+    gate, started = threading.Event(), threading.Event()
+    calls: list[bool] = []
+    run_model = OnnxModel.run
+
+    def held_first(self: OnnxModel, batch: np.ndarray, all_cores: bool = False) -> list:
+        calls.append(all_cores)
+        if len(calls) == 1:
+            started.set()
+            gate.wait(20)
+        return run_model(self, batch, all_cores=all_cores)
+
+    monkeypatch.setattr(OnnxModel, "run", held_first)
+    settings = Settings(
+        models_dir=repo_dir,
+        runtime={"instances": 2},
+        batching={"max_queue_delay_us": 30_000_000, "max_batch_size": 8},
+    )
+    p = InferencePipeline(ModelRepository(settings), settings)
+    data = png(np.zeros((40, 60, 3), np.uint8))
+    first = asyncio.ensure_future(p.infer(request(data, model="detect")))
+    try:
+        assert await asyncio.to_thread(started.wait, 10)
+        second = await asyncio.wait_for(p.infer(request(data, model="detect")), 10)
+        assert not first.done() and len(calls) == 2
+        assert second.detections == p.infer_sync(request(data, model="detect")).detections
+    finally:
+        gate.set()
+    assert (await first).detections == second.detections
+    await p.close()
+
+
+async def test_closed_pipeline_answers_not_ready(repo_dir: Path) -> None:
+    settings = Settings(models_dir=repo_dir)
+    p = InferencePipeline(ModelRepository(settings), settings)
+    data = png(np.zeros((40, 60, 3), np.uint8))
+    assert (await p.infer(request(data, model="detect"))).detections
+    await p.close()
+    with pytest.raises(NotReadyError, match="model 'detect' is shutting down; retry on another"):
+        await p.infer(request(data, model="detect"))
 
 
 async def test_async_queue_limit(repo_dir: Path) -> None:
