@@ -271,6 +271,7 @@ def test_segment_masks_areas_and_encodings(pipeline) -> None:
     )
     assert png_mask is not None and png_mask.png_origin == (440, 440)
     region = cv2.imdecode(np.frombuffer(png_mask.png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert region is not None
     assert region.shape == (80, 80) and (region == 255).mean() > 0.95
 
     poly = (
@@ -331,11 +332,12 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
 
     batches: list[int] = []
     run_batch = pipeline_module.BatchRunner.__call__
-    monkeypatch.setattr(
-        pipeline_module.BatchRunner,
-        "__call__",
-        lambda self, items: batches.append(len(items)) or run_batch(self, items),
-    )
+
+    def recording(self: pipeline_module.BatchRunner, items: list) -> list:
+        batches.append(len(items))
+        return run_batch(self, items)
+
+    monkeypatch.setattr(pipeline_module.BatchRunner, "__call__", recording)
     settings = Settings(models_dir=repo_dir, runtime={"instances": 1})
     p = InferencePipeline(ModelRepository(settings), settings)
     data = png(np.zeros((40, 60, 3), np.uint8))
@@ -351,13 +353,12 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
     # batches never do.
     flags: list[bool] = []
     run_model = OnnxModel.run
-    monkeypatch.setattr(
-        OnnxModel,
-        "run",
-        lambda self, batch, all_cores=False: (
-            flags.append(all_cores) or run_model(self, batch, all_cores=all_cores)
-        ),
-    )
+
+    def flagged(self: OnnxModel, batch: np.ndarray, all_cores: bool = False) -> list:
+        flags.append(all_cores)
+        return run_model(self, batch, all_cores=all_cores)
+
+    monkeypatch.setattr(OnnxModel, "run", flagged)
     settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
     p = InferencePipeline(ModelRepository(settings), settings)
     await p.infer(request(data, model="detect"))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from pydantic import ValidationError
 
 from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
 from visionrpc.errors import ModelLoadError, ModelNotFoundError
-from visionrpc.runtime import model as model_module
 from visionrpc.runtime.model import (
     OnnxModel,
     cpu_cores,
@@ -67,10 +67,10 @@ def test_provider_selection() -> None:
 def test_bad_runtime_choices_are_settings_errors() -> None:
     """A typo in a choice fails when the settings are read, before any model is loaded."""
     with pytest.raises(ValidationError, match="graph_optimization"):
-        RuntimeSettings(graph_optimization="max")  # type: ignore[arg-type]
+        RuntimeSettings(graph_optimization="max")
     with pytest.raises(ValidationError, match="'auto', 'cpu', 'cuda' or 'tensorrt'"):
-        RuntimeSettings(device="tpu")  # type: ignore[arg-type]
-    assert RuntimeSettings(device=" CUDA ").device == "cuda"  # type: ignore[arg-type]
+        RuntimeSettings(device="tpu")
+    assert RuntimeSettings(device=" CUDA ").device == "cuda"
 
 
 def test_missing_corrupt_and_unsupported_models(tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def test_instance_plan_on_cpu_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (explicit.instances, explicit.runtime.intra_op_threads) == (2, 3)
     assert explicit.max_batch_size == 4
     monkeypatch.setattr(
-        model_module.ort,
+        onnxruntime,
         "get_available_providers",
         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )
