@@ -447,3 +447,43 @@ def test_defect_summaries_sorted_by_class_name() -> None:
     assert (alpha.class_name, alpha.count, alpha.total_area_px) == ("alpha", 1, 3)
     assert (zeta.count, zeta.max_score, zeta.total_area_px) == (2, 0.9, 8)
     assert zeta.area_fraction == pytest.approx(0.08)
+
+
+# -- class-agnostic NMS -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    """One defect reported twice, as scratch (0.8) and dent (0.9) with overlapping boxes, by a
+    YOLOv8-layout and an end-to-end model, each with agnostic NMS off and on by default."""
+    d = tmp_path_factory.mktemp("pairs")
+    yolov8 = yolov8_detect_outputs([(100, 100, 40, 20), (102, 100, 40, 20)], [0, 1], [0.8, 0.9], 3)
+    e2e = np.zeros((5, 6), np.float32)
+    e2e[0] = [80, 90, 120, 110, 0.8, 0]
+    e2e[1] = [82, 90, 122, 110, 0.9, 1]
+    for name, outputs, meta in (("v8", yolov8, None), ("e2e", e2e, {"end2end": "True"})):
+        constant_model(d / f"{name}.onnx", [outputs], names=NAMES, metadata=meta)
+        constant_model(d / f"{name}-agnostic" / "model.onnx", [outputs], names=NAMES, metadata=meta)
+        (d / f"{name}-agnostic" / "model.yaml").write_text("agnostic_nms: true\n")
+    return ModelRepository(Settings(models_dir=d, default_model="v8"))
+
+
+@pytest.mark.parametrize("layout", ["v8", "e2e"])
+def test_agnostic_nms_from_model_yaml_and_per_request(pair_repo, layout) -> None:
+    p = InferencePipeline(pair_repo, Settings(models_dir=pair_repo.directory))
+    data = png(np.zeros((320, 320, 3), np.uint8))
+
+    def classes(model: str, **options) -> list[tuple[str, float]]:
+        result = p.infer_sync(request(data, model=model, **options))
+        return [(d.class_name, round(d.score, 3)) for d in result.detections]
+
+    both, best = [("dent", 0.9), ("scratch", 0.8)], [("dent", 0.9)]
+    try:
+        assert classes(layout) == both  # class-aware: counted twice
+        assert classes(layout, agnostic_nms=True) == best
+        assert classes(f"{layout}-agnostic") == best  # agnostic_nms: true in model.yaml
+        assert classes(f"{layout}-agnostic", agnostic_nms=False) == both
+    finally:
+        p.shutdown()
+    assert not pair_repo.describe(layout).default_agnostic_nms
+    assert pair_repo.describe(f"{layout}-agnostic").default_agnostic_nms

@@ -125,8 +125,11 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
             f"return_masks is set but model {model.name!r} only detects (no masks); "
             "unset return_masks or choose a segmentation model"
         )
+    agnostic = config.agnostic_nms if options.agnostic_nms is None else options.agnostic_nms
     return ResolvedOptions(
-        DecodeParams(confidence, iou, max_det, class_ids), options.return_masks, options.mask_format
+        DecodeParams(confidence, iou, max_det, class_ids, agnostic),
+        options.return_masks,
+        options.mask_format,
     )
 
 

@@ -40,6 +40,8 @@ class ModelConfig(BaseModel):
     confidence_threshold: float = Field(default=0.25, gt=0, le=1)
     iou_threshold: float = Field(default=0.7, gt=0, le=1)
     max_detections: int = Field(default=300, ge=1, le=MAX_DETECTIONS_LIMIT)
+    # NMS across classes, so one defect reported under two classes counts once
+    agnostic_nms: bool = False
     class_names: list[str] | dict[int, str] | None = None
     max_batch_size: int | None = Field(default=None, ge=1)
     max_queue_delay_us: int | None = Field(default=None, ge=0)
@@ -180,6 +182,7 @@ class LoadedModel:
             default_confidence_threshold=self.config.confidence_threshold,
             default_iou_threshold=self.config.iou_threshold,
             default_max_detections=self.default_max_detections,
+            default_agnostic_nms=self.config.agnostic_nms,
             layout=self.onnx.spec.layout,
             dynamic_batch=self.onnx.dynamic_batch,
             max_batch_size=self.max_batch_size,
