@@ -413,6 +413,12 @@ async def test_each_instance_runs_on_its_own_executor() -> None:
         pool.shutdown()
     with pytest.raises(ValueError, match="2 executors given for 3 instances"):
         DynamicBatcher(run, max_batch_size=1, instances=3, executor=pools)
+    # without executors the batcher keeps a thread per instance itself
+    own = DynamicBatcher(run, max_batch_size=1, instances=2, name="own")
+    seen.clear()
+    await asyncio.gather(*(own.submit(i) for i in range(4)))
+    assert sorted(seen) == ["batcher-own-0_0"] * 2 + ["batcher-own-1_0"] * 2
+    await own.aclose()
 
 
 async def test_queue_keeps_arrival_order_when_preparation_finishes_late(executor) -> None:

@@ -11,11 +11,11 @@ A dispatcher task takes everything queued, up to ``max_batch_size``. It waits fo
 while other admitted requests are still being prepared, and never longer than
 ``max_queue_delay_us`` after the oldest queued request; a lone request never waits. Up to
 ``instances`` batches or lone requests run at once (Triton's instance count), each in an executor
-(one per instance when given a list, so an instance always runs on the same thread) so the event
-loop never blocks. When every instance is busy the queue grows and the next batch is larger. The
-queue is ordered by admission. A failing batch fails only its own requests, and a caller that
-gives up (cancellation) affects nobody else. Once closed, a batcher answers NotReadyError: the
-server is going away and another one may serve the request.
+(one per instance when given a list or none, so an instance always runs on the same thread) so
+the event loop never blocks. When every instance is busy the queue grows and the next batch is
+larger. The queue is ordered by admission. A failing batch fails only its own requests, and a
+caller that gives up (cancellation) affects nobody else. Once closed, a batcher answers
+NotReadyError: the server is going away and another one may serve the request.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -129,10 +129,17 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_size = max_queue_size
         self.instances = instances
         self.name = name
+        self._own_executors: list[ThreadPoolExecutor] = []
+        if executor is None:  # a thread per instance, shut down by aclose
+            self._own_executors = [
+                ThreadPoolExecutor(1, thread_name_prefix=f"batcher-{name}-{i}")
+                for i in range(instances)
+            ]
+            executor = self._own_executors
         if isinstance(executor, Sequence):
             if len(executor) != instances:
                 raise ValueError(f"{len(executor)} executors given for {instances} instances")
-            self._executors: list[Executor | None] = list(executor)
+            self._executors: list[Executor] = list(executor)
         else:
             self._executors = [executor] * instances
         self._occupancy = occupancy or Occupancy()
@@ -215,6 +222,8 @@ class DynamicBatcher(Generic[T, R]):
             if not future.done():
                 future.set_exception(error)
         self._fail_queued(error)
+        for pool in self._own_executors:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -265,15 +274,10 @@ class DynamicBatcher(Generic[T, R]):
             return alone(all_cores)
 
         answer: asyncio.Future[Batched[R]] = loop.create_future()
-        try:
-            work = loop.run_in_executor(self._executors[instance], call)
-        except BaseException:
-            self._free(instance)
-            raise
 
-        def done(work: asyncio.Future[R]) -> None:
+        def done(work: Future[R]) -> None:  # on the loop, once the thread is done
             self._free(instance)
-            # its executor was shut down before it started: cancelled
+            # cancelled: its executor was shut down before it started
             error = self._shutting_down() if work.cancelled() else work.exception()
             if answer.done():  # the caller gave up, or aclose answered it
                 return
@@ -282,7 +286,13 @@ class DynamicBatcher(Generic[T, R]):
             else:
                 answer.set_result(Batched(work.result(), (started - arrived) * 1000, 1))
 
-        work.add_done_callback(done)
+        try:
+            work = self._executors[instance].submit(call)
+        except BaseException:
+            self._free(instance)
+            raise
+        # one wake-up of the loop per request, as awaiting the executor would cost
+        work.add_done_callback(lambda work: loop.call_soon_threadsafe(done, work))
         self._alone.add(answer)
         answer.add_done_callback(self._alone.discard)
         return await answer  # cancelling the caller cancels only this future
