@@ -291,8 +291,12 @@ class DynamicBatcher(Generic[T, R]):
         except BaseException:
             self._free(instance)
             raise
-        # one wake-up of the loop per request, as awaiting the executor would cost
-        work.add_done_callback(lambda work: loop.call_soon_threadsafe(done, work))
+
+        def finished(work: Future[R]) -> None:  # in the instance's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(done, work)  # one wake-up, as awaiting it would cost
+
+        work.add_done_callback(finished)
         self._alone.add(answer)
         answer.add_done_callback(self._alone.discard)
         return await answer  # cancelling the caller cancels only this future
