@@ -41,7 +41,13 @@ display_name: "Surface defects (scratch, spot, crack), YOLOv8-seg tiny 320 px, {
 confidence_threshold: 0.25
 iou_threshold: 0.6
 max_detections: 100
+# One thin defect is often seen as both scratch and crack: report it once (see the README).
+agnostic_nms: true
 """
+REPOSITORY_YAML = (
+    "# The model a request that names none gets (VISIONRPC_DEFAULT_MODEL overrides it).\n"
+    "default_model: defects\n"
+)
 
 
 def score(models_dir: Path, name: str, count: int) -> EvalReport:
@@ -85,6 +91,7 @@ def main() -> None:
             target.mkdir(parents=True)
             shutil.copyfile(work / variant / "model.onnx", target / "model.onnx")
             (target / "model.yaml").write_text(YAML.format(variant=variant, version=args.version))
+        (MODELS / "repository.yaml").write_text(REPOSITORY_YAML)
 
     results = {
         "eval_seed": EVAL_SEED,

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from visionrpc.runtime.repository import CONFIG_FILE, packaged_models_dir
+from visionrpc.errors import ModelLoadError
+from visionrpc.runtime.repository import packaged_models_dir, scan_repository
 
 # Operator names that only a quantized graph holds; they appear verbatim in the protobuf bytes.
 _QUANT_OPS = (b"QuantizeLinear", b"DequantizeLinear", b"QLinear", b"ConvInteger", b"MatMulInteger")
@@ -33,15 +32,6 @@ class ModelEntry:
         return "int8" if self.quantized else "fp32"
 
 
-def _onnx_of(entry: Path) -> Path | None:
-    if entry.is_file():
-        return entry if entry.suffix == ".onnx" else None
-    files = sorted(entry.glob("*.onnx"))
-    if (entry / "model.onnx").is_file():
-        return entry / "model.onnx"
-    return files[0] if len(files) == 1 else None
-
-
 def is_quantized(onnx: Path) -> bool:
     """True when the graph holds quantization operators (int8/uint8 QDQ or QLinear/Integer ops)."""
     data = onnx.read_bytes()
@@ -49,31 +39,25 @@ def is_quantized(onnx: Path) -> bool:
 
 
 def discover(models_dir: Path | None) -> dict[str, ModelEntry]:
-    """Every model of the directory (default: the packaged one), by name, sorted."""
+    """Every model of the directory (default: the packaged one), by name, sorted: the server's
+    own scan (``scan_repository``), so names, files and thresholds are the ones it serves."""
     directory = Path(models_dir) if models_dir is not None else packaged_models_dir()
-    if not directory.is_dir():
-        raise FileNotFoundError(f"model directory {directory} does not exist")
-    found: dict[str, ModelEntry] = {}
-    for entry in sorted(directory.iterdir()):
-        if entry.name.startswith((".", "_")):
-            continue
-        onnx = _onnx_of(entry)
-        if onnx is None:
-            continue
-        config: dict = {}
-        if entry.is_dir() and (entry / CONFIG_FILE).is_file():
-            config = yaml.safe_load((entry / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-        name = entry.stem if entry.is_file() else entry.name
-        found[name] = ModelEntry(
+    try:
+        sources = scan_repository(directory)
+    except ModelLoadError as exc:  # the bench CLI reports ValueErrors as one line
+        raise ValueError(str(exc)) from None
+    return {
+        name: ModelEntry(
             name=name,
-            entry=entry,
-            onnx=onnx,
-            confidence=float(config.get("confidence_threshold", 0.25)),
-            iou=float(config.get("iou_threshold", 0.7)),
-            max_detections=int(config.get("max_detections", 300)),
-            quantized=is_quantized(onnx),
+            entry=source.entry,
+            onnx=source.onnx,
+            confidence=source.config.confidence_threshold,
+            iou=source.config.iou_threshold,
+            max_detections=source.config.max_detections,
+            quantized=is_quantized(source.onnx),
         )
-    return found
+        for name, source in sources.items()
+    }
 
 
 def select(available: dict[str, ModelEntry], names: list[str]) -> list[ModelEntry]:

@@ -1,14 +1,17 @@
 """Accuracy of a served model, measured through the gRPC API on a held-out generated set.
 
 Ground truth is the generator's exact polygons; scoring is pycocotools' COCOeval (box and mask AP at
-IoU 0.5), so the figures are comparable with any COCO-style report.
+IoU 0.5), so the figures are comparable with any COCO-style report. Count accuracy is what an
+inspection line checks: at the model's default confidence threshold, does each image report as
+many defects (of each class) as were planted, and how often is one defect reported twice under
+two classes?
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +21,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from visionrpc.synthetic import CLASS_NAMES, Sample, generate_sample
-from visionrpc.types import InferenceResult
+from visionrpc.types import Detection, InferenceResult, Task
 
 EVAL_SEED = 1000  # never used for training (training/train.py uses 1 and 2)
+DUPLICATE_IOU = 0.5  # two detections of different classes overlapping this much: one defect
 
 InferFn = Callable[[bytes], InferenceResult]
 
@@ -28,26 +32,63 @@ if TYPE_CHECKING:
     from visionrpc.client import Client
 
 
-def served(client: Client, model: str = "") -> InferFn:
-    """How an evaluation calls a server: every candidate (confidence 0.001, at most 100 per image,
-    as COCO mAP expects) with masks as COCO RLE."""
+@dataclass(frozen=True)
+class ServedModel:
+    """A server's model as an evaluation calls it, and its default operating point."""
+
+    name: str
+    infer: InferFn  # every candidate (confidence 0.001), masks as COCO RLE
+    confidence_threshold: float  # the model's default: where detections are counted
+    agnostic_nms: bool  # what this evaluation runs with
+
+
+def served(client: Client, model: str = "", *, agnostic_nms: bool | None = None) -> ServedModel:
+    """How an evaluation calls a server: every candidate (confidence 0.001, at most 100 per image
+    as COCO mAP expects, or the model's default maximum if lower) with masks as COCO RLE;
+    ``agnostic_nms`` None is the model's default."""
+    info = client.get_model_info(model)
+    agnostic = info.default_agnostic_nms if agnostic_nms is None else agnostic_nms
+    max_detections = min(100, info.default_max_detections)
 
     def infer(data: bytes) -> InferenceResult:
         return client.infer(
-            data, model=model, confidence_threshold=0.001, max_detections=100, return_masks=True
+            data,
+            model=info.name,
+            confidence_threshold=0.001,
+            max_detections=max_detections,
+            return_masks=info.task is Task.SEGMENT,  # a detect model scores 0 mask mAP
+            agnostic_nms=agnostic,
         )
 
-    return infer
+    return ServedModel(info.name, infer, info.default_confidence_threshold, agnostic)
+
+
+@dataclass
+class CountReport:
+    """Detections counted per image at the model's default confidence, against planted defects."""
+
+    confidence_threshold: float
+    exact_rate: float  # share of images reporting exactly as many defects as were planted
+    mean_abs_error: float  # mean over images of |reported - planted|
+    over_rate: float  # share of images reporting more than planted
+    under_rate: float  # share of images reporting fewer than planted
+    duplicate_pairs: int  # pairs of detections of different classes with box IoU >= 0.5
+    images_with_duplicates: int
+    per_class_exact_rate: dict[str, float] = field(default_factory=dict)
+    per_class_mean_abs_error: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class EvalReport:
+    model: str
+    agnostic_nms: bool
     images: int
     instances: int
     box_map50: float
     mask_map50: float
     box_map50_95: float
     mask_map50_95: float
+    counts: CountReport
     per_class_box_map50: dict[str, float] = field(default_factory=dict)
     per_class_mask_map50: dict[str, float] = field(default_factory=dict)
     mean_latency_ms: float = 0.0
@@ -139,23 +180,82 @@ def _score(
     return float(ev.stats[1]), float(ev.stats[0]), per_class
 
 
+def _box_iou(boxes: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) float x1, y1, x2, y2 boxes."""
+    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area[:, None] + area[None, :] - inter
+    iou: np.ndarray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou
+
+
+def duplicate_pairs(detections: Sequence[Detection], iou: float = DUPLICATE_IOU) -> int:
+    """Pairs of detections of different classes whose boxes overlap by ``iou`` or more: one
+    defect reported twice."""
+    if len(detections) < 2:
+        return 0
+    boxes = np.array(
+        [[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max] for d in detections], np.float64
+    )
+    classes = np.array([d.class_name for d in detections])
+    overlaps = _box_iou(boxes) >= iou
+    different = classes[:, None] != classes[None, :]
+    return int(np.triu(overlaps & different, k=1).sum())
+
+
+def count_accuracy(
+    samples: Sequence[Sample], results: Sequence[InferenceResult], confidence_threshold: float
+) -> CountReport:
+    """Counts of the detections at or above ``confidence_threshold`` against the planted defects.
+
+    Taken from the same low-threshold results as mAP: NMS lets only higher scores suppress lower
+    ones, so the detections above the threshold are exactly what a default request returns.
+    """
+    kept = [[d for d in r.detections if d.score >= confidence_threshold] for r in results]
+    reported = np.array([len(k) for k in kept])
+    planted = np.array([len(s.defects) for s in samples])
+    error = reported - planted
+    exact, mae = {}, {}
+    for name in CLASS_NAMES:
+        got = np.array([sum(d.class_name == name for d in k) for k in kept])
+        want = np.array([sum(p.class_name == name for p in s.defects) for s in samples])
+        exact[name] = float(np.mean(got == want)) if len(samples) else 0.0
+        mae[name] = float(np.mean(np.abs(got - want))) if len(samples) else 0.0
+    pairs = [duplicate_pairs(k) for k in kept]
+    n = len(samples) or 1
+    return CountReport(
+        confidence_threshold=confidence_threshold,
+        exact_rate=float(np.sum(error == 0)) / n,
+        mean_abs_error=float(np.sum(np.abs(error))) / n,
+        over_rate=float(np.sum(error > 0)) / n,
+        under_rate=float(np.sum(error < 0)) / n,
+        duplicate_pairs=sum(pairs),
+        images_with_duplicates=sum(p > 0 for p in pairs),
+        per_class_exact_rate=exact,
+        per_class_mean_abs_error=mae,
+    )
+
+
 def evaluate(
-    infer: InferFn,
+    model: ServedModel,
     *,
     seed: int = EVAL_SEED,
     count: int = 200,
     progress: Callable[[Iterable[int]], Iterable[int]] = lambda it: it,
 ) -> EvalReport:
-    """Generate ``count`` images of stream ``seed``, run each through ``infer``, score them.
-
-    ``infer`` must return masks as COCO RLE (full image frame) for the mask score.
-    """
+    """Generate ``count`` images of stream ``seed``, run each through the model, score them."""
+    if count < 1:
+        raise ValueError(f"count is {count}; evaluate at least one image")
     samples: list[Sample] = []
     results: list[InferenceResult] = []
     for index in progress(range(count)):
         sample = generate_sample(seed, index)
         samples.append(sample)
-        results.append(infer(encode_for_eval(sample)))
+        results.append(model.infer(encode_for_eval(sample)))
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = _ground_truth(samples)
@@ -164,12 +264,15 @@ def evaluate(
     mask50, mask, mask_cls = _score(coco_gt, _predictions(results, True), "segm")
     latencies = [r.timings.total_ms for r in results]
     return EvalReport(
+        model=model.name,
+        agnostic_nms=model.agnostic_nms,
         images=len(samples),
         instances=sum(len(s.defects) for s in samples),
         box_map50=box50,
         mask_map50=mask50,
         box_map50_95=box,
         mask_map50_95=mask,
+        counts=count_accuracy(samples, results, model.confidence_threshold),
         per_class_box_map50=box_cls,
         per_class_mask_map50=mask_cls,
         mean_latency_ms=float(np.mean(latencies)) if latencies else 0.0,

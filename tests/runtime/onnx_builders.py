@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +137,9 @@ def box_finder_model(
 
 
 def yolov8_detect_outputs(
-    boxes_cxcywh: list[tuple[float, float, float, float]],
-    classes: list[int],
-    scores: list[float],
+    boxes_cxcywh: Sequence[tuple[float, float, float, float]],
+    classes: Sequence[int],
+    scores: Sequence[float],
     num_classes: int,
     num_anchors: int = 64,
 ) -> np.ndarray:

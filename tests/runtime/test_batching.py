@@ -1,4 +1,5 @@
-"""DynamicBatcher: grouping, isolation of failures and cancellations, queue limits and delays."""
+"""DynamicBatcher: grouping, lone requests, isolation of failures and cancellations, queue limits,
+delays and shutting down."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from visionrpc.errors import ResourceLimitError
-from visionrpc.runtime.batching import DynamicBatcher
+from visionrpc.errors import NotReadyError, ResourceLimitError
+from visionrpc.runtime.batching import DynamicBatcher, Occupancy
 
 
 class Recorder:
@@ -29,6 +30,42 @@ class Recorder:
         if any(i < 0 for i in items):
             raise ValueError(f"bad item in {items}")
         return [i * 10 for i in items]
+
+
+class Lone:
+    """An ``alone`` function: records its ``all_cores`` flags and threads, can be held."""
+
+    def __init__(self, value: int = -100, *, held: bool = False) -> None:
+        self.value = value
+        self.gate = threading.Event()
+        if not held:
+            self.gate.set()
+        self.started = threading.Event()
+        self.flags: list[bool] = []
+        self.threads: list[str] = []
+
+    def __call__(self, all_cores: bool) -> int:
+        self.flags.append(all_cores)
+        self.threads.append(threading.current_thread().name)
+        self.started.set()
+        self.gate.wait(10)
+        return self.value
+
+
+def prepared(item: int):
+    """A ``prepare`` function whose item is ready at once."""
+
+    async def prepare() -> int:
+        return item
+
+    return prepare
+
+
+async def running_alone(batcher: DynamicBatcher[int, int], lone: Lone) -> asyncio.Future:
+    """Schedule a request that runs alone (held by ``lone.gate``) and wait until it runs."""
+    task = asyncio.ensure_future(batcher.schedule(lone, prepared(-1)))
+    assert await asyncio.to_thread(lone.started.wait, 5), "the lone request did not start"
+    return task
 
 
 @pytest.fixture
@@ -182,10 +219,14 @@ async def test_close_fails_queued_requests(executor) -> None:
     await batcher.aclose()
     rec.gate.set()
     for task in (running, queued):
-        with pytest.raises(ResourceLimitError, match="shutting down"):
+        with pytest.raises(NotReadyError, match="model 'm' is shutting down; retry on another"):
             await task
-    with pytest.raises(ResourceLimitError):
+    with pytest.raises(NotReadyError, match="shutting down"):
         batcher.admit()
+    with pytest.raises(NotReadyError, match="shutting down"):
+        await batcher.submit(3)
+    with pytest.raises(NotReadyError, match="shutting down"):
+        await batcher.schedule(Lone(), prepared(4))
 
 
 class Concurrency:
@@ -223,31 +264,133 @@ async def test_instances_run_batches_side_by_side_and_never_more() -> None:
     assert elapsed < 0.35  # 4 batches of 0.1 s on 2 instances, not 0.4 s one after another
 
 
-async def test_claimed_instance_holds_batches_back_until_released(executor) -> None:
+async def test_lone_request_runs_alone_and_holds_batches_back(executor) -> None:
     rec = Recorder()
     batcher = DynamicBatcher(rec, max_batch_size=8, instances=1, executor=executor, name="m")
-    assert batcher.claim_idle_instance() == 0  # e.g. a lone request running in one hop
-    assert batcher.claim_idle_instance() is None  # the only instance is taken
-    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+    lone = Lone(7, held=True)
+    holder = await running_alone(batcher, lone)
+    assert batcher.depth == 0  # running alone is not "admitted, waiting to be submitted"
+    waiting = [asyncio.ensure_future(batcher.schedule(Lone(), prepared(i))) for i in (1, 2, 3)]
     await asyncio.sleep(0.05)
     assert rec.batches == [] and batcher.queued == 3 and batcher.depth == 3
-    batcher.release_instance(0)
+    lone.gate.set()
+    assert (await holder).value == 7 and (await holder).batch_size == 1
     assert [r.value for r in await asyncio.gather(*waiting)] == [10, 20, 30]
     assert rec.batches == [[1, 2, 3]]  # everything that queued meanwhile went as one batch
-    assert batcher.claim_idle_instance() == 0  # idle again, nothing queued
-    batcher.release_instance(0)
+    again = Lone(8)
+    assert (await batcher.schedule(again, prepared(9))).value == 8  # idle, nothing queued
+    assert rec.batches == [[1, 2, 3]] and again.flags == [True]
     await batcher.aclose()
 
 
-async def test_close_fails_a_batch_waiting_for_an_instance(executor) -> None:
+async def test_a_batch_never_waits_for_a_request_running_alone() -> None:
+    """Two instances, a long queue delay, one request running alone: a second request, alone or
+    batched, runs on the idle instance at once instead of waiting out the 30 s delay."""
+    rec = Recorder()
+    pools = [ThreadPoolExecutor(1, thread_name_prefix=f"inst{i}") for i in range(2)]
+    batcher = DynamicBatcher(
+        rec, max_batch_size=8, max_queue_delay_us=30_000_000, instances=2, executor=pools
+    )
+    first = Lone(1, held=True)
+    holder = await running_alone(batcher, first)
+    second = Lone(2)
+    assert (await asyncio.wait_for(batcher.schedule(second, prepared(-1)), 10)).value == 2
+    assert (await asyncio.wait_for(batcher.submit(3), 10)).value == 30  # the batched path
+    assert not holder.done() and rec.batches == [[3]]
+    assert first.threads == ["inst0_0"] and second.threads == ["inst1_0"]
+    # the first had the machine to itself; the second shared it
+    assert first.flags == [True] and second.flags == [False]
+    first.gate.set()
+    assert (await holder).value == 1
+    await batcher.aclose()
+    for pool in pools:
+        pool.shutdown()
+
+
+async def test_lone_requests_use_every_core_only_when_no_batcher_runs(executor) -> None:
+    occupancy = Occupancy()
+    with ThreadPoolExecutor(1) as other_pool:
+        a = DynamicBatcher(Recorder(), max_batch_size=1, executor=executor, occupancy=occupancy)
+        b = DynamicBatcher(Recorder(), max_batch_size=1, executor=other_pool, occupancy=occupancy)
+        busy = Lone(held=True)
+        holder = await running_alone(a, busy)
+        later = Lone()
+        await b.schedule(later, prepared(0))  # model b is idle, but model a is running
+        busy.gate.set()
+        await holder
+        last = Lone()
+        await b.schedule(last, prepared(0))
+        assert (busy.flags, later.flags, last.flags) == ([True], [False], [True])
+        assert occupancy.running == 0
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_lone_request_failures_and_cancellation_are_its_own(executor) -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(rec, max_batch_size=8, instances=1, executor=executor, name="m")
+
+    def broken(all_cores: bool) -> int:
+        raise ValueError("bad image")
+
+    with pytest.raises(ValueError, match="bad image"):
+        await batcher.schedule(broken, prepared(0))
+    lone = Lone(5, held=True)
+    doomed = await running_alone(batcher, lone)
+    queued = asyncio.ensure_future(batcher.schedule(Lone(), prepared(1)))
+    await asyncio.sleep(0.01)
+    doomed.cancel()  # the caller gives up; its instance stays busy until the call returns
+    await asyncio.sleep(0.05)
+    assert not queued.done() and rec.batches == []
+    lone.gate.set()
+    assert (await queued).value == 10
+    assert doomed.cancelled()
+    await batcher.aclose()
+
+
+async def test_prepare_runs_after_admission_and_a_failure_releases_it(executor) -> None:
+    rec = Recorder()
+    batcher = DynamicBatcher(rec, max_batch_size=8, max_queue_size=1, executor=executor)
+    lone = Lone(held=True)
+    holder = await running_alone(batcher, lone)
+    calls: list[int] = []
+
+    def preparing(item: int):
+        async def prepare() -> int:
+            calls.append(item)
+            if item < 0:
+                raise ValueError("cannot decode")
+            return item
+
+        return prepare
+
+    with pytest.raises(ValueError, match="cannot decode"):
+        await batcher.schedule(Lone(), preparing(-5))
+    assert batcher.depth == 0  # the failed preparation gave its slot back
+    queued = asyncio.ensure_future(batcher.schedule(Lone(), preparing(1)))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceLimitError, match="max_queue_size=1"):
+        await batcher.schedule(Lone(), preparing(2))
+    assert calls == [-5, 1]  # the shed request was never prepared
+    lone.gate.set()
+    await holder
+    assert (await queued).value == 10
+    await batcher.aclose()
+
+
+async def test_close_answers_waiting_and_lone_requests_unavailable(executor) -> None:
     batcher = DynamicBatcher(Recorder(), max_batch_size=8, instances=1, executor=executor, name="m")
-    assert batcher.claim_idle_instance() == 0
+    lone = Lone(held=True)
+    holder = await running_alone(batcher, lone)
     waiting = asyncio.ensure_future(batcher.submit(1))
     await asyncio.sleep(0.05)
     await batcher.aclose()
-    with pytest.raises(ResourceLimitError, match="shutting down"):
-        await waiting
-    assert batcher.claim_idle_instance() is None
+    for task in (holder, waiting):
+        with pytest.raises(NotReadyError, match="model 'm' is shutting down; retry on another"):
+            await task
+    lone.gate.set()
+    with pytest.raises(NotReadyError):
+        await batcher.schedule(Lone(), prepared(2))
 
 
 async def test_each_instance_runs_on_its_own_executor() -> None:
@@ -262,20 +405,27 @@ async def test_each_instance_runs_on_its_own_executor() -> None:
     batcher = DynamicBatcher(run, max_batch_size=1, instances=2, executor=pools, name="m")
     await asyncio.gather(*(batcher.submit(i) for i in range(4)))
     assert sorted(seen) == ["inst0_0", "inst0_0", "inst1_0", "inst1_0"]
-    one = batcher.claim_idle_instance()
-    assert one == 0 and batcher.executor_of(one) is pools[0]  # the lowest idle instance first
-    batcher.release_instance(one)
+    lone = Lone()
+    await batcher.schedule(lone, prepared(0))
+    assert lone.threads == ["inst0_0"]  # the lowest idle instance first
     await batcher.aclose()
     for pool in pools:
         pool.shutdown()
     with pytest.raises(ValueError, match="2 executors given for 3 instances"):
         DynamicBatcher(run, max_batch_size=1, instances=3, executor=pools)
+    # without executors the batcher keeps a thread per instance itself
+    own = DynamicBatcher(run, max_batch_size=1, instances=2, name="own")
+    seen.clear()
+    await asyncio.gather(*(own.submit(i) for i in range(4)))
+    assert sorted(seen) == ["batcher-own-0_0"] * 2 + ["batcher-own-1_0"] * 2
+    await own.aclose()
 
 
 async def test_queue_keeps_arrival_order_when_preparation_finishes_late(executor) -> None:
     rec = Recorder()
     batcher = DynamicBatcher(rec, max_batch_size=1, instances=1, executor=executor, name="m")
-    held = batcher.claim_idle_instance()  # the instance is busy, so requests queue up
+    lone = Lone(held=True)
+    holder = await running_alone(batcher, lone)  # the instance is busy, so requests queue up
     first, second = batcher.admit(), batcher.admit()  # arrival order: first, then second
 
     # the first request's image takes longer to decode: it is submitted after the second
@@ -283,8 +433,8 @@ async def test_queue_keeps_arrival_order_when_preparation_finishes_late(executor
     await asyncio.sleep(0.01)
     earlier = asyncio.ensure_future(first.submit(1))
     await asyncio.sleep(0.01)
-    assert held is not None
-    batcher.release_instance(held)
+    lone.gate.set()
+    await holder
     assert (await earlier).value == 10 and (await later).value == 20
     assert rec.batches == [[1], [2]]  # served in arrival order, not submission order
     await batcher.aclose()

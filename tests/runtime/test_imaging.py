@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ from visionrpc.runtime.imaging import (
 )
 from visionrpc.types import PixelFormat, RawImage
 
-LIMITS = {"max_pixels": 50_000_000, "max_side": 16384}
+LIMITS: dict[str, Any] = {"max_pixels": 50_000_000, "max_side": 16384}
 
 
 def encode(img_bgr: np.ndarray, ext: str, params: list[int] | None = None) -> bytes:

@@ -52,6 +52,7 @@ def test_png_is_the_box_region() -> None:
     enc = encode_png(box_mask)
     assert enc.png_origin == (20, 5)
     img = cv2.imdecode(np.frombuffer(enc.png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None
     assert img.ndim == 2 and img.dtype == np.uint8 and set(np.unique(img)) <= {0, 255}
     rebuilt = np.zeros_like(full)
     rebuilt[5 : 5 + img.shape[0], 20 : 20 + img.shape[1]] = img == 255

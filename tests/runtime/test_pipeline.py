@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,12 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from tests.runtime.onnx_builders import box_finder_model, constant_model, yolov8_detect_outputs
-from visionrpc.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
+from visionrpc.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    NotReadyError,
+    ResourceLimitError,
+)
 from visionrpc.runtime.model import OnnxModel
 from visionrpc.runtime.pipeline import InferencePipeline, summarize_defects
 from visionrpc.runtime.repository import ModelRepository
@@ -265,6 +271,7 @@ def test_segment_masks_areas_and_encodings(pipeline) -> None:
     )
     assert png_mask is not None and png_mask.png_origin == (440, 440)
     region = cv2.imdecode(np.frombuffer(png_mask.png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert region is not None
     assert region.shape == (80, 80) and (region == 255).mean() > 0.95
 
     poly = (
@@ -325,11 +332,12 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
 
     batches: list[int] = []
     run_batch = pipeline_module.BatchRunner.__call__
-    monkeypatch.setattr(
-        pipeline_module.BatchRunner,
-        "__call__",
-        lambda self, items: batches.append(len(items)) or run_batch(self, items),
-    )
+
+    def recording(self: pipeline_module.BatchRunner, items: list) -> list:
+        batches.append(len(items))
+        return run_batch(self, items)
+
+    monkeypatch.setattr(pipeline_module.BatchRunner, "__call__", recording)
     settings = Settings(models_dir=repo_dir, runtime={"instances": 1})
     p = InferencePipeline(ModelRepository(settings), settings)
     data = png(np.zeros((40, 60, 3), np.uint8))
@@ -345,29 +353,75 @@ async def test_lone_request_runs_in_one_hop_without_a_batch(
     # batches never do.
     flags: list[bool] = []
     run_model = OnnxModel.run
-    monkeypatch.setattr(
-        OnnxModel,
-        "run",
-        lambda self, batch, all_cores=False: (
-            flags.append(all_cores) or run_model(self, batch, all_cores=all_cores)
-        ),
-    )
+
+    def flagged(self: OnnxModel, batch: np.ndarray, all_cores: bool = False) -> list:
+        flags.append(all_cores)
+        return run_model(self, batch, all_cores=all_cores)
+
+    monkeypatch.setattr(OnnxModel, "run", flagged)
     settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
     p = InferencePipeline(ModelRepository(settings), settings)
     await p.infer(request(data, model="detect"))
     p.infer_sync(request(data, model="detect"))
     await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
-    assert flags == [True, True, True, False]  # the second of the pair went as a batch
+    # the pair ran side by side, alone each: only the first had every core
+    assert flags[:2] == [True, True] and sorted(flags[2:]) == [False, True]
     await p.close()
 
-    # One hop only for a request with nobody ahead of it: the second of two goes through the
-    # batcher even when a second instance is idle, so it cannot overtake earlier requests.
+    # One hop for each request with nobody waiting ahead of it: the second of two finds the
+    # first already running (not waiting) and the second instance idle.
     batches.clear()
     settings = Settings(models_dir=repo_dir, runtime={"instances": 2})
     p = InferencePipeline(ModelRepository(settings), settings)
     pair = await asyncio.gather(*(p.infer(request(data, model="detect")) for _ in range(2)))
-    assert batches == [1] and all(r.detections == alone.detections for r in pair)
+    assert batches == [] and all(r.detections == alone.detections for r in pair)
     await p.close()
+
+
+async def test_a_request_running_alone_does_not_hold_up_the_next(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances and a 30 s queue delay: while one request runs alone, a second one is
+    served on the idle instance at once, not after the delay."""
+    gate, started = threading.Event(), threading.Event()
+    calls: list[bool] = []
+    run_model = OnnxModel.run
+
+    def held_first(self: OnnxModel, batch: np.ndarray, all_cores: bool = False) -> list:
+        calls.append(all_cores)
+        if len(calls) == 1:
+            started.set()
+            gate.wait(20)
+        return run_model(self, batch, all_cores=all_cores)
+
+    monkeypatch.setattr(OnnxModel, "run", held_first)
+    settings = Settings(
+        models_dir=repo_dir,
+        runtime={"instances": 2},
+        batching={"max_queue_delay_us": 30_000_000, "max_batch_size": 8},
+    )
+    p = InferencePipeline(ModelRepository(settings), settings)
+    data = png(np.zeros((40, 60, 3), np.uint8))
+    first = asyncio.ensure_future(p.infer(request(data, model="detect")))
+    try:
+        assert await asyncio.to_thread(started.wait, 10)
+        second = await asyncio.wait_for(p.infer(request(data, model="detect")), 10)
+        assert not first.done() and len(calls) == 2
+        assert second.detections == p.infer_sync(request(data, model="detect")).detections
+    finally:
+        gate.set()
+    assert (await first).detections == second.detections
+    await p.close()
+
+
+async def test_closed_pipeline_answers_not_ready(repo_dir: Path) -> None:
+    settings = Settings(models_dir=repo_dir)
+    p = InferencePipeline(ModelRepository(settings), settings)
+    data = png(np.zeros((40, 60, 3), np.uint8))
+    assert (await p.infer(request(data, model="detect"))).detections
+    await p.close()
+    with pytest.raises(NotReadyError, match="model 'detect' is shutting down; retry on another"):
+        await p.infer(request(data, model="detect"))
 
 
 async def test_async_queue_limit(repo_dir: Path) -> None:
@@ -393,3 +447,43 @@ def test_defect_summaries_sorted_by_class_name() -> None:
     assert (alpha.class_name, alpha.count, alpha.total_area_px) == ("alpha", 1, 3)
     assert (zeta.count, zeta.max_score, zeta.total_area_px) == (2, 0.9, 8)
     assert zeta.area_fraction == pytest.approx(0.08)
+
+
+# -- class-agnostic NMS -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
+    """One defect reported twice, as scratch (0.8) and dent (0.9) with overlapping boxes, by a
+    YOLOv8-layout and an end-to-end model, each with agnostic NMS off and on by default."""
+    d = tmp_path_factory.mktemp("pairs")
+    yolov8 = yolov8_detect_outputs([(100, 100, 40, 20), (102, 100, 40, 20)], [0, 1], [0.8, 0.9], 3)
+    e2e = np.zeros((5, 6), np.float32)
+    e2e[0] = [80, 90, 120, 110, 0.8, 0]
+    e2e[1] = [82, 90, 122, 110, 0.9, 1]
+    for name, outputs, meta in (("v8", yolov8, None), ("e2e", e2e, {"end2end": "True"})):
+        constant_model(d / f"{name}.onnx", [outputs], names=NAMES, metadata=meta)
+        constant_model(d / f"{name}-agnostic" / "model.onnx", [outputs], names=NAMES, metadata=meta)
+        (d / f"{name}-agnostic" / "model.yaml").write_text("agnostic_nms: true\n")
+    return ModelRepository(Settings(models_dir=d, default_model="v8"))
+
+
+@pytest.mark.parametrize("layout", ["v8", "e2e"])
+def test_agnostic_nms_from_model_yaml_and_per_request(pair_repo, layout) -> None:
+    p = InferencePipeline(pair_repo, Settings(models_dir=pair_repo.directory))
+    data = png(np.zeros((320, 320, 3), np.uint8))
+
+    def classes(model: str, **options) -> list[tuple[str, float]]:
+        result = p.infer_sync(request(data, model=model, **options))
+        return [(d.class_name, round(d.score, 3)) for d in result.detections]
+
+    both, best = [("dent", 0.9), ("scratch", 0.8)], [("dent", 0.9)]
+    try:
+        assert classes(layout) == both  # class-aware: counted twice
+        assert classes(layout, agnostic_nms=True) == best
+        assert classes(f"{layout}-agnostic") == best  # agnostic_nms: true in model.yaml
+        assert classes(f"{layout}-agnostic", agnostic_nms=False) == both
+    finally:
+        p.shutdown()
+    assert not pair_repo.describe(layout).default_agnostic_nms
+    assert pair_repo.describe(f"{layout}-agnostic").default_agnostic_nms

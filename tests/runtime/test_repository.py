@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from pydantic import ValidationError
 
 from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
-from visionrpc.errors import ModelLoadError, ModelNotFoundError
-from visionrpc.runtime import model as model_module
+from visionrpc.errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from visionrpc.runtime.model import (
     OnnxModel,
     cpu_cores,
@@ -67,10 +67,10 @@ def test_provider_selection() -> None:
 def test_bad_runtime_choices_are_settings_errors() -> None:
     """A typo in a choice fails when the settings are read, before any model is loaded."""
     with pytest.raises(ValidationError, match="graph_optimization"):
-        RuntimeSettings(graph_optimization="max")  # type: ignore[arg-type]
+        RuntimeSettings(graph_optimization="max")
     with pytest.raises(ValidationError, match="'auto', 'cpu', 'cuda' or 'tensorrt'"):
-        RuntimeSettings(device="tpu")  # type: ignore[arg-type]
-    assert RuntimeSettings(device=" CUDA ").device == "cuda"  # type: ignore[arg-type]
+        RuntimeSettings(device="tpu")
+    assert RuntimeSettings(device=" CUDA ").device == "cuda"
 
 
 def test_missing_corrupt_and_unsupported_models(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_repository_layouts_and_model_yaml(tmp_path: Path) -> None:
         "instances: 3\n"
     )
     (tmp_path / "notes").mkdir()  # folders without a model are ignored
-    repo = ModelRepository(Settings(models_dir=tmp_path))
+    repo = ModelRepository(Settings(models_dir=tmp_path, default_model="plain"))
     assert repo.names == ["plain", "tuned"] and repo.default_name == "plain"
     tuned = repo.get("tuned")
     assert tuned.class_names == ("scratch", "bump", "stain")
@@ -126,14 +126,63 @@ def test_repository_layouts_and_model_yaml(tmp_path: Path) -> None:
     assert [m.name for m in repo.describe_all()] == ["plain", "tuned"]
 
 
-def test_default_model_selection(tmp_path: Path) -> None:
+def test_default_model_is_the_settings_choice_first(tmp_path: Path) -> None:
     detect_model(tmp_path / "alpha.onnx")
     detect_model(tmp_path / "default" / "model.onnx")
-    assert ModelRepository(Settings(models_dir=tmp_path)).default_name == "default"
+    (tmp_path / "repository.yaml").write_text("default_model: default\n")
     repo = ModelRepository(Settings(models_dir=tmp_path, default_model="alpha"))
-    assert repo.get("").name == "alpha"
-    with pytest.raises(ModelLoadError, match=r"default_model 'beta'.*alpha, default"):
+    assert repo.default_name == "alpha" and repo.get("").name == "alpha"
+    with pytest.raises(ModelLoadError) as info:
         ModelRepository(Settings(models_dir=tmp_path, default_model="beta"))
+    assert str(info.value) == (
+        f"default_model 'beta' is not in {tmp_path}; available models: alpha, default"
+    )
+
+
+def test_default_model_from_repository_yaml(tmp_path: Path) -> None:
+    detect_model(tmp_path / "alpha.onnx")
+    detect_model(tmp_path / "beta" / "model.onnx")
+    config = tmp_path / "repository.yaml"
+    config.write_text("default_model: beta\n")
+    repo = ModelRepository(Settings(models_dir=tmp_path))
+    assert repo.default_name == "beta" and repo.get().name == "beta"
+    config.write_text("default_model: gamma\n")
+    with pytest.raises(ModelLoadError) as info:
+        ModelRepository(Settings(models_dir=tmp_path))
+    assert str(info.value) == (
+        f"{config}: default_model 'gamma' is not a model of this repository; "
+        "available models: alpha, beta"
+    )
+    config.write_text("default: beta\n")
+    with pytest.raises(ModelLoadError, match="default: Extra inputs are not permitted") as info:
+        ModelRepository(Settings(models_dir=tmp_path))
+    assert str(config) in str(info.value)
+
+
+def test_the_only_model_is_the_default(tmp_path: Path) -> None:
+    detect_model(tmp_path / "solo" / "model.onnx")
+    assert ModelRepository(Settings(models_dir=tmp_path)).get("").name == "solo"
+
+
+def test_several_models_and_no_default_choice_means_no_default(tmp_path: Path) -> None:
+    detect_model(tmp_path / "alpha.onnx")
+    detect_model(tmp_path / "default" / "model.onnx")  # a name gives no special treatment
+    repo = ModelRepository(Settings(models_dir=tmp_path))
+    assert repo.default_name == ""
+    with pytest.raises(InvalidInputError) as info:
+        repo.get("")
+    assert str(info.value) == (
+        "this server has several models and none is the default; name one of: alpha, default "
+        "(or set default_model / repository.yaml)"
+    )
+    assert repo.get("alpha").name == "alpha"
+
+
+def test_the_shipped_repository_names_its_default() -> None:
+    repo = ModelRepository(Settings())  # the packaged models and their repository.yaml
+    assert len(repo) > 1 and repo.default_name == "defects"
+    # an inspection line counts defects: one seen as two classes is reported once
+    assert all(m.default_agnostic_nms for m in repo.describe_all())
 
 
 def test_unknown_model_lists_available(tmp_path: Path) -> None:
@@ -186,10 +235,10 @@ def test_duplicate_model_names(tmp_path: Path) -> None:
 def test_packaged_models_used_when_models_dir_unset(tmp_path: Path, monkeypatch) -> None:
     import visionrpc.runtime.repository as repository
 
-    detect_model(tmp_path / "default" / "model.onnx")
+    detect_model(tmp_path / "only" / "model.onnx")
     monkeypatch.setattr(repository, "packaged_models_dir", lambda: tmp_path)
     repo = ModelRepository(Settings(models_dir=None))
-    assert repo.directory == tmp_path and repo.default_name == "default"
+    assert repo.directory == tmp_path and repo.default_name == "only"
 
 
 def test_packaged_models_dir_points_into_the_package() -> None:
@@ -217,7 +266,7 @@ def test_instance_plan_on_cpu_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (explicit.instances, explicit.runtime.intra_op_threads) == (2, 3)
     assert explicit.max_batch_size == 4
     monkeypatch.setattr(
-        model_module.ort,
+        onnxruntime,
         "get_available_providers",
         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )

@@ -1,6 +1,9 @@
-"""Output layouts, thresholds, class-aware NMS, end-to-end decoding and instance masks."""
+"""Output layouts, thresholds, class-aware and class-agnostic NMS, end-to-end decoding and
+instance masks."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -133,6 +136,26 @@ def test_many_candidates_are_vectorised() -> None:
     assert len(det) == 300 and (np.diff(det.scores) <= 0).all()
 
 
+def test_agnostic_nms_keeps_the_best_of_overlapping_boxes_of_any_class() -> None:
+    # one thin defect seen as class 0 and class 1 (box IoU 0.82), and a separate one elsewhere
+    out = yolov8_detect_outputs(
+        [(50, 50, 20, 20), (52, 50, 20, 20), (150, 150, 10, 10)],
+        classes=[0, 1, 1],
+        scores=[0.8, 0.9, 0.6],
+        num_classes=2,
+    )
+    aware = decode_detections([out], spec_for(2), P)
+    assert aware.class_ids.tolist() == [1, 0, 1]
+    assert aware.scores.tolist() == pytest.approx([0.9, 0.8, 0.6])
+    agnostic = decode_detections([out], spec_for(2), replace(P, agnostic=True))
+    assert agnostic.class_ids.tolist() == [1, 1]
+    assert agnostic.scores.tolist() == pytest.approx([0.9, 0.6])
+    np.testing.assert_allclose(agnostic.boxes[0], [42, 40, 62, 60])
+    # boxes overlapping less than the IoU threshold are both kept
+    loose = decode_detections([out], spec_for(2), replace(P, agnostic=True, iou=0.9))
+    assert loose.class_ids.tolist() == [1, 0, 1]
+
+
 # -- end-to-end decoding --------------------------------------------------------------------
 
 
@@ -149,6 +172,23 @@ def test_end2end_filters_without_nms() -> None:
     np.testing.assert_allclose(det.boxes[1], [10, 10, 50, 50])
     det = decode_detections([rows], spec, DecodeParams(0.3, 0.5, 2, frozenset({3, 1})))
     assert det.class_ids.tolist() == [3, 3]
+
+
+def test_end2end_agnostic_nms_pass() -> None:
+    rows = np.zeros((10, 6), np.float32)
+    rows[0] = [10, 10, 50, 50, 0.7, 0]
+    rows[1] = [12, 10, 52, 50, 0.9, 1]  # the same defect under another class (IoU 0.9)
+    rows[2] = [100, 100, 120, 120, 0.5, 0]
+    spec = OutputSpec(Layout.END2END, Task.DETECT, 2, 0, 10)
+    aware = decode_detections([rows], spec, P)
+    assert aware.class_ids.tolist() == [1, 0, 0]
+    agnostic = decode_detections([rows], spec, replace(P, agnostic=True))
+    assert agnostic.class_ids.tolist() == [1, 0]
+    assert agnostic.scores.tolist() == pytest.approx([0.9, 0.5])
+    np.testing.assert_allclose(agnostic.boxes, [[12, 10, 52, 50], [100, 100, 120, 120]])
+    # max_detections counts what is left after the pass
+    one = decode_detections([rows], spec, replace(P, agnostic=True, max_detections=2))
+    assert one.scores.tolist() == pytest.approx([0.9, 0.5])
 
 
 # -- masks ----------------------------------------------------------------------------------

@@ -23,12 +23,21 @@ def evaluate(
     ] = None,
     model: ModelOpt = "",
     count: Annotated[
-        int, typer.Option(help="Held-out images to generate (>= 200 for a report).")
+        int, typer.Option(min=1, help="Held-out images to generate (>= 200 for a report).")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Generator seed; training used 1 and 2.")] = 1000,
+    agnostic_nms: Annotated[
+        bool | None,
+        typer.Option(
+            "--agnostic-nms/--no-agnostic-nms",
+            help="Class-agnostic NMS on or off for this run (default: the model's setting).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
-    """Accuracy through the gRPC API: box and mask mAP50 on a held-out generated set.
+    """Accuracy through the gRPC API: box and mask mAP on a held-out generated set, and count
+    accuracy (reported vs planted defects per image) at the model's default confidence.
 
     Without --target a server is started in this process on a free loopback port.
     """
@@ -49,22 +58,45 @@ def evaluate(
                     yield i
                     bar.advance(task)
 
-            report = run_eval(served(client, model), seed=seed, count=count, progress=progress)
+            chosen = served(client, model, agnostic_nms=agnostic_nms)
+            report = run_eval(chosen, seed=seed, count=count, progress=progress)
         if json_out:
             typer.echo(json.dumps(asdict(report), indent=2))
             return
+        counts = report.counts
         table = Table(
-            title=f"held-out set: seed {seed}, {report.images} images, {report.instances} defects"
+            title=f"{report.model}, agnostic NMS {'on' if report.agnostic_nms else 'off'}; "
+            f"held-out set: seed {seed}, {report.images} images, {report.instances} defects",
+            caption=f"exact count: share of images reporting as many defects as planted; count "
+            f"error: mean |reported - planted|; at confidence {counts.confidence_threshold:g}",
         )
-        for col in ("class", "box mAP50", "mask mAP50"):
+        for col in ("class", "box mAP50", "mask mAP50", "exact count", "count error"):
             table.add_column(col)
         for name, box in report.per_class_box_map50.items():
-            table.add_row(name, f"{box:.3f}", f"{report.per_class_mask_map50[name]:.3f}")
-        table.add_row("all", f"{report.box_map50:.3f}", f"{report.mask_map50:.3f}")
+            table.add_row(
+                name,
+                f"{box:.3f}",
+                f"{report.per_class_mask_map50[name]:.3f}",
+                f"{counts.per_class_exact_rate[name]:.1%}",
+                f"{counts.per_class_mean_abs_error[name]:.3f}",
+            )
+        table.add_row(
+            "all",
+            f"{report.box_map50:.3f}",
+            f"{report.mask_map50:.3f}",
+            f"{counts.exact_rate:.1%}",
+            f"{counts.mean_abs_error:.3f}",
+        )
         console.print(table)
         console.print(
             f"box mAP50-95 {report.box_map50_95:.3f}, mask mAP50-95 "
             f"{report.mask_map50_95:.3f}, mean server time {report.mean_latency_ms:.1f} ms"
+        )
+        console.print(
+            f"counts at confidence {counts.confidence_threshold:g}: {counts.over_rate:.1%} of "
+            f"images report more defects than planted, {counts.under_rate:.1%} fewer; "
+            f"{counts.duplicate_pairs} duplicate pair(s) (different classes, box IoU >= 0.5) in "
+            f"{counts.images_with_duplicates} image(s)"
         )
 
     if target:

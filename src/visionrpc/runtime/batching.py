@@ -1,15 +1,21 @@
 """Opportunistic batching: concurrent requests for one model share one ONNX Runtime call.
 
-A request is *admitted* first (counted against ``max_queue_size`` before any decode work is spent,
-so overload is shed early with ResourceLimitError), then *submitted* with its prepared input. A
-dispatcher task takes everything queued, up to ``max_batch_size``. It waits for stragglers only
+``schedule(alone, prepare)`` decides how a request runs. When nobody is ahead of it (nothing
+admitted, queued or held for stragglers) and an instance is idle, no batch could form, so it runs
+whole on that instance's thread in one hop (``alone``), with no hand-off to a decode pool first.
+Otherwise it is *admitted* (counted against ``max_queue_size`` before any decode work is spent, so
+overload is shed early with ResourceLimitError), prepared (``prepare``) and *submitted*. A
+request running alone is not admitted: nothing waits for it to be submitted.
+
+A dispatcher task takes everything queued, up to ``max_batch_size``. It waits for stragglers only
 while other admitted requests are still being prepared, and never longer than
 ``max_queue_delay_us`` after the oldest queued request; a lone request never waits. Up to
-``instances`` batches run at once (Triton's instance count), each in an executor (one per instance
-when given a list, so an instance always runs on the same thread) so the event loop never blocks.
-When every instance is busy the queue grows and the next batch is larger. The queue is ordered by
-admission. A failing batch fails only its own requests, and a caller that gives up (cancellation)
-affects nobody else.
+``instances`` batches or lone requests run at once (Triton's instance count), each in an executor
+(one per instance when given a list or none, so an instance always runs on the same thread) so
+the event loop never blocks. When every instance is busy the queue grows and the next batch is
+larger. The queue is ordered by admission. A failing batch fails only its own requests, and a
+caller that gives up (cancellation) affects nobody else. Once closed, a batcher answers
+NotReadyError: the server is going away and another one may serve the request.
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from visionrpc.errors import ResourceLimitError
+from visionrpc.errors import NotReadyError, ResourceLimitError
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +45,18 @@ class Batched(Generic[R]):
     """One request's result plus how it fared in the queue."""
 
     value: R
-    queue_ms: float  # from submit until its batch started
-    run_ms: float  # duration of the batch call
-    batch_size: int
+    queue_ms: float  # from schedule/submit until its run started
+    batch_size: int  # 1 for a request that ran alone
+
+
+class Occupancy:
+    """Instances running (batches and lone requests) across the batchers that share it.
+
+    One per pipeline: a lone request may use every core only when no instance of any model runs.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0
 
 
 @dataclass
@@ -72,7 +87,7 @@ class Admission(Generic[T, R]):
     def release(self) -> None:
         if self._open:
             self._open = False
-            self._batcher._release()
+            self._batcher._withdraw()
 
     def __enter__(self) -> Admission[T, R]:
         return self
@@ -102,6 +117,7 @@ class DynamicBatcher(Generic[T, R]):
         instances: int = 1,
         executor: Executor | Sequence[Executor] | None = None,
         name: str = "",
+        occupancy: Occupancy | None = None,
     ) -> None:
         if min(max_batch_size, max_queue_size, instances) < 1 or max_queue_delay_us < 0:
             raise ValueError(
@@ -113,12 +129,20 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_size = max_queue_size
         self.instances = instances
         self.name = name
+        self._own_executors: list[ThreadPoolExecutor] = []
+        if executor is None:  # a thread per instance, shut down by aclose
+            self._own_executors = [
+                ThreadPoolExecutor(1, thread_name_prefix=f"batcher-{name}-{i}")
+                for i in range(instances)
+            ]
+            executor = self._own_executors
         if isinstance(executor, Sequence):
             if len(executor) != instances:
                 raise ValueError(f"{len(executor)} executors given for {instances} instances")
-            self._executors: list[Executor | None] = list(executor)
+            self._executors: list[Executor] = list(executor)
         else:
             self._executors = [executor] * instances
+        self._occupancy = occupancy or Occupancy()
         # Ordered by admission, not submission: a large image that took longer to decode keeps
         # its place in line instead of queueing behind requests that arrived after it.
         self._queue: list[_Entry[T, R]] = []  # a heap
@@ -131,6 +155,7 @@ class DynamicBatcher(Generic[T, R]):
         self._in_hand = 0  # requests the dispatcher holds while it waits for stragglers
         self._freed: asyncio.Event | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._alone: set[asyncio.Future[Batched[R]]] = set()  # callers of lone requests
         self._closed = False
 
     @property
@@ -148,36 +173,27 @@ class DynamicBatcher(Generic[T, R]):
         """Requests submitted and waiting to run."""
         return len(self._queue) + self._in_hand
 
-    def claim_idle_instance(self) -> int | None:
-        """Take an idle instance for work done outside a batch (a lone request run in one hop).
+    async def schedule(
+        self, alone: Callable[[bool], R], prepare: Callable[[], Awaitable[T]]
+    ) -> Batched[R]:
+        """Run one request: whole on an idle instance when nobody is ahead of it, else batched.
 
-        Returns the instance's number when one was idle and no submitted request is waiting for
-        it (else None); the caller runs on ``executor_of(number)`` and then calls
-        ``release_instance(number)``.
+        ``alone(all_cores)`` runs the whole request on the instance's thread; ``all_cores`` is
+        True when no instance of any batcher sharing this one's Occupancy is running. Otherwise
+        the request is admitted (or shed), ``prepare()`` makes its item and the item is submitted.
         """
-        if self._closed or not self._idle or self.queued:
-            return None
-        return heapq.heappop(self._idle)
-
-    @property
-    def busy(self) -> int:
-        """Instances running a batch or claimed."""
-        return self.instances - len(self._idle)
-
-    def executor_of(self, instance: int) -> Executor | None:
-        return self._executors[instance]
-
-    def release_instance(self, instance: int) -> None:
-        heapq.heappush(self._idle, instance)
-        if self._freed is not None:
-            self._freed.set()
+        if self._closed:
+            raise self._shutting_down()
+        if not self.depth and self._idle:
+            return await self._run_alone(alone)
+        with self.admit() as slot:  # sheds load before any preparation is spent
+            item = await prepare()
+            return await slot.submit(item)
 
     def admit(self) -> Admission[T, R]:
         """Reserve a slot now; ResourceLimitError when the queue is full."""
         if self._closed:
-            raise ResourceLimitError(
-                f"model {self.name!r} is shutting down; retry on another server"
-            )
+            raise self._shutting_down()
         if self.depth >= self.max_queue_size:
             raise ResourceLimitError(
                 f"model {self.name!r} has {self.depth} requests queued (max_queue_size="
@@ -191,8 +207,8 @@ class DynamicBatcher(Generic[T, R]):
         return await self.admit().submit(item)
 
     async def aclose(self) -> None:
-        """Stop the dispatcher and running batches; requests still queued fail with
-        ResourceLimitError."""
+        """Stop the dispatcher and running batches; requests not yet answered (queued, in a
+        batch, running alone, or admitted later) fail with NotReadyError."""
         self._closed = True
         tasks = [*self._running, *([self._worker] if self._worker is not None else [])]
         for task in tasks:
@@ -201,11 +217,20 @@ class DynamicBatcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._worker = None
-        self._fail_queued(ResourceLimitError(f"model {self.name!r} is shutting down"))
+        error = self._shutting_down()
+        for future in list(self._alone):
+            if not future.done():
+                future.set_exception(error)
+        self._fail_queued(error)
+        for pool in self._own_executors:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _bind(self) -> asyncio.Event:
+    def _shutting_down(self) -> NotReadyError:
+        return NotReadyError(f"model {self.name!r} is shutting down; retry on another server")
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -213,32 +238,84 @@ class DynamicBatcher(Generic[T, R]):
             self._freed = asyncio.Event()
         elif self._loop is not loop:
             raise RuntimeError("DynamicBatcher used from a second event loop")
-        assert self._wakeup is not None
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._dispatch(), name=f"batcher-{self.name}")
-        return self._wakeup
+        return loop
 
-    def _release(self) -> None:
+    def _claim(self) -> int:
+        """Take the lowest idle instance (the caller checked there is one)."""
+        self._occupancy.running += 1
+        return heapq.heappop(self._idle)
+
+    def _free(self, instance: int) -> None:
+        self._occupancy.running -= 1
+        heapq.heappush(self._idle, instance)
+        if self._freed is not None:
+            self._freed.set()
+
+    def _withdraw(self) -> None:
+        """An admitted request gave up before submitting."""
         self._admitted -= 1
         if self._wakeup is not None:
             self._wakeup.set()  # a waiting batch need not wait for this one any more
 
+    async def _run_alone(self, alone: Callable[[bool], R]) -> Batched[R]:
+        """One request on one instance's thread; the instance is freed when the thread is done,
+        even if the caller gave up (cancellation) or ``aclose`` answered it first."""
+        loop = self._bind()
+        all_cores = self._occupancy.running == 0
+        instance = self._claim()
+        arrived = time.perf_counter()
+        started = arrived
+
+        def call() -> R:
+            nonlocal started
+            started = time.perf_counter()
+            return alone(all_cores)
+
+        answer: asyncio.Future[Batched[R]] = loop.create_future()
+
+        def done(work: Future[R]) -> None:  # on the loop, once the thread is done
+            self._free(instance)
+            # cancelled: its executor was shut down before it started
+            error = self._shutting_down() if work.cancelled() else work.exception()
+            if answer.done():  # the caller gave up, or aclose answered it
+                return
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(Batched(work.result(), (started - arrived) * 1000, 1))
+
+        try:
+            work = self._executors[instance].submit(call)
+        except BaseException:
+            self._free(instance)
+            raise
+
+        def finished(work: Future[R]) -> None:  # in the instance's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(done, work)  # one wake-up, as awaiting it would cost
+
+        work.add_done_callback(finished)
+        self._alone.add(answer)
+        answer.add_done_callback(self._alone.discard)
+        return await answer  # cancelling the caller cancels only this future
+
     async def _enqueue(self, item: T, place: int) -> Batched[R]:
         self._admitted -= 1
         try:
-            wakeup = self._bind()
+            loop = self._bind()
         except BaseException:
             if self._wakeup is not None:
                 self._wakeup.set()
             raise
+        assert self._wakeup is not None
         if self._closed:
-            raise ResourceLimitError(
-                f"model {self.name!r} is shutting down; retry on another server"
-            )
-        assert self._loop is not None
-        entry: _Entry[T, R] = _Entry(place, item, self._loop.create_future(), time.perf_counter())
+            self._wakeup.set()
+            raise self._shutting_down()
+        entry: _Entry[T, R] = _Entry(place, item, loop.create_future(), time.perf_counter())
         heapq.heappush(self._queue, entry)
-        wakeup.set()
+        self._wakeup.set()
         return await entry.future  # cancelling the caller cancels only this future
 
     def _take(self, limit: int) -> list[_Entry[T, R]]:
@@ -289,16 +366,16 @@ class DynamicBatcher(Generic[T, R]):
             batch = self._take(self.max_batch_size)
             if not batch:
                 continue
-            instance = heapq.heappop(self._idle)
+            instance = self._claim()
             try:
                 batch = await self._fill(batch, wakeup)
             except asyncio.CancelledError:
-                self._fail(batch, ResourceLimitError(f"model {self.name!r} is shutting down"))
-                self.release_instance(instance)
+                self._fail(batch, self._shutting_down())
+                self._free(instance)
                 raise
             batch = [e for e in batch if not e.future.done()]
             if not batch:
-                self.release_instance(instance)
+                self._free(instance)
                 continue
             task = loop.create_task(self._run(batch, instance), name=f"batch-{self.name}")
             self._running.add(task)
@@ -317,19 +394,18 @@ class DynamicBatcher(Generic[T, R]):
                     f"batch function returned {len(results)} results for {len(batch)} items"
                 )
         except asyncio.CancelledError:
-            self._fail(batch, ResourceLimitError(f"model {self.name!r} is shutting down"))
+            self._fail(batch, self._shutting_down())
             raise
         except Exception as exc:
             log.debug("batch of %d for %s failed: %s", len(batch), self.name, exc)
             self._fail(batch, exc)
             return
         finally:
-            self.release_instance(instance)
-        run_ms = (time.perf_counter() - started) * 1000
+            self._free(instance)
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 queue_ms = (started - entry.enqueued_at) * 1000
-                entry.future.set_result(Batched(result, queue_ms, run_ms, len(batch)))
+                entry.future.set_result(Batched(result, queue_ms, len(batch)))
 
     @staticmethod
     def _fail(batch: list[_Entry[T, R]], exc: Exception) -> None:

@@ -99,11 +99,11 @@ def plan_instances(
 ) -> InstancePlan:
     """How many batches of a model run at once, how large, and the ORT settings for its session.
 
-    On CPU the default is one instance per core with single-threaded ORT calls: on 2 cores, two
-    such calls side by side did up to ~1.3x the images/s of one call using both cores in ORT alone
-    (its intra-op parallelism leaves cores idle in small operators). A GPU gets one instance.
-    ``max_batch_size`` 0 means 1 for several CPU instances (there batches of 8 bought ~1.2x the
-    images/s but put p99 at concurrency 16 at 1.3-1.5x its budget), else 8.
+    On CPU the default is one instance per core with single-threaded ORT calls: calls side by
+    side keep every core busy, where one call spread over the cores by ORT leaves cores idle in
+    small operators. A GPU gets one instance. ``max_batch_size`` 0 means 1 for several CPU
+    instances (there larger batches buy a little throughput at a large cost in tail latency),
+    else 8. The README's performance section has the figures.
     """
     on_cpu = select_providers(settings.device)[0] == "CPUExecutionProvider"
     cores = cpu_cores()
@@ -121,7 +121,7 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = settings.inter_op_threads
     # ORT's worker threads busy-wait for work by default; in a server they then steal the cores
-    # that decode images and run the event loop (measured: spinning off was ~1.4x faster here).
+    # that decode images and run the event loop, so spinning is off unless asked for.
     opts.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
     )
@@ -211,9 +211,7 @@ class OnnxModel:
         log.info("loaded %s with %s", self.path, self.provider)
 
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, str] = dict(meta)
         self.names: dict[int, str] = parse_names(meta.get("names"))
-        self.stride = int(meta["stride"]) if meta.get("stride", "").isdigit() else 32
         e2e = meta.get("end2end")
         self.end2end_hint: bool | None = None if e2e is None else e2e.strip().lower() == "true"
 
@@ -239,7 +237,6 @@ class OnnxModel:
         else:
             self.input_size = (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
-        self.output_names = [o.name for o in self.session.get_outputs()]
 
         self.spec: OutputSpec = self._probe_layout() if warmup else self._static_layout()
         if warmup and self.lone_session is not None:

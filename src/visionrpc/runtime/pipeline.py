@@ -3,9 +3,9 @@
 ``infer`` never blocks the event loop: decoding and letterboxing run in a pool of
 ``runtime.decode_workers`` threads (OpenCV and numpy release the GIL), overlapping with model
 calls, which go through a per-model DynamicBatcher; its instances (one thread each) run ONNX
-Runtime and then post-process their batch. A request that finds nobody ahead of it and an instance
-idle runs every step in one hop on that instance's thread. ``infer_sync`` does the same work in
-the calling thread, one image per model call.
+Runtime and then post-process their batch. The batcher decides how each request runs: one that
+finds nobody ahead of it and an instance idle runs every step in one hop on that instance's thread.
+``infer_sync`` does the same work in the calling thread, one image per model call.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visionrpc.errors import InvalidInputError
-from visionrpc.runtime.batching import DynamicBatcher
+from visionrpc.errors import InvalidInputError, NotReadyError
+from visionrpc.runtime.batching import DynamicBatcher, Occupancy
 from visionrpc.runtime.imaging import (
     DecodedImage,
     ImageTransform,
@@ -125,8 +125,11 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
             f"return_masks is set but model {model.name!r} only detects (no masks); "
             "unset return_masks or choose a segmentation model"
         )
+    agnostic = config.agnostic_nms if options.agnostic_nms is None else options.agnostic_nms
     return ResolvedOptions(
-        DecodeParams(confidence, iou, max_det, class_ids), options.return_masks, options.mask_format
+        DecodeParams(confidence, iou, max_det, class_ids, agnostic),
+        options.return_masks,
+        options.mask_format,
     )
 
 
@@ -162,10 +165,12 @@ class InferencePipeline:
         self._decode_pool = ThreadPoolExecutor(
             settings.runtime.decode_workers, thread_name_prefix="visionrpc-decode"
         )
-        # A thread per model instance: each instance always calls ORT from the same thread (a
-        # request moved between threads ran ~10% slower here, its caches left on another core).
+        # A thread per model instance: each instance always calls ORT from the same thread, so
+        # its caches stay warm on one core instead of following requests between threads.
         self._instance_threads: dict[str, list[ThreadPoolExecutor]] = {}
         self._batchers: dict[str, DynamicBatcher[Job, JobOutcome]] = {}
+        self._occupancy = Occupancy()  # shared by the batchers: is anything else running?
+        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InferencePipeline:
@@ -208,30 +213,24 @@ class InferencePipeline:
         model = self.repository.get(item.options.model)
         options = resolve_options(item.options, model)
         batcher = self._batcher(model, loop)
-        with batcher.admit() as slot:  # sheds load before any decode work is spent
-            instance = batcher.claim_idle_instance() if batcher.depth == 1 else None
-            if instance is not None:
-                # Nobody is ahead and an instance is idle: no batch would form, so run every
-                # step in one hop on the instance's thread instead of two thread hand-offs.
-                # Requests arriving meanwhile are batched as usual.
-                # Every core only when no instance of any model is running besides this one.
-                alone = sum(b.busy for b in self._batchers.values()) == 1
-                run = functools.partial(
-                    self._run_alone, item, model, options, start, all_cores=alone
-                )
-                try:
-                    return await loop.run_in_executor(batcher.executor_of(instance), run)
-                finally:
-                    batcher.release_instance(instance)
+
+        def alone(all_cores: bool) -> InferenceResult:
+            return self._run_alone(item, model, options, start, all_cores=all_cores)
+
+        async def prepare() -> Job:
             prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)
-            batched = await slot.submit(Job(item, options, prepared, start))
+            return Job(item, options, prepared, start)
+
+        batched = await batcher.schedule(alone, prepare)
         if isinstance(batched.value, Exception):
             raise batched.value
         batched.value.timings.queue_ms = batched.queue_ms
         return batched.value
 
     async def close(self) -> None:
-        """Stop the batchers (queued requests fail with ResourceLimitError) and the thread pools."""
+        """Stop the batchers and the thread pools; requests not yet answered, and any later
+        ones, fail with NotReadyError (another server may take them)."""
+        self._closed = True
         loop = asyncio.get_running_loop()
         for batcher in list(self._batchers.values()):
             if batcher.loop in (None, loop):
@@ -247,6 +246,7 @@ class InferencePipeline:
 
     def shutdown(self) -> None:
         """Synchronous close for code without an event loop (batchers are left to the GC)."""
+        self._closed = True
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         for threads in self._instance_threads.values():
             for thread in threads:
@@ -266,6 +266,8 @@ class InferencePipeline:
     def _batcher(
         self, model: LoadedModel, loop: asyncio.AbstractEventLoop
     ) -> DynamicBatcher[Job, JobOutcome]:
+        if self._closed:
+            raise NotReadyError(f"model {model.name!r} is shutting down; retry on another server")
         batcher = self._batchers.get(model.name)
         if batcher is None or batcher.loop not in (None, loop):
             runner = BatchRunner(model)
@@ -277,6 +279,7 @@ class InferencePipeline:
                 instances=model.instances,
                 executor=self._threads(model),
                 name=model.name,
+                occupancy=self._occupancy,
             )
             self._batchers[model.name] = batcher
         return batcher

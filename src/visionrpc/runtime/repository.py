@@ -3,6 +3,7 @@
 Layout of the directory (Triton-like, but flat):
   NAME.onnx                    a model with default settings
   NAME/model.onnx (any *.onnx) plus an optional NAME/model.yaml with ModelConfig's keys
+  repository.yaml              optional, RepositoryConfig's keys (``default_model: NAME``)
 Anything broken fails the start-up with ModelLoadError naming the path, never the first request.
 """
 
@@ -12,12 +13,12 @@ import importlib.resources
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from visionrpc.errors import ModelLoadError, ModelNotFoundError
+from visionrpc.errors import InvalidInputError, ModelLoadError, ModelNotFoundError
 from visionrpc.runtime.model import OnnxModel, plan_instances
 from visionrpc.settings import BatchingSettings, Settings
 from visionrpc.types import ModelDescription
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_DETECTIONS_LIMIT = 10_000  # per image; more is refused as a request error
 CONFIG_FILE = "model.yaml"
-DEFAULT_MODEL_NAME = "default"
+REPOSITORY_FILE = "repository.yaml"
 
 
 class ModelConfig(BaseModel):
@@ -39,6 +40,8 @@ class ModelConfig(BaseModel):
     confidence_threshold: float = Field(default=0.25, gt=0, le=1)
     iou_threshold: float = Field(default=0.7, gt=0, le=1)
     max_detections: int = Field(default=300, ge=1, le=MAX_DETECTIONS_LIMIT)
+    # NMS across classes, so one defect reported under two classes counts once
+    agnostic_nms: bool = False
     class_names: list[str] | dict[int, str] | None = None
     max_batch_size: int | None = Field(default=None, ge=1)
     max_queue_delay_us: int | None = Field(default=None, ge=0)
@@ -49,6 +52,81 @@ class ModelConfig(BaseModel):
     @classmethod
     def _to_str(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int | float) else value
+
+
+class RepositoryConfig(BaseModel):
+    """The keys a repository.yaml may hold; unknown keys are refused, as in model.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str = ""  # the model a request that names none gets
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model of a repository directory, found but not loaded."""
+
+    name: str
+    entry: Path  # the NAME.onnx file or the NAME/ folder
+    onnx: Path
+    config: ModelConfig
+    config_path: Path | None  # NAME/model.yaml when there is one
+
+
+def scan_repository(directory: Path) -> dict[str, ModelSource]:
+    """Every model of ``directory`` by name, sorted, with its model.yaml read and checked.
+
+    The one reading of the layout: the server and the benchmark both use it. A folder with a
+    model.yaml but no .onnx, or several .onnx files and none named model.onnx, is an error; a
+    folder with neither is ignored, and so are names starting with "." or "_".
+    """
+    if not directory.is_dir():
+        raise ModelLoadError(
+            f"model directory {directory} does not exist; set models_dir to a directory "
+            "holding NAME.onnx files or NAME/ folders"
+        )
+    found: dict[str, ModelSource] = {}
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        config_path: Path | None = None
+        if entry.is_file() and entry.suffix == ".onnx":
+            name, onnx = entry.stem, entry
+        elif entry.is_dir():
+            config = entry / CONFIG_FILE
+            onnx_files = sorted(entry.glob("*.onnx"))
+            if not onnx_files:
+                if config.is_file():
+                    raise ModelLoadError(
+                        f"model folder {entry} has a {CONFIG_FILE} but no .onnx file"
+                    )
+                log.warning("ignoring %s: no .onnx file inside", entry)
+                continue
+            if len(onnx_files) > 1:
+                preferred = entry / "model.onnx"
+                if not preferred.is_file():
+                    raise ModelLoadError(
+                        f"model folder {entry} holds several .onnx files "
+                        f"({', '.join(p.name for p in onnx_files)}); "
+                        "keep one or name it model.onnx"
+                    )
+                onnx_files = [preferred]
+            name, onnx = entry.name, onnx_files[0]
+            config_path = config if config.is_file() else None
+        else:
+            continue
+        if name in found:
+            raise ModelLoadError(
+                f"model {name!r} is defined twice in {directory} ({found[name].onnx} and "
+                f"{onnx}); remove one"
+            )
+        config_model = _read_yaml(config_path, ModelConfig) if config_path else ModelConfig()
+        found[name] = ModelSource(name, entry, onnx, config_model, config_path)
+    if not found:
+        raise ModelLoadError(
+            f"model directory {directory} holds no models (NAME.onnx or NAME/*.onnx)"
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -104,6 +182,7 @@ class LoadedModel:
             default_confidence_threshold=self.config.confidence_threshold,
             default_iou_threshold=self.config.iou_threshold,
             default_max_detections=self.default_max_detections,
+            default_agnostic_nms=self.config.agnostic_nms,
             layout=self.onnx.spec.layout,
             dynamic_batch=self.onnx.dynamic_batch,
             max_batch_size=self.max_batch_size,
@@ -127,26 +206,17 @@ class ModelRepository:
         directory = settings.models_dir or packaged_models_dir()
         self.directory = Path(directory)
         self._settings = settings
-        if not self.directory.is_dir():
-            raise ModelLoadError(
-                f"model directory {self.directory} does not exist; set models_dir to a directory "
-                "holding NAME.onnx files or NAME/ folders"
-            )
-        sources = self._scan()
-        if not sources:
-            raise ModelLoadError(
-                f"model directory {self.directory} holds no models (NAME.onnx or NAME/*.onnx)"
-            )
+        sources = scan_repository(self.directory)
+        # the default is checked before any model is loaded: a typo fails the start-up at once
+        self.default_name = self._pick_default(settings.default_model, list(sources))
         self._models: dict[str, LoadedModel] = {
-            name: self._load(name, onnx_path, config_path)
-            for name, (onnx_path, config_path) in sorted(sources.items())
+            name: self._load(source) for name, source in sources.items()
         }
-        self.default_name = self._pick_default(settings.default_model)
         log.info(
-            "model repository %s: %s (default %s)",
+            "model repository %s: %s (%s)",
             self.directory,
             ", ".join(self._models),
-            self.default_name,
+            f"default {self.default_name}" if self.default_name else "no default model",
         )
 
     @property
@@ -162,6 +232,11 @@ class ModelRepository:
     def get(self, name: str = "") -> LoadedModel:
         """The named model; "" is the default. ModelNotFoundError lists what is available."""
         key = name or self.default_name
+        if not key:
+            raise InvalidInputError(
+                "this server has several models and none is the default; name one of: "
+                f"{', '.join(self._models)} (or set default_model / {REPOSITORY_FILE})"
+            )
         try:
             return self._models[key]
         except KeyError:
@@ -175,52 +250,14 @@ class ModelRepository:
     def describe_all(self) -> list[ModelDescription]:
         return [m.describe() for m in self._models.values()]
 
-    def _scan(self) -> dict[str, tuple[Path, Path | None]]:
-        found: dict[str, tuple[Path, Path | None]] = {}
-        for entry in sorted(self.directory.iterdir()):
-            if entry.name.startswith((".", "_")):
-                continue
-            source: tuple[Path, Path | None]
-            if entry.is_file() and entry.suffix == ".onnx":
-                name, source = entry.stem, (entry, None)
-            elif entry.is_dir():
-                config = entry / CONFIG_FILE
-                onnx_files = sorted(entry.glob("*.onnx"))
-                if not onnx_files:
-                    if config.is_file():
-                        raise ModelLoadError(
-                            f"model folder {entry} has a {CONFIG_FILE} but no .onnx file"
-                        )
-                    log.warning("ignoring %s: no .onnx file inside", entry)
-                    continue
-                if len(onnx_files) > 1:
-                    preferred = entry / "model.onnx"
-                    if not preferred.is_file():
-                        raise ModelLoadError(
-                            f"model folder {entry} holds several .onnx files "
-                            f"({', '.join(p.name for p in onnx_files)}); "
-                            "keep one or name it model.onnx"
-                        )
-                    onnx_files = [preferred]
-                name, source = entry.name, (onnx_files[0], config if config.is_file() else None)
-            else:
-                continue
-            if name in found:
-                raise ModelLoadError(
-                    f"model {name!r} is defined twice in {self.directory} ({found[name][0]} and "
-                    f"{source[0]}); remove one"
-                )
-            found[name] = source
-        return found
-
-    def _load(self, name: str, onnx_path: Path, config_path: Path | None) -> LoadedModel:
-        config = _read_config(config_path)
+    def _load(self, source: ModelSource) -> LoadedModel:
+        name, onnx_path, config = source.name, source.onnx, source.config
         base = self._settings.batching
         plan = plan_instances(
             self._settings.runtime, config.instances, config.max_batch_size or base.max_batch_size
         )
         model = OnnxModel(onnx_path, plan.runtime, lone_threads=plan.lone_threads)
-        class_names = _class_names(model, config, config_path or onnx_path)
+        class_names = _class_names(model, config, source.config_path or onnx_path)
         batching = BatchingSettings(
             max_batch_size=plan.max_batch_size,
             max_queue_delay_us=(
@@ -240,22 +277,32 @@ class ModelRepository:
         )
         return LoadedModel(name, onnx_path, model, config, class_names, batching, plan.instances)
 
-    def _pick_default(self, configured: str) -> str:
+    def _pick_default(self, configured: str, names: list[str]) -> str:
+        """Settings' default_model, else repository.yaml's, else the only model, else none."""
+        available = f"available models: {', '.join(names)}"
         if configured:
-            if configured not in self._models:
+            if configured not in names:
                 raise ModelLoadError(
-                    f"default_model {configured!r} is not in {self.directory}; "
-                    f"available models: {', '.join(self._models)}"
+                    f"default_model {configured!r} is not in {self.directory}; {available}"
                 )
             return configured
-        if DEFAULT_MODEL_NAME in self._models:
-            return DEFAULT_MODEL_NAME
-        return next(iter(self._models))
+        path = self.directory / REPOSITORY_FILE
+        if path.is_file():
+            chosen = _read_yaml(path, RepositoryConfig).default_model
+            if chosen and chosen not in names:
+                raise ModelLoadError(
+                    f"{path}: default_model {chosen!r} is not a model of this repository; "
+                    f"{available}"
+                )
+            if chosen:
+                return chosen
+        return names[0] if len(names) == 1 else ""
 
 
-def _read_config(path: Path | None) -> ModelConfig:
-    if path is None:
-        return ModelConfig()
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def _read_yaml(path: Path, schema: type[Config]) -> Config:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -263,7 +310,7 @@ def _read_config(path: Path | None) -> ModelConfig:
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path} must hold a mapping of settings, not {type(raw).__name__}")
     try:
-        return ModelConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

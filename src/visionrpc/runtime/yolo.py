@@ -1,11 +1,14 @@
-"""YOLO output decoding: layout detection, thresholds, class-aware NMS and instance masks.
+"""YOLO output decoding: layout detection, thresholds, NMS and instance masks.
 
 Two layouts are understood (see types.Layout):
 * YOLOV8 (YOLOv8/YOLO11): output0 [B, 4+nc(+nm), N] of cx,cy,w,h (input pixels) and sigmoid class
   scores, no objectness; needs NMS. Segment models add output1 protos [B, nm, H/4, W/4].
 * END2END (YOLOv10/YOLO26, Ultralytics ``nms=True``): output0 [B, max_det, 6(+nm)] of
-  x1,y1,x2,y2,score,class(,coeffs); already de-duplicated, so only thresholds apply.
-All work is vectorised with numpy; NMS is OpenCV's class-aware ``NMSBoxesBatched``.
+  x1,y1,x2,y2,score,class(,coeffs); already de-duplicated within each class, so only thresholds
+  apply, plus a class-agnostic NMS pass when asked for.
+All work is vectorised with numpy. NMS is OpenCV's: class-aware ``NMSBoxesBatched`` by default,
+``NMSBoxes`` over every candidate when class-agnostic (``DecodeParams.agnostic``), so one defect
+reported under two classes with overlapping boxes counts once, under its best-scoring class.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,6 +48,7 @@ class DecodeParams:
     iou: float
     max_detections: int
     class_ids: frozenset[int] | None = None  # keep only these; None = all
+    agnostic: bool = False  # NMS across classes: overlapping boxes are one detection
 
 
 @dataclass(frozen=True)
@@ -185,14 +190,7 @@ def _decode_yolov8(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> 
     xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
     cand_scores = scores[idx].astype(np.float32)
     cand_classes = class_ids[idx].astype(np.int32)
-    nms = cv2.dnn.NMSBoxesBatched(
-        xywh,  # type: ignore[arg-type]  # the stubs say Sequence, numpy arrays are accepted
-        cand_scores,
-        cand_classes,
-        0.0,
-        float(params.iou),
-    )
-    kept = np.asarray(nms, dtype=np.int64).reshape(-1)
+    kept = _nms(xywh, cand_scores, None if params.agnostic else cand_classes, params.iou)
     kept = kept[np.argsort(-cand_scores[kept], kind="stable")][: params.max_detections]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)[kept]
     coeffs = cand[kept, 4 + nc : 4 + nc + nm] if nm else None
@@ -209,7 +207,13 @@ def _decode_end2end(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) ->
     if params.class_ids is not None:
         keep &= np.isin(class_ids, np.fromiter(params.class_ids, dtype=np.int64))
     idx = np.flatnonzero(keep)
-    idx = idx[np.argsort(-scores[idx], kind="stable")][: params.max_detections]
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    if params.agnostic and idx.size > 1:
+        x1, y1, x2, y2 = (pred[idx, i].astype(np.float64) for i in range(4))
+        xywh = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+        kept = _nms(xywh, scores[idx].astype(np.float32), None, params.iou)
+        idx = idx[np.sort(kept)]  # NMS keeps the best of each group; restore score order
+    idx = idx[: params.max_detections]
     rows = pred[idx].astype(np.float32, copy=False)
     return RawDetections(
         rows[:, :4].copy(),
@@ -217,6 +221,18 @@ def _decode_end2end(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) ->
         class_ids[idx],
         rows[:, 6 : 6 + nm].copy() if nm else None,
     )
+
+
+def _nms(
+    xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou: float
+) -> np.ndarray:
+    """Indices kept by OpenCV's NMS: within each class, or across all when ``classes`` is None."""
+    dnn: Any = cv2.dnn  # its stubs ask for Sequences; numpy arrays are what it takes best
+    if classes is None:
+        kept = dnn.NMSBoxes(xywh, scores, 0.0, float(iou))
+    else:
+        kept = dnn.NMSBoxesBatched(xywh, scores, classes, 0.0, float(iou))
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 
 def instance_masks(
