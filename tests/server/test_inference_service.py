@@ -136,13 +136,13 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def stub(
     start_server: StartServer, shipped: ModelRepository
-) -> AsyncIterator[inference_pb2_grpc.InferenceMethodsStub]:
+) -> AsyncIterator[inference_pb2_grpc.InferenceMethodsAsyncStub]:
     running = await serve(start_server, shipped)
     async with grpc.aio.insecure_channel(running.address) as channel:
         yield inference_pb2_grpc.InferenceMethodsStub(channel)
 
 
-async def assert_still_serving(stub: inference_pb2_grpc.InferenceMethodsStub) -> None:
+async def assert_still_serving(stub: inference_pb2_grpc.InferenceMethodsAsyncStub) -> None:
     reply = await stub.Infer(pb.InferRequest(image_bytes=GOOD, request_id="after"))
     assert (reply.request_id, reply.image_width, reply.image_height) == ("after", 96, 64)
 
@@ -152,7 +152,7 @@ async def assert_still_serving(stub: inference_pb2_grpc.InferenceMethodsStub) ->
 
 @pytest.mark.parametrize(("seed", "index"), FOUND_SAMPLES)
 async def test_shipped_model_finds_planted_defects(
-    stub: inference_pb2_grpc.InferenceMethodsStub, seed: int, index: int
+    stub: inference_pb2_grpc.InferenceMethodsAsyncStub, seed: int, index: int
 ) -> None:
     sample = generate_sample(seed, index)
     assert sample.defects
@@ -316,7 +316,7 @@ async def test_bad_request_gets_a_clear_status_and_the_server_goes_on(
 
 
 async def test_unknown_class_lists_the_valid_names(
-    stub: inference_pb2_grpc.InferenceMethodsStub,
+    stub: inference_pb2_grpc.InferenceMethodsAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Infer(pb.InferRequest(image_bytes=GOOD, classes=["rust"]))
@@ -365,7 +365,7 @@ async def requests_of(*requests: pb.InferRequest) -> AsyncIterator[pb.InferReque
 
 
 async def test_stream_results_come_in_order_with_their_ids(
-    stub: inference_pb2_grpc.InferenceMethodsStub,
+    stub: inference_pb2_grpc.InferenceMethodsAsyncStub,
 ) -> None:
     widths = [32 + 8 * i for i in range(10)]  # each frame's width identifies its result
     frames = [
@@ -381,7 +381,7 @@ async def test_stream_results_come_in_order_with_their_ids(
 
 
 async def test_stream_bad_frames_carry_their_error_and_the_stream_goes_on(
-    stub: inference_pb2_grpc.InferenceMethodsStub,
+    stub: inference_pb2_grpc.InferenceMethodsAsyncStub,
 ) -> None:
     frames = [
         pb.InferRequest(image_bytes=GOOD, request_id="good-1"),
@@ -673,7 +673,9 @@ async def test_stream_frames_stay_in_order_when_batched_with_unary_calls(
         async def unary(i: int) -> pb.InferResponse:
             return await stub.Infer(pb.InferRequest(image_bytes=images[i], request_id=f"u{i}"))
 
-        streamed, *unaries = await asyncio.gather(stream(), *(unary(i) for i in range(12)))
+        streamed, unaries = await asyncio.gather(
+            stream(), asyncio.gather(*(unary(i) for i in range(12)))
+        )
     assert [r.request_id for r in streamed] == [f"s{i}" for i in range(12)]
     assert [r.image_width for r in streamed] == widths
     assert [(r.request_id, r.image_width) for r in unaries] == [
