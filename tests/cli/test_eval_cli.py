@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -66,3 +67,13 @@ def test_eval_refuses_a_count_below_one() -> None:
     assert result.exit_code == 2
     assert "Invalid value for '--count'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_eval_with_a_broken_model_says_which_file_in_one_line(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "broken.onnx").write_bytes(b"not an onnx graph")
+    result = CliRunner().invoke(app, ["eval", "--models", str(models), "--count", "1"])
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot load ONNX model ") and "broken.onnx" in line

@@ -391,3 +391,33 @@ def test_eval_json(inference_server: RunningServer) -> None:
         assert set(per_class) == {"scratch", "spot", "crack"}
         assert all(0.0 <= v <= 1.0 for v in per_class.values())
     assert report["mean_latency_ms"] > 0
+
+
+def test_agnostic_nms_flag_overrides_the_models_setting(tmp_path: Path) -> None:
+    """Two overlapping boxes of different classes: two detections class-aware (this model's
+    setting), one with --agnostic-nms; `models` shows the setting."""
+    models = tmp_path / "models"
+    models.mkdir()
+    out = yolov8_detect_outputs(
+        [(40, 40, 30, 10), (41, 40, 30, 10)], [0, 1], [0.9, 0.8], num_classes=2
+    )
+    constant_model(
+        models / "thin.onnx", [out], input_size=(96, 96), names={0: "scratch", 1: "crack"}
+    )
+    settings = make_settings(access_log=False, models_dir=models)
+    thread = ServerThread()
+    try:
+        address = thread.start(settings, [InferenceServicer(settings)]).address
+        image = tmp_path / "part.png"
+        assert cv2.imwrite(str(image), np.full((96, 96, 3), 90, np.uint8))
+        counts = {}
+        for flag in ("--no-agnostic-nms", "--agnostic-nms"):
+            result = invoke("infer", str(image), "--target", address, "--json", flag)
+            assert result.exit_code == 0, result.output
+            [entry] = json.loads(result.stdout)
+            counts[flag] = [d["class_name"] for d in entry["result"]["detections"]]
+        assert counts == {"--no-agnostic-nms": ["scratch", "crack"], "--agnostic-nms": ["scratch"]}
+        listed = invoke("models", "--target", address)
+        assert "agnostic nms" in listed.stdout and "off" in listed.stdout
+    finally:
+        thread.close()

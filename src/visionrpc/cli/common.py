@@ -18,6 +18,7 @@ from rich.console import Console
 
 from visionrpc.client.base import USE_CLIENT_DEFAULT, Timeout
 from visionrpc.client.settings import ClientSettings
+from visionrpc.errors import VisionRPCError
 
 TargetOpt = Annotated[
     str | None,
@@ -90,7 +91,8 @@ def rpc_errors(target: str | None = None, *, local: bool = False) -> Iterator[No
     """Turn failures into one line on stderr instead of a traceback.
 
     A failed call prints ``error: CODE: details`` (or, when nothing answers at the address, which
-    address and what to do) and exits 1; a :class:`CliError` prints its message and exit code.
+    address and what to do) and exits 1; a :class:`CliError` prints its message and exit code; a
+    domain error (a local server whose models cannot load) prints its message and exits 1.
     ``target`` is the command's ``--target`` (None: the default target), named in the hint.
     ``local``: the command offers ``--local``, so the hint suggests it.
     """
@@ -99,6 +101,9 @@ def rpc_errors(target: str | None = None, *, local: bool = False) -> Iterator[No
     except CliError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    except VisionRPCError as exc:  # e.g. a local server (eval, demo --local) that cannot start
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     except grpc.RpcError as exc:
         typer.echo(f"error: {describe_rpc_error(exc, target, local)}", err=True)
         raise typer.Exit(1) from None

@@ -12,8 +12,8 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from visionrpc.cli.common import TargetOpt, rpc_errors
-from visionrpc.cli.infer import Json, ModelOpt, console
+from visionrpc.cli.common import TargetOpt, require_extra, rpc_errors
+from visionrpc.cli.infer import AgnosticNms, Json, ModelOpt, console
 
 
 def evaluate(
@@ -26,28 +26,24 @@ def evaluate(
         int, typer.Option(min=1, help="Held-out images to generate (>= 200 for a report).")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Generator seed; training used 1 and 2.")] = 1000,
-    agnostic_nms: Annotated[
-        bool | None,
-        typer.Option(
-            "--agnostic-nms/--no-agnostic-nms",
-            help="Class-agnostic NMS on or off for this run (default: the model's setting).",
-            show_default=False,
-        ),
-    ] = None,
+    agnostic_nms: AgnosticNms = None,
     json_out: Json = False,
 ) -> None:
     """Accuracy through the gRPC API: box and mask mAP on a held-out generated set, and count
     accuracy (reported vs planted defects per image) at the model's default confidence.
 
-    Without --target a server is started in this process on a free loopback port.
+    Without --target a server is started in this process on a free loopback port (needs the
+    server extra); with --target only the images extra is needed (the generator and COCO scoring).
     """
+    with rpc_errors(target):
+        require_extra("images" if target else "server", "eval")
     from visionrpc.client import Client
     from visionrpc.evaluation import evaluate as run_eval
     from visionrpc.evaluation import served
 
     def go(address: str) -> None:
         with (
-            rpc_errors(),
+            rpc_errors(address),
             Client(address, timeout=120.0) as client,
             Progress(console=console, transient=True) as bar,
         ):
@@ -102,11 +98,12 @@ def evaluate(
     if target:
         go(target)
         return
-    from visionrpc.server.local import running_server
-    from visionrpc.settings import Settings
-
     overrides: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "access_log": False}
     if models_dir is not None:
         overrides["models_dir"] = models_dir
-    with running_server(Settings(**overrides)) as server:
-        go(server.address)
+    with rpc_errors(local=True):
+        from visionrpc.server.local import running_server
+        from visionrpc.settings import Settings
+
+        with running_server(Settings(**overrides)) as server:
+            go(server.address)

@@ -46,6 +46,14 @@ MaxDet = Annotated[int, typer.Option("--max-det", help="Max detections; 0 = mode
 Classes = Annotated[
     str, typer.Option("--classes", help="Comma-separated class names to keep; empty = all.")
 ]
+AgnosticNms = Annotated[
+    bool | None,
+    typer.Option(
+        "--agnostic-nms/--no-agnostic-nms",
+        help="Class-agnostic NMS on or off (default: the model's setting, see `visionrpc models`).",
+        show_default=False,
+    ),
+]
 Masks = Annotated[bool, typer.Option("--masks", help="Return segmentation masks.")]
 MaskFmt = Annotated[MaskFormat, typer.Option("--mask-format", help="rle, png or polygon.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -252,6 +260,7 @@ def infer(
     iou: Iou = 0.0,
     max_det: MaxDet = 0,
     classes: Classes = "",
+    agnostic_nms: AgnosticNms = None,
     masks: Masks = False,
     mask_format: MaskFmt = MaskFormat.RLE,
     json_out: Json = False,
@@ -294,6 +303,7 @@ def infer(
                     iou_threshold=iou or None,
                     max_detections=max_det or None,
                     classes=_class_list(classes),
+                    agnostic_nms=agnostic_nms,
                     return_masks=masks or annotated is not None,
                     mask_format=mask_format,
                 )
@@ -382,6 +392,7 @@ def infer_stream(
     iou: Iou = 0.0,
     max_det: MaxDet = 0,
     classes: Classes = "",
+    agnostic_nms: AgnosticNms = None,
     masks: Masks = False,
     json_out: Json = False,
 ) -> None:
@@ -420,6 +431,7 @@ def infer_stream(
                         iou_threshold=iou or None,
                         max_detections=max_det or None,
                         classes=_class_list(classes),
+                        agnostic_nms=agnostic_nms,
                         return_masks=masks,
                     )
                 ):
@@ -485,6 +497,7 @@ def models(target: TargetOpt = None, json_out: Json = False) -> None:
         "conf",
         "iou",
         "max det",
+        "agnostic nms",
     ):
         table.add_column(col, overflow="fold")
     for i in infos:
@@ -498,5 +511,6 @@ def models(target: TargetOpt = None, json_out: Json = False) -> None:
             f"{i.default_confidence_threshold:g}",
             f"{i.default_iou_threshold:g}",
             str(i.default_max_detections),
+            "on" if i.default_agnostic_nms else "off",
         )
     table_console().print(table)
