@@ -10,7 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,6 @@ TINY = ("--duration", "0.3", "--warmup", "0.1", "--concurrency", "1,2")
 
 def invoke(*args: str) -> Result:
     return runner.invoke(app, ["bench", *args], catch_exceptions=False, env={"COLUMNS": "200"})
-
-
-@pytest.fixture(scope="module")
-def inference_server() -> Iterator[RunningServer]:
-    settings = make_settings(access_log=False)
-    thread = ServerThread()
-    yield RunningServer(thread.start(settings, [InferenceServicer(settings)]), settings)
-    thread.close()
 
 
 def _still_serves(address: str) -> None:

@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -27,15 +26,6 @@ SAMPLES = [(1001, 11), (1001, 19), (1000, 15)]  # small held-out images with vis
 
 def invoke(*args: str) -> Result:
     return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def inference_server() -> Iterator[RunningServer]:
-    """One server with the packaged models for the module, on a loop in a background thread."""
-    settings = make_settings(access_log=False)
-    thread = ServerThread()
-    yield RunningServer(thread.start(settings, [InferenceServicer(settings)]), settings)
-    thread.close()
 
 
 @pytest.fixture

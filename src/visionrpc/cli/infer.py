@@ -231,6 +231,27 @@ def save_annotated_image(image: Path, result: InferenceResult, out: Path) -> Non
         raise CliError(f"{image}: cannot write the annotated image to {out}")
 
 
+def request_options(
+    model: str,
+    conf: float,
+    iou: float,
+    max_det: int,
+    classes: str,
+    agnostic_nms: bool | None,
+    return_masks: bool,
+) -> dict[str, Any]:
+    """The Client.infer / infer_stream keywords of the shared options (0 = the model's default)."""
+    return {
+        "model": model,
+        "confidence_threshold": conf or None,
+        "iou_threshold": iou or None,
+        "max_detections": max_det or None,
+        "classes": _class_list(classes),
+        "agnostic_nms": agnostic_nms,
+        "return_masks": return_masks,
+    }
+
+
 def _infer_one(
     client: Client, path: Path, **options: Any
 ) -> tuple[InferenceResult | None, tuple[str, str]]:
@@ -295,18 +316,10 @@ def infer(
         with Client(target) as client:
             check_model(client, model, _class_list(classes))
             for path, annotated in zip(paths, annotate_to, strict=True):
-                result, error = _infer_one(
-                    client,
-                    path,
-                    model=model,
-                    confidence_threshold=conf or None,
-                    iou_threshold=iou or None,
-                    max_detections=max_det or None,
-                    classes=_class_list(classes),
-                    agnostic_nms=agnostic_nms,
-                    return_masks=masks or annotated is not None,
-                    mask_format=mask_format,
+                options = request_options(
+                    model, conf, iou, max_det, classes, agnostic_nms, masks or annotated is not None
                 )
+                result, error = _infer_one(client, path, mask_format=mask_format, **options)
                 entry = entry_json(str(path), result, error)
                 if result is None:
                     failed += 1
@@ -426,13 +439,7 @@ def infer_stream(
                 for index, item in enumerate(
                     client.infer_stream(
                         named(),
-                        model=model,
-                        confidence_threshold=conf or None,
-                        iou_threshold=iou or None,
-                        max_detections=max_det or None,
-                        classes=_class_list(classes),
-                        agnostic_nms=agnostic_nms,
-                        return_masks=masks,
+                        **request_options(model, conf, iou, max_det, classes, agnostic_nms, masks),
                     )
                 ):
                     name = names[index] if index < len(names) else str(index)

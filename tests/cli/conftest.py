@@ -1,0 +1,20 @@
+"""Fixtures of the CLI tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import RunningServer, make_settings
+from visionrpc.server.inference_servicer import InferenceServicer
+from visionrpc.server.local import ServerThread
+
+
+@pytest.fixture(scope="module")
+def inference_server() -> Iterator[RunningServer]:
+    """One server with the packaged models for the module, on a loop in a background thread."""
+    settings = make_settings(access_log=False)
+    thread = ServerThread()
+    yield RunningServer(thread.start(settings, [InferenceServicer(settings)]), settings)
+    thread.close()
