@@ -6,6 +6,10 @@ Fixtures that use these live in the conftest files; tests import helpers from he
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +21,9 @@ from visionrpc.server.app import VisionServer
 from visionrpc.server.reference.core_services import CoreServicesServicer
 from visionrpc.settings import Settings
 from visionrpc.v1 import core_pb2, core_pb2_grpc
+
+SERVER_SIDE = ("visionrpc.runtime", "visionrpc.server", "onnxruntime", "cv2", "pycocotools")
+"""Modules a client-side import must not pull in (a client-only install has none of them)."""
 
 TEST_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "grace_period_s": 1.0}
 EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
@@ -92,3 +99,25 @@ class ChatSession:
             out.append(message)
         assert message is EOF
         return out
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def modules_imported_by(module: str, prefixes: tuple[str, ...] = SERVER_SIDE) -> list[str]:
+    """The modules starting with one of ``prefixes`` that importing ``module`` loads, in a fresh
+    interpreter (what a user's ``import`` really costs)."""
+    code = (
+        f"import json, sys, {module}; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    found: list[str] = json.loads(done.stdout)
+    return found

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 
-from tests.helpers import RunningServer, StartThreadedServer
+from tests.helpers import RunningServer, StartThreadedServer, free_port, modules_imported_by
 
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:
@@ -26,9 +25,7 @@ def test_serving_server_is_healthy(threaded_server: RunningServer) -> None:
 def test_draining_or_absent_server_is_unhealthy(
     start_threaded_server: StartThreadedServer,
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     started = time.monotonic()
     done = probe(f"127.0.0.1:{port}")
     assert done.returncode == 1
@@ -40,11 +37,6 @@ def test_draining_or_absent_server_is_unhealthy(
 
 
 def test_probe_imports_no_cli_runtime_or_settings() -> None:
-    code = (
-        "import sys, visionrpc.healthcheck;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('typer', 'rich', 'pydantic', 'numpy', 'onnxruntime', 'cv2') or "
-        "m.startswith(('visionrpc.cli', 'visionrpc.server', 'visionrpc.runtime'))))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "[]", done.stdout
+    heavy = ("typer", "rich", "pydantic", "numpy", "onnxruntime", "cv2", "visionrpc.cli")
+    prefixes = (*heavy, "visionrpc.server", "visionrpc.runtime")
+    assert modules_imported_by("visionrpc.healthcheck", prefixes) == []

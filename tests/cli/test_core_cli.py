@@ -7,7 +7,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from typer.testing import CliRunner, Result
 
 import visionrpc
 import visionrpc.cli
-from tests.helpers import RunningServer, StartThreadedServer
+from tests.helpers import RunningServer, StartThreadedServer, free_port, modules_imported_by
 from visionrpc.cli.main import app
 from visionrpc.client import Client
 
@@ -64,13 +63,6 @@ def test_client_commands_take_the_default_deadline_from_the_environment(
         out, err = proc.communicate(b"2\n", timeout=60)
     assert proc.returncode == 1, out
     assert err.decode().strip() == "error: DEADLINE_EXCEEDED: Deadline Exceeded"
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 DEMO_JPG = str(Path(visionrpc.cli.__file__).parent / "assets" / "demo.jpg")
@@ -211,14 +203,7 @@ def test_python_dash_m_visionrpc_runs_the_cli() -> None:
 
 def test_the_cli_imports_neither_the_runtime_nor_the_server() -> None:
     # client commands must work from a client-only install (no ONNX Runtime, OpenCV, pycocotools)
-    code = (
-        "import sys, visionrpc.cli.main\n"
-        "heavy = ('visionrpc.runtime', 'visionrpc.server', 'cv2', 'onnxruntime', 'pycocotools')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert modules_imported_by("visionrpc.cli.main") == []
 
 
 def test_chat_sends_lines_and_prints_others(threaded_server: RunningServer) -> None:
