@@ -7,9 +7,11 @@ from a client-only install.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
 
 from visionrpc import __version__
 from visionrpc.cli import bench, calls, demo, evaluate, infer, serve
@@ -54,7 +56,21 @@ app.command("bench")(bench.bench)
 
 
 def main() -> None:
-    app(prog_name="visionrpc")  # the same name in usage lines for `python -m visionrpc`
+    """Run the CLI; a usage error is two plain lines (what is wrong, where the help is) instead of
+    click's framed block."""
+    try:
+        # prog_name: the same name in usage lines for `python -m visionrpc`
+        code = app(prog_name="visionrpc", standalone_mode=False)
+    except TyperException as exc:  # usage errors (bad option, missing argument) and the like
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            typer.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
