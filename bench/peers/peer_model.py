@@ -5,7 +5,7 @@ one JSON document per image. The work inside is visionrpc's server path step for
 pipeline's decode + letterbox (``InferencePipeline._prepare``), one ONNX Runtime call for the whole
 batch (``BatchRunner``, the runner visionrpc's DynamicBatcher uses), and its post-processing
 (``InferencePipeline._finish``: box/mask decoding, defect summaries). Only the serving layer around
-it differs. The model is the one visionrpc serves by default (``ModelRepository(Settings()).get()``,
+it differs. The model is the one visionrpc serves by default (``InferencePipeline.from_settings``,
 so ``VISIONRPC_*`` variables apply here too). A peer runs one model call at a time, so unless
 ``VISIONRPC_RUNTIME__INSTANCES`` says otherwise its session is planned for one instance: each ORT
 call uses every core, the best set-up for a server without model instances.
@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 
 from visionrpc.runtime.pipeline import BatchRunner, InferencePipeline, resolve_options
-from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.settings import Settings
 from visionrpc.types import InferenceInput, InferenceOptions, InferenceResult
 
@@ -50,12 +49,6 @@ def result_to_json(result: InferenceResult) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def default_model(settings: Settings | None = None) -> tuple[ModelRepository, LoadedModel]:
-    """visionrpc's model repository and the model it serves when a request names none."""
-    repository = ModelRepository(settings or Settings())
-    return repository, repository.get()
-
-
 class PeerModel:
     """visionrpc's default model behind a ``list[bytes] -> list[bytes]`` batch call.
 
@@ -69,8 +62,8 @@ class PeerModel:
             runtime = settings.runtime.model_copy(update={"instances": 1})
             settings = settings.model_copy(update={"runtime": runtime})
         self.settings = settings
-        self.repository, self.model = default_model(self.settings)
-        self.pipeline = InferencePipeline(self.repository, self.settings)
+        self.pipeline = InferencePipeline.from_settings(self.settings)
+        self.model = self.pipeline.repository.get()  # the default model
         self._runner = BatchRunner(self.model)
         self._run_lock = threading.Lock()
         log.info(

@@ -37,7 +37,7 @@ from typing import Any
 
 # The checkout, for bench.harness (not installed); python already put this script's folder first.
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-from peer_model import default_model, result_to_json
+from peer_model import result_to_json
 
 from bench.harness.images import BENCH_SEED, BenchImage, make_images, save_images
 from visionrpc.runtime.pipeline import InferencePipeline
@@ -292,13 +292,13 @@ def main() -> None:
 
     started = time.monotonic()
     settings = Settings()
-    repository, model = default_model(settings)
+    pipeline = InferencePipeline.from_settings(settings)
+    model = pipeline.repository.get()  # the default model
     print(f"model: {model.name} ({model.path})", flush=True)
     images = make_images(args.count, args.seed)
     images_dir = WORK / "images"
     shutil.rmtree(images_dir, ignore_errors=True)
     save_images(images, images_dir)
-    pipeline = InferencePipeline(repository, settings)
     reference = [
         json.loads(result_to_json(pipeline.infer_sync(InferenceInput(InferenceOptions(), im.data))))
         for im in images
