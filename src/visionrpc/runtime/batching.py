@@ -40,6 +40,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def shutting_down(model: str) -> NotReadyError:
+    """What a request gets from a closed batcher or pipeline (UNAVAILABLE: retry elsewhere)."""
+    return NotReadyError(f"model {model!r} is shutting down; retry on another server")
+
+
 @dataclass(frozen=True)
 class Batched(Generic[R]):
     """One request's result plus how it fared in the queue."""
@@ -228,7 +233,7 @@ class DynamicBatcher(Generic[T, R]):
     # -- internals -------------------------------------------------------------------------
 
     def _shutting_down(self) -> NotReadyError:
-        return NotReadyError(f"model {self.name!r} is shutting down; retry on another server")
+        return shutting_down(self.name)
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visionrpc.errors import InvalidInputError, NotReadyError
-from visionrpc.runtime.batching import DynamicBatcher, Occupancy
+from visionrpc.errors import InvalidInputError
+from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.imaging import (
     DecodedImage,
     ImageTransform,
@@ -267,7 +267,7 @@ class InferencePipeline:
         self, model: LoadedModel, loop: asyncio.AbstractEventLoop
     ) -> DynamicBatcher[Job, JobOutcome]:
         if self._closed:
-            raise NotReadyError(f"model {model.name!r} is shutting down; retry on another server")
+            raise shutting_down(model.name)
         batcher = self._batchers.get(model.name)
         if batcher is None or batcher.loop not in (None, loop):
             runner = BatchRunner(model)
