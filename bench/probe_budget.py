@@ -100,12 +100,13 @@ def main() -> None:
                     resp = stub.Infer(req, timeout=120)
                     outcome = f"OK {len(resp.detections)} detections"
                 except grpc.RpcError as e:
-                    outcome = f"{e.code().name}: {e.details()[:160]}"
+                    outcome = f"{e.code().name}: {(e.details() or '')[:160]}"
                 dt = time.perf_counter() - t0
                 time.sleep(0.3)
                 st = proc_status(server.pid)
+                cpu = cpu_s(server.pid) - c0
                 print(
-                    f"masks={masks} max_detections={max_det} #{i}: {dt:.3f} s, server cpu {cpu_s(server.pid) - c0:.2f} s, "
+                    f"masks={masks} max_detections={max_det} #{i}: {dt:.3f} s, server cpu {cpu:.2f} s, "
                     f"peak RSS {st['VmHWM']} MiB, RSS after {st['VmRSS']} MiB -> {outcome}"
                 )
         # expired calls: a deadline shorter than the work
