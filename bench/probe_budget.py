@@ -106,7 +106,8 @@ def main() -> None:
                 st = proc_status(server.pid)
                 cpu = cpu_s(server.pid) - c0
                 print(
-                    f"masks={masks} max_detections={max_det} #{i}: {dt:.3f} s, server cpu {cpu:.2f} s, "
+                    f"masks={masks} max_detections={max_det} #{i}: {dt:.3f} s, "
+                    f"server cpu {cpu:.2f} s, "
                     f"peak RSS {st['VmHWM']} MiB, RSS after {st['VmRSS']} MiB -> {outcome}"
                 )
         # expired calls: a deadline shorter than the work
