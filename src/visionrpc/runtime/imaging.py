@@ -168,8 +168,17 @@ def decode_image(
             f"variant this server does not support); send a complete 8-bit {header.format}, "
             "or a PNG or JPEG"
         )
+    h, w = bgr.shape[:2]
+    if (w, h) not in ((header.width, header.height), (header.height, header.width)):
+        # the header we checked is not the one the decoder used: check what was decoded
+        check_dimensions(
+            w,
+            h,
+            max_pixels=max_pixels,
+            max_side=max_side,
+            what=f"the decoded {header.format} image",
+        )
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place
-    h, w = rgb.shape[:2]
     # EXIF orientation (TIFF) may have swapped the sides; the decoded image is what the client sees.
     return DecodedImage(rgb, w, h)
 
@@ -191,7 +200,7 @@ def _decode_jpeg(
             strict=True,
         )
     except ValueError as exc:
-        raise InvalidInputError(_jpeg_error_text(str(exc))) from exc
+        raise InvalidInputError(_jpeg_error_text(str(exc), data)) from exc
     h, w = rgb.shape[:2]
     if (w, h) != (want_w, want_h):
         raise InvalidInputError(
@@ -205,10 +214,15 @@ def _decode_jpeg(
     return DecodedImage(rgb, header.width, header.height, float(k), float(k))
 
 
-def _jpeg_error_text(reason: str) -> str:
-    """What libjpeg said, in terms of what the caller should send instead."""
+def _jpeg_error_text(reason: str, data: bytes) -> str:
+    """What libjpeg said, in terms of what the caller should send instead (error path only)."""
     reason = reason[:200]
     lowered = reason.lower()
+    if b"\xff\xd9" not in data:
+        return (
+            f"the JPEG image is truncated (no end-of-image marker; the decoder says: {reason}); "
+            "send the complete file"
+        )
     if "premature end" in lowered:
         return (
             f"the JPEG image is truncated or corrupt (the decoder says: {reason}); "
