@@ -16,10 +16,11 @@ from tests.runtime.test_pipeline import NAMES, png, request, segment_outputs
 from visionrpc.errors import DeadlineExpiredError, ResourceLimitError
 from visionrpc.runtime import pipeline as pipeline_module
 from visionrpc.runtime.budget import Deadline, trim_memory
-from visionrpc.runtime.pipeline import InferencePipeline
+from visionrpc.runtime.pipeline import BatchRunner, InferencePipeline, Job, resolve_options
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.runtime.yolo import BoxMask
 from visionrpc.settings import Settings
+from visionrpc.types import InferenceOptions, InferenceResult
 
 IMAGE = png(np.zeros((640, 640, 3), np.uint8))
 STAGES = ["before decode", "after decode", "before the model call", "before post-processing"]
@@ -162,3 +163,23 @@ def test_settings_limits_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("VISIONRPC_LIMITS__MAX_REQUEST_SECONDS", "2.5")
     limits = Settings().limits
     assert (limits.max_mask_pixels, limits.max_request_seconds) == (1234, 2.5)
+
+
+def test_a_batch_leaves_out_jobs_whose_caller_is_gone(repo: ModelRepository) -> None:
+    """In a batch, an expired job skips the model call and fails alone; the others are served."""
+    p = make_pipeline(repo)
+    model = repo.get("")
+    options = resolve_options(InferenceOptions(), model)
+    live, gone = Deadline(), Deadline()
+    jobs = [
+        Job(request(IMAGE), options, p._prepare(request(IMAGE), model, d), time.perf_counter())
+        for d in (live, gone)
+    ]
+    live.start_budget(0, p.stops)
+    gone.start_budget(0, p.stops)
+    gone.cancel()
+    first, second = p._run_jobs(model, BatchRunner(model), jobs)
+    assert isinstance(first, InferenceResult) and first.detections
+    assert isinstance(second, DeadlineExpiredError)
+    assert p.stops == {"before the model call": 1}
+    p.shutdown()
