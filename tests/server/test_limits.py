@@ -182,3 +182,13 @@ async def test_float_tiff_is_unsupported_not_corrupt(start_server: StartServer) 
             "8-bit PNG or JPEG",
             image_bytes=buf.getvalue(),
         )
+
+
+def test_expired_request_maps_to_deadline_exceeded() -> None:
+    from visionrpc.errors import DeadlineExpiredError
+    from visionrpc.server.status import status_for
+
+    assert status_for(DeadlineExpiredError("stopped before decode")) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "stopped before decode",
+    )
