@@ -29,3 +29,7 @@ class OutOfRangeError(VisionRPCError):
 
 class NotReadyError(VisionRPCError):
     """The server is starting (models loading) or draining; retrying shortly may work."""
+
+
+class DeadlineExpiredError(VisionRPCError):
+    """The caller's deadline passed or it cancelled the call: the request's work was stopped."""

@@ -92,6 +92,40 @@ class RuntimeSettings(BaseModel):
     )(_lower)
 
 
+class LimitsSettings(BaseModel):
+    """Bounds on the work one request may cause, so no single call can hold the server for long
+    or grow its memory without bound (env ``VISIONRPC_LIMITS__<NAME>``)."""
+
+    max_request_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Server-side time budget of one image, counted from its arrival; a request "
+        "still running when it passes stops at the next stage (decode, model, post-processing, "
+        "masks) with RESOURCE_EXHAUSTED. The caller's own deadline, when shorter, stops it "
+        "with DEADLINE_EXCEEDED. 0 = no server budget.",
+    )
+    max_mask_detections: int = Field(
+        100,
+        ge=1,
+        description="Most detections a request with return_masks may ask for (max_detections); "
+        "more is refused with RESOURCE_EXHAUSTED before any decoding.",
+    )
+    max_mask_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Most mask pixels (the sum of the detections' box areas, in image pixels) "
+        "one request may have returned; more is refused with RESOURCE_EXHAUSTED before any mask "
+        "is built. Mask areas of requests without return_masks are estimated on a coarser grid "
+        "instead of refused.",
+    )
+    trim_memory_above_bytes: int = Field(
+        64 * MiB,
+        ge=0,
+        description="After a request whose decoded image is larger than this, hand freed memory "
+        "back to the operating system (glibc malloc_trim; Linux only). 0 = never.",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -149,6 +183,7 @@ class Settings(BaseSettings):
     )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -34,6 +34,7 @@ class ImageHeader:
     width: int
     height: int
     orientation: int = 1
+    unsupported: str = ""  # a valid file this server cannot decode: what it is, else ""
 
 
 _SOF_MARKERS = frozenset(
@@ -142,29 +143,62 @@ def _tiff_ifd0(data: bytes, wanted: set[int]) -> dict[int, int]:
         tag, typ = struct.unpack_from(endian + "HH", data, ifd + 2 + 12 * i)
         if tag not in wanted:
             continue
+        (n,) = struct.unpack_from(endian + "I", data, ifd + 2 + 12 * i + 4)
         value_pos = ifd + 2 + 12 * i + 8
-        if typ == 3:
-            (found[tag],) = struct.unpack_from(endian + "H", data, value_pos)
-        elif typ == 4:
-            (found[tag],) = struct.unpack_from(endian + "I", data, value_pos)
+        size = {3: 2, 4: 4}.get(typ)
+        if size is None:
+            continue
+        if n * size > 4:  # the values live elsewhere; the first one is enough here
+            (value_pos,) = struct.unpack_from(endian + "I", data, value_pos)
+        (found[tag],) = struct.unpack_from(endian + ("H" if size == 2 else "I"), data, value_pos)
     return found
 
 
+_TIFF_SAMPLE_FORMATS = {1: "integer", 2: "signed integer", 3: "floating-point"}
+
+
 def _tiff(data: bytes) -> ImageHeader:
-    tags = _tiff_ifd0(data, {256, 257, 0x0112})
+    tags = _tiff_ifd0(data, {256, 257, 258, 339, 0x0112})
     if 256 not in tags or 257 not in tags:
         raise ValueError("no ImageWidth/ImageLength tags")
     orientation = tags.get(0x0112, 1)
+    bits, sample_format = tags.get(258, 1), tags.get(339, 1)
+    unsupported = ""
+    if sample_format != 1 or bits > 16:
+        kind = _TIFF_SAMPLE_FORMATS.get(sample_format, f"sample format {sample_format}")
+        unsupported = f"a TIFF with {bits}-bit {kind} samples"
     return ImageHeader(
-        ImageFormat.TIFF, tags[256], tags[257], orientation if 1 <= orientation <= 8 else 1
+        ImageFormat.TIFF,
+        tags[256],
+        tags[257],
+        orientation if 1 <= orientation <= 8 else 1,
+        unsupported,
     )
 
 
+_PNG_BIT_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
+
+
 def _png(data: bytes) -> ImageHeader:
+    """IHDR, after checking that every chunk up to IEND fits in the file.
+
+    Why walk the chunks: OpenCV allocates a chunk's declared length before reading it, so a
+    69-byte file declaring a 3 GB chunk costs 3 GB of memory. The walk is a few struct reads per
+    chunk (a large PNG has some thousands), far cheaper than decoding.
+    """
     if data[12:16] != b"IHDR":
         raise ValueError("first chunk is not IHDR")
-    width, height = struct.unpack_from(">II", data, 16)
-    return ImageHeader(ImageFormat.PNG, width, height)
+    width, height, depth, color = struct.unpack_from(">IIBB", data, 16)
+    if depth not in _PNG_BIT_DEPTHS.get(color, ()):
+        raise ValueError(f"bit depth {depth} with color type {color} is not valid PNG")
+    pos, n = 8, len(data)
+    while True:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        pos += 12 + length  # length, type, data, CRC
+        if pos > n:
+            raise ValueError(f"chunk {kind!r} of {length} bytes runs past the end of the file")
+        if kind == b"IEND":
+            return ImageHeader(ImageFormat.PNG, width, height)
 
 
 def _bmp(data: bytes) -> ImageHeader:

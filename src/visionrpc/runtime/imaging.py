@@ -9,22 +9,18 @@ back to the pixels of the image the client sent.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from visionrpc.errors import InvalidInputError, ResourceLimitError
-from visionrpc.runtime.image_headers import ImageFormat, read_header
+from visionrpc.runtime.image_headers import ImageFormat, ImageHeader, read_header
 from visionrpc.types import PixelFormat, RawImage
 
 PAD_VALUE = 114  # Ultralytics' letterbox grey
-
-_REDUCED_FLAGS = {
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 
 _RAW_CHANNELS: dict[PixelFormat, int] = {
     PixelFormat.RGB: 3,
@@ -140,6 +136,11 @@ def decode_image(
     covering a partial block (orig / decoded would misplace content by up to k-1 px at the far end).
     JPEGs with a non-trivial EXIF orientation are decoded at full size, because after rotation the
     partial block can sit on the near edge.
+
+    JPEGs go through libjpeg-turbo in strict mode (simplejpeg): data the decoder reports as corrupt
+    (half a file with an end marker appended) is refused instead of decoded with grey blocks, and
+    bytes after the end marker (Motion Photos append a video) are ignored. Other formats go through
+    OpenCV. The decoded pixels are converted to RGB in place: no second full-size copy.
     """
     if not data:
         raise InvalidInputError(
@@ -153,39 +154,107 @@ def decode_image(
         max_side=max_side,
         what=f"the {header.format} image",
     )
-    tail = data[-4096:].rstrip(b"\x00")[-2048:]
-    if header.format is ImageFormat.JPEG and b"\xff\xd9" not in tail:
+    if header.unsupported:
         raise InvalidInputError(
-            "the JPEG image is truncated (no end-of-image marker); send the complete file"
+            f"the image is {header.unsupported}, which this server does not decode (unsupported, "
+            "not corrupt); send 8- or 16-bit integer pixels, e.g. an 8-bit PNG or JPEG"
         )
-    k = 1
-    if (
-        reduced_decode
-        and input_size is not None
-        and header.format is ImageFormat.JPEG
-        and header.orientation == 1
-    ):
-        k = choose_reduction(header.width, header.height, input_size)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, _REDUCED_FLAGS[k] if k > 1 else cv2.IMREAD_COLOR)
+    if header.format is ImageFormat.JPEG:
+        return _decode_jpeg(data, header, input_size if reduced_decode else None)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise InvalidInputError(
-            f"the {header.format} image could not be decoded (corrupt or truncated data); "
-            "send a complete, valid file"
+            f"the {header.format} image could not be decoded (corrupt or truncated data, or a "
+            f"variant this server does not support); send a complete 8-bit {header.format}, "
+            "or a PNG or JPEG"
         )
-    if bgr.ndim == 2:
-        bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    h, w = bgr.shape[:2]
+    if (w, h) not in ((header.width, header.height), (header.height, header.width)):
+        # the header we checked is not the one the decoder used: check what was decoded
+        check_dimensions(
+            w,
+            h,
+            max_pixels=max_pixels,
+            max_side=max_side,
+            what=f"the decoded {header.format} image",
+        )
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place
+    # EXIF orientation (TIFF) may have swapped the sides; the decoded image is what the client sees.
+    return DecodedImage(rgb, w, h)
+
+
+def _decode_jpeg(
+    data: bytes, header: ImageHeader, input_size: tuple[int, int] | None
+) -> DecodedImage:
+    k = 1
+    if input_size is not None and header.orientation == 1:
+        k = choose_reduction(header.width, header.height, input_size)
+    want_w, want_h = math.ceil(header.width / k), math.ceil(header.height / k)
+    try:
+        rgb = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            min_width=want_w,
+            min_height=want_h,
+            min_factor=k,
+            strict=True,
+        )
+    except ValueError as exc:
+        raise InvalidInputError(_jpeg_error_text(str(exc), data)) from exc
     h, w = rgb.shape[:2]
-    if k == 1:
-        # EXIF orientation may have swapped the sides; the decoded image is what the client sees.
-        return DecodedImage(rgb, w, h)
-    if (w, h) != (math.ceil(header.width / k), math.ceil(header.height / k)):
+    if (w, h) != (want_w, want_h):
         raise InvalidInputError(
             f"the JPEG image decoded to an unexpected size {w}x{h} at 1/{k} scale "
             f"(header says {header.width}x{header.height}); the file may be corrupt"
         )
+    if k == 1:
+        rgb = apply_orientation(rgb, header.orientation)
+        h, w = rgb.shape[:2]
+        return DecodedImage(rgb, w, h)
     return DecodedImage(rgb, header.width, header.height, float(k), float(k))
+
+
+def _jpeg_error_text(reason: str, data: bytes) -> str:
+    """What libjpeg said, in terms of what the caller should send instead (error path only)."""
+    reason = reason[:200]
+    lowered = reason.lower()
+    if b"\xff\xd9" not in data:
+        return (
+            f"the JPEG image is truncated (no end-of-image marker; the decoder says: {reason}); "
+            "send the complete file"
+        )
+    if "premature end" in lowered:
+        return (
+            f"the JPEG image is truncated or corrupt (the decoder says: {reason}); "
+            "send the complete file"
+        )
+    if "unsupported" in lowered or "not supported" in lowered or "colorspace" in lowered:
+        return (
+            f"the JPEG image uses a variant this server does not support (the decoder says: "
+            f"{reason}); send a baseline or progressive 8-bit JPEG (gray, YCbCr or RGB), or a PNG"
+        )
+    return (
+        f"the JPEG image could not be decoded as a whole (the decoder says: {reason}); "
+        "send a complete, valid file"
+    )
+
+
+def apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright as EXIF orientation 1..8 says (what viewers and OpenCV do)."""
+    if orientation == 1:
+        return rgb
+    return np.ascontiguousarray(_ORIENTED[orientation](rgb))  # OpenCV needs positive strides
+
+
+_ORIENTED: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
 
 
 def raw_to_rgb(raw: RawImage, *, max_pixels: int, max_side: int) -> DecodedImage:

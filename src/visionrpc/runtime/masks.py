@@ -18,6 +18,8 @@ class MaskEncoder:
         self.height = image_height
 
     def encode(self, box_mask: BoxMask, fmt: MaskFormat) -> EncodedMask:
+        if box_mask.step != 1:
+            raise ValueError("a coarse (step > 1) mask cannot be encoded; build it with step=1")
         if fmt is MaskFormat.PNG:
             return encode_png(box_mask)
         if fmt is MaskFormat.POLYGON:
@@ -28,27 +30,24 @@ class MaskEncoder:
 def rle_runs(box_mask: BoxMask) -> list[int]:
     """COCO (column-major) run lengths of the full-frame mask, computed from the box region only.
 
-    Columns left and right of the box are all zeros, so only the box's columns (padded to the full
-    image height) are scanned: cost ~ height x box width instead of the whole frame.
+    Each box column is framed by a zero above and below; the run boundaries inside it map to
+    full-frame positions. Where a box spans the full height, the boundary that ends one column
+    and the one that starts the next fall on the same position and cancel. Cost ~ box area.
     """
+    if box_mask.step != 1:
+        raise ValueError("a coarse (step > 1) mask cannot be encoded; build it with step=1")
     H, W = box_mask.image_height, box_mask.image_width
     mask = box_mask.mask
     h, w = mask.shape
     if mask.size == 0 or not mask.any():
         return [H * W]
-    columns = np.zeros((w, H), dtype=np.int8)  # row i = image column x + i, top to bottom
-    columns[:, box_mask.y : box_mask.y + h] = mask.T
-    seq = columns.ravel()
-    starts = np.flatnonzero(seq[1:] != seq[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], starts, [seq.size])))
-    if seq[0]:
-        runs = np.concatenate(([0], runs))  # counts always start with a run of zeros
-    runs[0] += box_mask.x * H
-    trailing = (W - box_mask.x - w) * H
-    if seq[-1]:
-        runs = np.concatenate((runs, [trailing])) if trailing else runs
-    else:
-        runs[-1] += trailing
+    framed = np.zeros((w, h + 2), dtype=np.int8)  # row i = image column x + i, top to bottom
+    framed[:, 1:-1] = mask.T
+    col, j = np.nonzero(np.diff(framed, axis=1))  # boundary before framed row j + 1
+    pos = (box_mask.x + col).astype(np.int64) * H + box_mask.y + j
+    pos, counts = np.unique(pos, return_counts=True)
+    pos = pos[(counts % 2 == 1) & (pos < H * W)]
+    runs = np.diff(np.concatenate(([0], pos, [H * W])))
     return [int(r) for r in runs]
 
 

@@ -15,14 +15,16 @@ import functools
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from visionrpc.errors import InvalidInputError
+from visionrpc.errors import InvalidInputError, ResourceLimitError
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
+from visionrpc.runtime.budget import Deadline, trim_memory
 from visionrpc.runtime.imaging import (
     DecodedImage,
     ImageTransform,
@@ -34,7 +36,7 @@ from visionrpc.runtime.imaging import (
 from visionrpc.runtime.masks import MaskEncoder
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
-from visionrpc.settings import Settings
+from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
     BoxXYXY,
     DefectSummary,
@@ -68,6 +70,7 @@ class PreparedImage:
     transform: ImageTransform
     decode_ms: float
     preprocess_ms: float
+    deadline: Deadline
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class Job:
     options: ResolvedOptions
     prepared: PreparedImage
     start: float
+
+    @property
+    def deadline(self) -> Deadline:
+        return self.prepared.deadline
 
 
 JobOutcome = InferenceResult | Exception  # per job, so one bad result fails only its request
@@ -133,6 +140,31 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
     )
 
 
+MASK_DETECTIONS_SETTING = "limits.max_mask_detections (VISIONRPC_LIMITS__MAX_MASK_DETECTIONS)"
+MASK_PIXELS_SETTING = "limits.max_mask_pixels (VISIONRPC_LIMITS__MAX_MASK_PIXELS)"
+
+
+def check_limits(options: ResolvedOptions, limits: LimitsSettings) -> None:
+    """Refuse before any decoding what would exceed the per-request budget."""
+    n, cap = options.params.max_detections, limits.max_mask_detections
+    if options.return_masks and n > cap:
+        raise ResourceLimitError(
+            f"return_masks with max_detections={n} asks for more masks than the server's limit of "
+            f"{cap} ({MASK_DETECTIONS_SETTING}); send max_detections of at most {cap} with "
+            "return_masks, or unset return_masks"
+        )
+
+
+def mask_pixels(boxes_original: np.ndarray) -> int:
+    """Image pixels the masks of these boxes cover (what building and encoding them costs)."""
+    if not len(boxes_original):
+        return 0
+    b = np.asarray(boxes_original, dtype=np.float64)
+    w = np.maximum(0, np.ceil(b[:, 2]) - np.floor(b[:, 0]))
+    h = np.maximum(0, np.ceil(b[:, 3]) - np.floor(b[:, 1]))
+    return int((w * h).sum())
+
+
 class BatchRunner:
     """Runs letterboxed canvases through one model, normalising them into a reused input buffer.
 
@@ -171,6 +203,8 @@ class InferencePipeline:
         self._batchers: dict[str, DynamicBatcher[Job, JobOutcome]] = {}
         self._occupancy = Occupancy()  # shared by the batchers: is anything else running?
         self._closed = False
+        self.stops: Counter[str] = Counter()  # requests stopped early, per stage boundary
+        self._trim_pending = False  # a large image was decoded: trim the heap after it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InferencePipeline:
@@ -179,12 +213,27 @@ class InferencePipeline:
 
     # -- public API ------------------------------------------------------------------------
 
-    def infer_sync(self, item: InferenceInput) -> InferenceResult:
+    def infer_sync(self, item: InferenceInput, deadline: Deadline | None = None) -> InferenceResult:
         """Run one input in the calling thread (no batching)."""
         start = time.perf_counter()
+        deadline = self._start_deadline(deadline)
         model = self.repository.get(item.options.model)
         options = resolve_options(item.options, model)
-        return self._run_alone(item, model, options, start, all_cores=True)
+        check_limits(options, self.settings.limits)
+        try:
+            return self._run_alone(item, model, options, start, deadline, all_cores=True)
+        finally:
+            if self._trim_pending:
+                self._trim()
+
+    def _start_deadline(self, deadline: Deadline | None) -> Deadline:
+        deadline = deadline or Deadline()
+        deadline.start_budget(self.settings.limits.max_request_seconds, self.stops)
+        return deadline
+
+    def _trim(self) -> None:
+        self._trim_pending = False
+        trim_memory()
 
     def _run_alone(
         self,
@@ -192,13 +241,15 @@ class InferencePipeline:
         model: LoadedModel,
         options: ResolvedOptions,
         start: float,
+        deadline: Deadline,
         *,
         all_cores: bool,
     ) -> InferenceResult:
         """Decode, run and post-process one input in this thread, with no hand-offs; with
         ``all_cores`` the model call may use every core (nothing else is running)."""
         queue_ms = _ms_since(start)
-        prepared = self._prepare(item, model)
+        prepared = self._prepare(item, model, deadline)
+        deadline.check("before the model call")
         t0 = time.perf_counter()
         outputs = model.onnx.run(to_chw_float(prepared.canvas)[None], all_cores=all_cores)
         inference_ms = _ms_since(t0)
@@ -206,22 +257,39 @@ class InferencePipeline:
             item, model, options, prepared, [o[0] for o in outputs], inference_ms, queue_ms, start
         )
 
-    async def infer(self, item: InferenceInput) -> InferenceResult:
-        """Run one input without blocking the event loop; concurrent calls may share a batch."""
+    async def infer(
+        self, item: InferenceInput, deadline: Deadline | None = None
+    ) -> InferenceResult:
+        """Run one input without blocking the event loop; concurrent calls may share a batch.
+
+        The work stops at the next stage boundary once ``deadline`` passes, the server's time
+        budget runs out or this coroutine is cancelled (the caller went away).
+        """
         start = time.perf_counter()
+        deadline = self._start_deadline(deadline)
         loop = asyncio.get_running_loop()
         model = self.repository.get(item.options.model)
         options = resolve_options(item.options, model)
+        check_limits(options, self.settings.limits)
         batcher = self._batcher(model, loop)
 
         def alone(all_cores: bool) -> InferenceResult:
-            return self._run_alone(item, model, options, start, all_cores=all_cores)
+            return self._run_alone(item, model, options, start, deadline, all_cores=all_cores)
 
         async def prepare() -> Job:
-            prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)
+            prepared = await loop.run_in_executor(
+                self._decode_pool, self._prepare, item, model, deadline
+            )
             return Job(item, options, prepared, start)
 
-        batched = await batcher.schedule(alone, prepare)
+        try:
+            batched = await batcher.schedule(alone, prepare)
+        except asyncio.CancelledError:
+            deadline.cancel()  # work already handed to a thread stops at its next stage
+            raise
+        finally:
+            if self._trim_pending:  # off the event loop, without delaying the answer
+                loop.run_in_executor(self._decode_pool, self._trim)
         if isinstance(batched.value, Exception):
             raise batched.value
         batched.value.timings.queue_ms = batched.queue_ms
@@ -288,28 +356,43 @@ class InferencePipeline:
         self, model: LoadedModel, runner: BatchRunner, jobs: Sequence[Job]
     ) -> list[JobOutcome]:
         """A batch on one instance: the model call, then each job's post-processing right there,
-        so a finished request never queues behind other requests' decoding."""
-        t0 = time.perf_counter()
-        outputs = runner([job.prepared for job in jobs])
-        run_ms = _ms_since(t0)
-        outcomes: list[JobOutcome] = []
-        for job, out in zip(jobs, outputs, strict=True):
+        so a finished request never queues behind other requests' decoding. Jobs whose caller
+        is gone are left out of the model call."""
+        outcomes: dict[int, JobOutcome] = {}
+        live: list[int] = []
+        for i, job in enumerate(jobs):
             try:
-                outcomes.append(
-                    self._finish(
+                job.deadline.check("before the model call")
+                live.append(i)
+            except Exception as exc:
+                outcomes[i] = exc
+        if live:
+            t0 = time.perf_counter()
+            outputs = runner([jobs[i].prepared for i in live])
+            run_ms = _ms_since(t0)
+            for i, out in zip(live, outputs, strict=True):
+                job = jobs[i]
+                try:
+                    outcomes[i] = self._finish(
                         job.item, model, job.options, job.prepared, out, run_ms, 0.0, job.start
                     )
-                )
-            except Exception as exc:  # one job's failure is its own
-                outcomes.append(exc)
-        return outcomes
+                except Exception as exc:  # one job's failure is its own
+                    outcomes[i] = exc
+        return [outcomes[i] for i in range(len(jobs))]
 
-    def _prepare(self, item: InferenceInput, model: LoadedModel) -> PreparedImage:
+    def _prepare(
+        self, item: InferenceInput, model: LoadedModel, deadline: Deadline
+    ) -> PreparedImage:
+        deadline.check("before decode")
         t0 = time.perf_counter()
         image = self._decode(item, model)
         t1 = time.perf_counter()
+        trim_above = self.settings.limits.trim_memory_above_bytes
+        if trim_above and image.rgb.nbytes > trim_above:
+            self._trim_pending = True
+        deadline.check("after decode")
         canvas, transform = letterbox_uint8(image, model.onnx.input_size)
-        return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1))
+        return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1), deadline)
 
     def _decode(self, item: InferenceInput, model: LoadedModel) -> DecodedImage:
         s = self.settings
@@ -338,8 +421,11 @@ class InferencePipeline:
         queue_ms: float,
         start: float,
     ) -> InferenceResult:
+        prepared.deadline.check("before post-processing")
         t0 = time.perf_counter()
-        detections = self._detections(model, options, prepared.transform, outputs)
+        detections = self._detections(
+            model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
+        )
         tr = prepared.transform
         timings = Timings(
             decode_ms=prepared.decode_ms,
@@ -366,6 +452,8 @@ class InferencePipeline:
         options: ResolvedOptions,
         transform: ImageTransform,
         outputs: ItemOutputs,
+        deadline: Deadline,
+        limits: LimitsSettings,
     ) -> tuple[Detection, ...]:
         spec = model.onnx.spec
         raw = decode_detections(outputs, spec, options.params)
@@ -373,7 +461,19 @@ class InferencePipeline:
         areas: list[int | None] = [None] * len(raw)
         encoded: list[EncodedMask | None] = [None] * len(raw)
         if spec.task is Task.SEGMENT and raw.coeffs is not None and len(raw):
-            masks = instance_masks(raw.coeffs, outputs[1], raw.boxes, boxes, transform)
+            deadline.check("before masks")
+            step = 1
+            pixels, budget = mask_pixels(boxes), limits.max_mask_pixels
+            if pixels > budget:
+                if options.return_masks:
+                    raise ResourceLimitError(
+                        f"the masks of the {len(raw)} detections would cover {pixels} pixels, more "
+                        f"than the server's limit of {budget} ({MASK_PIXELS_SETTING}); send a "
+                        "smaller image, a higher confidence_threshold or a lower max_detections, "
+                        "or unset return_masks"
+                    )
+                step = math.ceil(math.sqrt(pixels / budget))  # areas only: a coarser grid
+            masks = instance_masks(raw.coeffs, outputs[1], raw.boxes, boxes, transform, step=step)
             areas = [m.area for m in masks]
             if options.return_masks:
                 encoder = MaskEncoder(transform.orig_width, transform.orig_height)

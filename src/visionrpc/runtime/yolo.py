@@ -66,17 +66,34 @@ class RawDetections:
 
 @dataclass(frozen=True)
 class BoxMask:
-    """A binary instance mask stored only over its box: ``mask`` starts at pixel (x, y)."""
+    """A binary instance mask stored only over its box: ``mask`` starts at pixel (x, y).
+
+    With ``step`` > 1 each cell stands for step x step image pixels (the last row and column
+    for what is left of the box): enough for an area, not for an encoded mask.
+    """
 
     x: int
     y: int
-    mask: np.ndarray  # (h, w) bool
+    mask: np.ndarray  # (h, w) bool; (ceil(h / step), ceil(w / step)) with a step
     image_width: int
     image_height: int
+    step: int = 1
+    box_width: int = 0  # image pixels the box covers; only read with a step
+    box_height: int = 0
 
     @property
     def area(self) -> int:
-        return int(np.count_nonzero(self.mask))
+        if self.step == 1:
+            return int(np.count_nonzero(self.mask))
+        rows, cols = self.mask.shape
+        s = self.step
+        row_px = np.full(rows, s, np.int64)
+        col_px = np.full(cols, s, np.int64)
+        if rows:
+            row_px[-1] = self.box_height - s * (rows - 1)
+        if cols:
+            col_px[-1] = self.box_width - s * (cols - 1)
+        return int(row_px @ self.mask.astype(np.int64) @ col_px)
 
 
 def expected_anchor_count(input_size: tuple[int, int], strides: Sequence[int] = (8, 16, 32)) -> int:
@@ -241,6 +258,8 @@ def instance_masks(
     boxes_input: np.ndarray,
     boxes_original: np.ndarray,
     transform: ImageTransform,
+    *,
+    step: int = 1,
 ) -> list[BoxMask]:
     """Ultralytics-style masks, computed only over each box.
 
@@ -249,6 +268,9 @@ def instance_masks(
     warp straight into the box's original-image pixels: the same geometry as "upsample to the input
     size, cut the letterbox padding, resize to the original", with cost proportional to box area
     instead of detections x image size. Thresholded at 0.5.
+
+    ``step`` > 1 samples one point per step x step block of image pixels (its centre): a coarser
+    mask whose cost is box area / step², for areas of masks nobody asked to see.
     """
     nm, mh, mw = protos.shape
     protos = np.ascontiguousarray(protos, dtype=np.float32)
@@ -264,8 +286,10 @@ def instance_masks(
         # proto cells of the box, plus a margin cell on each side that crop_mask zeroes
         cx0, cy0 = max(0, math.floor(pb[0]) - 1), max(0, math.floor(pb[1]) - 1)
         cx1, cy1 = min(mw, math.ceil(pb[2]) + 1), min(mh, math.ceil(pb[3]) + 1)
+        bw, bh = max(0, x1 - x0), max(0, y1 - y0)
+        out_w, out_h = -(-bw // step), -(-bh // step)
         if x1 <= x0 or y1 <= y0 or cx1 <= cx0 or cy1 <= cy0:
-            result.append(BoxMask(x0, y0, np.zeros((max(0, y1 - y0), max(0, x1 - x0)), bool), W, H))
+            result.append(BoxMask(x0, y0, np.zeros((out_h, out_w), bool), W, H, step, bw, bh))
             continue
         cells = protos[:, cy0:cy1, cx0:cx1]
         logits = coeff @ cells.reshape(nm, -1)
@@ -273,19 +297,21 @@ def instance_masks(
         cols = np.arange(cx0, cx1, dtype=np.float32)
         rows = np.arange(cy0, cy1, dtype=np.float32)
         prob *= ((rows >= pb[1]) & (rows < pb[3]))[:, None] & ((cols >= pb[0]) & (cols < pb[2]))
-        # destination pixel (u, v) of the box -> crop sample coordinate (pixel centres at +0.5)
+        # destination cell (u, v) of the box -> crop sample coordinate; a cell's centre is image
+        # pixel x0 + step * u + step / 2 (pixel centres at +0.5 when step is 1)
+        half = step / 2
         m = np.array(
             [
-                [rx / kx, 0.0, ((x0 + 0.5) / kx + transform.pad_x) * rx - 0.5 - cx0],
-                [0.0, ry / ky, ((y0 + 0.5) / ky + transform.pad_y) * ry - 0.5 - cy0],
+                [step * rx / kx, 0.0, ((x0 + half) / kx + transform.pad_x) * rx - 0.5 - cx0],
+                [0.0, step * ry / ky, ((y0 + half) / ky + transform.pad_y) * ry - 0.5 - cy0],
             ]
         )
         region = cv2.warpAffine(
             prob,
             m,
-            (x1 - x0, y1 - y0),
+            (out_w, out_h),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        result.append(BoxMask(x0, y0, region > MASK_THRESHOLD, W, H))
+        result.append(BoxMask(x0, y0, region > MASK_THRESHOLD, W, H, step, bw, bh))
     return result

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from visionrpc.errors import InvalidInputError, NotReadyError, VisionRPCError
+from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, status_for
@@ -96,19 +97,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
 
     # -- methods -------------------------------------------------------------------------------
 
-    async def _infer(self, request: pb.InferRequest) -> pb.InferResponse:
+    async def _infer(self, request: pb.InferRequest, deadline: Deadline) -> pb.InferResponse:
         item = InferRequestConverter.to_types(request)
-        result = await self.pipeline.infer(item)
+        result = await self.pipeline.infer(item, deadline)
         return InferResponseConverter.from_types(result)
+
+    @staticmethod
+    def _deadline(context: Context) -> Deadline:
+        """The call's deadline for the runtime, marked cancelled when the call ends early."""
+        deadline = Deadline.after(context.time_remaining())
+        # grpc-stubs type the callback as its own DoneCallback class; any callable works
+        context.add_done_callback(lambda _: deadline.cancel())  # type: ignore[arg-type]
+        return deadline
 
     @map_errors
     async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
-        return await self._infer(request)
+        return await self._infer(request, self._deadline(context))
 
-    async def _infer_frame(self, request: pb.InferRequest) -> pb.InferResponse:
+    async def _infer_frame(self, request: pb.InferRequest, stream: Deadline) -> pb.InferResponse:
         """One stream frame: a failure becomes this frame's ``error``, not the stream's."""
         try:
-            return await self._infer(request)
+            deadline = Deadline(stream.caller_at)
+            if stream.cancelled:
+                deadline.cancel()
+            return await self._infer(request, deadline)
         except Exception as exc:
             code, message = status_for(exc)
             if not isinstance(exc, VisionRPCError):
@@ -129,6 +141,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         the call ends with a status at once instead of waiting for its deadline.
         """
         window = self.settings.stream_window
+        stream_deadline = self._deadline(context)
         pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
             window
         )
@@ -139,7 +152,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             try:
                 async for request in request_iterator:
                     count += 1
-                    await pending.put(asyncio.create_task(self._infer_frame(request)))
+                    await pending.put(
+                        asyncio.create_task(self._infer_frame(request, stream_deadline))
+                    )
             except DecodeError:
                 error = InvalidInputError(
                     f"frame {count + 1} of the stream is not an InferRequest; the "

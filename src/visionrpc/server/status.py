@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from visionrpc.errors import (
+    DeadlineExpiredError,
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
@@ -35,6 +36,7 @@ STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
     NotReadyError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 """Domain error class → status code; subclasses inherit their base's code."""
 
