@@ -48,7 +48,8 @@ class InferRequestConverter:
     def to_types(request: pb.InferRequest) -> types.InferenceInput:
         if request.mask_format not in _MASK_FORMATS:
             raise InvalidInputError(
-                f"unknown mask_format {request.mask_format}; use RLE, PNG or POLYGON"
+                f"unknown mask_format {request.mask_format}; use RLE, PNG or POLYGON",
+                field="mask_format",
             )
         options = types.InferenceOptions(
             model=request.model,
@@ -65,7 +66,8 @@ class InferRequestConverter:
             raw = request.raw
             if raw.pixel_format not in _PIXEL_FORMATS:
                 raise InvalidInputError(
-                    f"unknown pixel_format {raw.pixel_format}; use RGB, BGR, GRAY, RGBA or BGRA"
+                    f"unknown pixel_format {raw.pixel_format}; use RGB, BGR, GRAY, RGBA or BGRA",
+                    field="raw.pixel_format",
                 )
             return types.InferenceInput(
                 options=options,
