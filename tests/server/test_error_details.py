@@ -49,7 +49,7 @@ async def _still_serves(address: str) -> None:
 
 
 def _trailer_bytes(error: grpc.aio.AioRpcError) -> int:
-    """Roughly what the trailers take on the wire: the metadata, plus the percent-encoded message."""
+    """About what the trailers take on the wire: the metadata plus the percent-encoded message."""
     trailers: Any = error.trailing_metadata() or ()
     pairs = sum(len(key) + len(value) for key, value in trailers)
     return pairs + len((error.details() or "").encode()) * 3
