@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
@@ -49,6 +50,8 @@ STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
 """Domain error class → status code; subclasses inherit their base's code."""
 
 INTERNAL_MESSAGE = "internal server error"
+MAX_RETRY_AFTER_S = 3600.0
+"""Longest RetryInfo delay sent; NaN or infinite ones are left out (better no advice than wrong)."""
 MAX_MESSAGE_BYTES = 1024
 """Longest status message sent (UTF-8 bytes). The trailers carry it twice (percent-encoded, up
 to 3 bytes per byte, and inside the details) and clients refuse trailers over 8-16 KiB."""
@@ -64,7 +67,9 @@ def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     if len(data) <= limit:
         return message
     note = f"… (message cut from {len(data):,} bytes)"
-    keep = max(limit - len(note.encode()), 0)
+    keep = limit - len(note.encode())
+    if keep <= 0:  # no room to say so
+        return data[:limit].decode("utf-8", "ignore")
     return data[:keep].decode("utf-8", "ignore") + note
 
 
@@ -99,9 +104,14 @@ def rich_status(exc: BaseException) -> status_pb2.Status:
         )
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     retry_after_s = getattr(exc, "retry_after_s", None)
-    if isinstance(exc, ResourceLimitError) and isinstance(retry_after_s, int | float):
+    if (
+        isinstance(exc, ResourceLimitError)
+        and isinstance(retry_after_s, int | float)
+        and math.isfinite(retry_after_s)
+    ):
         info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromNanoseconds(max(int(retry_after_s * 1e9), 0))
+        delay = min(max(float(retry_after_s), 0.0), MAX_RETRY_AFTER_S)
+        info.retry_delay.FromNanoseconds(round(delay * 1e9))
         status.details.add().Pack(info)
     return status
 
