@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -174,3 +178,77 @@ async def test_a_thousand_bad_messages_write_a_bounded_log(
     counted = sum(r.fields["suppressed"] for r in suppressed)  # type: ignore[attr-defined]
     assert logged + counted <= count  # the last window's suppressed lines are still pending
     print(f"{count} bad messages in {elapsed:.2f}s: {len(lines)} log lines, {len(text)} bytes")
+
+
+def _start_serve() -> tuple[subprocess.Popen[str], str]:
+    """``visionrpc serve`` in a subprocess on a free port, logging text to stderr."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "visionrpc.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-format",
+            "text",
+            "--grace",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError("server exited early")
+        if match := re.search(r"serving .* on (127\.0\.0\.1:\d+)", line):
+            return proc, match.group(1)
+    proc.kill()
+    raise AssertionError("server did not report its address")
+
+
+@pytest.mark.timeout(120)
+async def test_a_served_process_logs_a_bounded_amount_for_a_flood_of_bad_messages() -> None:
+    """The whole stderr of ``visionrpc serve`` (grpc's own logging included) for 1000 undecodable
+    messages on four methods: no traceback, a few lines per method and second."""
+    proc, address = _start_serve()
+    try:
+        count, concurrency = 1000, 50
+        methods = [
+            ("/visionrpc.v1.InferenceMethods/Infer", "unary_unary"),
+            ("/visionrpc.v1.CoreServices/Ping", "unary_unary"),
+            ("/visionrpc.v1.CoreServices/UploadNumbers", "stream_unary"),
+            ("/visionrpc.v1.CoreServices/Chat", "stream_stream"),
+        ]
+        started = time.monotonic()
+        async with grpc.aio.insecure_channel(address) as channel:
+            codes: list[grpc.StatusCode] = []
+            for batch in range(count // concurrency):
+                method, kind = methods[batch % len(methods)]
+                errors = await asyncio.gather(
+                    *(_one(channel, method, kind) for _ in range(concurrency))
+                )
+                codes += [e.code() for e in errors]
+        elapsed = time.monotonic() - started
+        assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * count
+        await _still_serves(address)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in log.splitlines() if "undecodable" in line or "suppressed" in line]
+    assert "Traceback" not in log and "DecodeError" not in log
+    windows = int(elapsed) + 2
+    assert len(lines) <= len(methods) * windows * (LINES_PER_SECOND + 1)
+    assert len(log.encode()) <= 2000 + len(lines) * 400  # start/stop lines plus one line each
+    print(f"{count} bad messages in {elapsed:.2f}s: {len(lines)} lines, {len(log)} bytes of log")
