@@ -103,6 +103,17 @@ async def _one(channel: grpc.aio.Channel, method: str, kind: str) -> grpc.aio.Ai
             "the request is not a valid visionrpc.v1.GetModelInfoRequest message",
         ),
         (
+            "/grpc.health.v1.Health/Watch",
+            "unary_stream",
+            "the request is not a valid grpc.health.v1.HealthCheckRequest message",
+        ),
+        (
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "stream_stream",
+            "a message of the request stream is not a valid "
+            "grpc.reflection.v1alpha.ServerReflectionRequest message",
+        ),
+        (
             "/grpc.health.v1.Health/Check",
             "unary_unary",
             "the request is not a valid grpc.health.v1.HealthCheckRequest message",

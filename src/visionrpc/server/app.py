@@ -188,7 +188,7 @@ class VisionServer:
             service.add_to_server(guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
         reflection.enable_server_reflection(
-            [*(s.name for s in self.services), HEALTH_SERVICE_NAME], server
+            [*(s.name for s in self.services), HEALTH_SERVICE_NAME], guarded
         )
         return server
 

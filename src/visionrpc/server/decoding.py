@@ -10,7 +10,9 @@ until a message fails to parse:
   ends the call with INVALID_ARGUMENT before the servicer runs;
 - a message of a request stream that does not parse raises :class:`UndecodableMessageError` (an
   ``InvalidInputError``) where the servicer reads it, so the servicer answers what it read before
-  and the error map ends the call with INVALID_ARGUMENT.
+  and the error map ends the call with INVALID_ARGUMENT. A request-streaming servicer therefore
+  goes through ``server.status.map_errors`` (ours do, reflection included); one that does not
+  would let the error reach grpc, which answers UNKNOWN.
 
 Each failure is one warning line, rate-limited per method and server, never a traceback.
 """
@@ -178,12 +180,14 @@ class DecodeGuard:
         self._server = server
         self.log = throttled or ThrottledLog(log)
         """Where undecodable requests are logged (its own rate limits, per method)."""
-        self._guarded: dict[int, tuple[Handler, Handler]] = {}  # id → (original, guarded)
+        # (method, id of the original) → (original, guarded); the original is kept so its id stays
+        self._guarded: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     def guarded(self, method: str, handler: Handler) -> Handler:
-        entry = self._guarded.get(id(handler))
+        key = (method, id(handler))
+        entry = self._guarded.get(key)
         if entry is None:
-            entry = self._guarded[id(handler)] = (handler, guard_handler(method, handler, self.log))
+            entry = self._guarded[key] = (handler, guard_handler(method, handler, self.log))
         return entry[1]
 
     def add_generic_rpc_handlers(self, handlers: Iterable[GenericHandler]) -> None:
