@@ -15,8 +15,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tests.helpers import RunningServer, StartServer, make_settings
-from visionrpc.client import AsyncClient, CallError, FieldViolation, StreamResult
+from tests.helpers import RunningServer, StartServer, StartThreadedServer, make_settings
+from visionrpc.client import AsyncClient, CallError, Client, FieldViolation, StreamResult
 from visionrpc.errors import InvalidInputError
 from visionrpc.runtime.batching import RETRY_AFTER_S
 from visionrpc.server.inference_servicer import InferenceServicer
@@ -215,3 +215,20 @@ async def test_a_full_queue_says_when_to_retry(start_server: StartServer) -> Non
         assert error.retry_after == pytest.approx(RETRY_AFTER_S)
         assert error.field_violations == ()
     await _still_serves(running.address)
+
+
+def test_the_blocking_client_surfaces_field_violations_too(
+    start_threaded_server: StartThreadedServer,
+) -> None:
+    settings = make_settings(access_log=False)
+    running = start_threaded_server([InferenceServicer(settings)], access_log=False)
+    with Client(running.address) as client:
+        with pytest.raises(CallError) as caught:
+            client.infer(GOOD, classes=["rust"])
+        error = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == (
+            "unknown class name(s) ['rust'] for model 'defects'; valid names: scratch, spot, crack"
+        )
+        assert error.field_violations == (FieldViolation("classes", error.details() or ""),)
+        assert client.infer(GOOD, request_id="after").request_id == "after"
