@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -81,3 +83,78 @@ def configure_logging(
     handler.setFormatter(make_formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+LINES_PER_SECOND = 5
+"""Default for :class:`ThrottledLog`: lines per second and kind before the rest are counted."""
+
+
+class ThrottledLog:
+    """Log lines caused by clients, at most ``per_second`` per kind and second.
+
+    A client that sends a thousand bad messages must not write a thousand lines (or tracebacks):
+    past the limit, lines of that kind are only counted, and the next line let through is preceded
+    by one ``suppressed N similar messages`` line. The kind is chosen by the caller (a method name,
+    an error class), so one noisy client does not hide a different problem. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        per_second: int = LINES_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.per_second = per_second
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int, int]] = {}  # kind → (start, lines, suppressed)
+
+    def _admit(self, kind: str) -> tuple[bool, int, float]:
+        """(log it?, suppressed count to report first, seconds that count covers)."""
+        now = self._clock()
+        with self._lock:
+            start, lines, suppressed = self._windows.get(kind, (now, 0, 0))
+            if now - start >= 1.0:
+                if len(self._windows) > 1000:  # many kinds: forget the old windows
+                    self._windows.clear()
+                self._windows[kind] = (now, 1, 0)
+                return True, suppressed, now - start
+            if lines < self.per_second:
+                self._windows[kind] = (start, lines + 1, suppressed)
+                return True, 0, 0.0
+            self._windows[kind] = (start, lines, suppressed + 1)
+            return False, 0, 0.0
+
+    def log(
+        self,
+        level: int,
+        kind: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> bool:
+        """Log ``msg % args`` unless this kind is over its rate; True when it was logged."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        allowed, suppressed, span = self._admit(kind)
+        if suppressed:
+            self.logger.log(
+                level,
+                "suppressed %d similar messages (%s) in the last %.1fs",
+                suppressed,
+                kind,
+                span,
+                extra={"fields": {"suppressed": suppressed, "kind": kind}},
+            )
+        if allowed:
+            self.logger.log(level, msg, *args, exc_info=exc_info)
+        return allowed
+
+    def warning(self, kind: str, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, kind, msg, *args)
+
+    def error(
+        self, kind: str, msg: str, *args: object, exc_info: BaseException | None = None
+    ) -> bool:
+        return self.log(logging.ERROR, kind, msg, *args, exc_info=exc_info)

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from visionrpc.client.base import USE_CLIENT_DEFAULT, Timeout
+from visionrpc.client.errors import CallError
 from visionrpc.client.settings import ClientSettings
 from visionrpc.errors import VisionRPCError
 
@@ -70,11 +71,40 @@ def is_no_server(exc: grpc.RpcError) -> bool:
     return code == grpc.StatusCode.UNAVAILABLE and bool(_NO_SERVER.search(details or ""))
 
 
+FLAG_FOR_FIELD = {
+    "model": "--model",
+    "confidence_threshold": "--conf",
+    "iou_threshold": "--iou",
+    "max_detections": "--max-det",
+    "classes": "--classes",
+    "return_masks": "--masks",
+    "mask_format": "--mask-format",
+    "agnostic_nms": "--agnostic-nms",
+    "count": "--count",
+    "room": "--room",
+}
+"""Request fields the server may refuse (``BadRequest``) → the CLI option that sets them."""
+
+
+def _detail_note(exc: grpc.RpcError) -> str:
+    """`` (option --conf)`` / `` (retry after 0.1s)`` from a CallError's details; else ""."""
+    if not isinstance(exc, CallError):
+        return ""
+    notes = [
+        f"option {FLAG_FOR_FIELD[v.field]}" if v.field in FLAG_FOR_FIELD else f"field {v.field}"
+        for v in exc.field_violations
+    ]
+    if exc.retry_after is not None:
+        notes.append(f"retry after {exc.retry_after:g}s")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def rpc_status(exc: grpc.RpcError) -> tuple[str, str]:
-    """(status code name, details) of a failed call."""
+    """(status code name, details) of a failed call; details end with the option or field the
+    server refused, and when to retry, where the status says so."""
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return code, details or ""
+    return code, (details or "") + _detail_note(exc)
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: str | None = None, local: bool = False) -> str:

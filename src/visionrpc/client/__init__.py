@@ -8,7 +8,7 @@ match the server's 64 MiB message limits and let gRPC retry UNAVAILABLE through 
 
 from visionrpc.client.aio import AsyncClient
 from visionrpc.client.base import USE_CLIENT_DEFAULT, Timeout, channel_options, service_config
-from visionrpc.client.errors import MessageSizeError
+from visionrpc.client.errors import CallError, FieldViolation, MessageSizeError
 from visionrpc.client.requests import ImageLike, infer_request
 from visionrpc.client.results import (
     ChatMessageResult,
@@ -35,12 +35,14 @@ __all__ = [
     "USE_CLIENT_DEFAULT",
     "AsyncClient",
     "BoxXYXY",
+    "CallError",
     "ChatMessageResult",
     "Client",
     "ClientSettings",
     "DefectSummary",
     "Detection",
     "EncodedMask",
+    "FieldViolation",
     "HealthResult",
     "ImageLike",
     "InferenceResult",

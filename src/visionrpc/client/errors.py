@@ -1,5 +1,8 @@
-"""Clearer failures than gRPC's own for two cases users hit: message limits and bad iterators.
+"""Clearer failures than gRPC's own: message limits, bad iterators, and statuses with details.
 
+- A status that carries ``google.rpc`` details (the server sends a ``BadRequest`` naming the
+  request field at fault, ``RetryInfo`` when it sheds load) is raised as :class:`CallError`, with
+  ``field_violations`` and ``retry_after`` read from them (grpcio-status).
 - gRPC says only "Received message larger than max (N vs. M)". :func:`explain_size_error` turns that
   into a :class:`MessageSizeError` naming the limit that was hit (the server's or this client's),
   the setting or channel option that raises it, and what else to change.
@@ -12,9 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,6 +65,74 @@ class MessageSizeError(grpc.aio.AioRpcError):
             details=details,
             debug_error_string=_text(original, "debug_error_string"),
         )
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """A request field the server refused, and why (from a ``google.rpc.BadRequest``)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class StatusDetails:
+    """What a status's ``google.rpc`` details say, in plain Python."""
+
+    field_violations: tuple[FieldViolation, ...] = ()
+    retry_after: float | None = None
+    """Seconds the server asks to wait before retrying (``RetryInfo``); None when it said none."""
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> StatusDetails:
+        violations: list[FieldViolation] = []
+        retry_after: float | None = None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations += (FieldViolation(v.field, v.description) for v in bad.field_violations)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                retry_after = info.retry_delay.ToNanoseconds() / 1e9
+        return cls(tuple(violations), retry_after)
+
+    @classmethod
+    def from_error(cls, exc: grpc.RpcError) -> StatusDetails | None:
+        """The details of a failed call's status; None when it carries none (or they do not
+        match the call's code and message)."""
+        try:
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]  # an RpcError is a Call
+        except (ValueError, AttributeError, TypeError):
+            return None
+        return None if status is None or not status.details else cls.from_status(status)
+
+
+class CallError(grpc.aio.AioRpcError):
+    """A failed call whose status carried details: ``code()`` and ``details()`` as gRPC's, plus
+    ``field_violations`` (which request field, why) and ``retry_after`` (seconds, or None).
+
+    A ``grpc.RpcError`` (and ``grpc.aio.AioRpcError``), so existing handlers still catch it.
+    """
+
+    def __init__(self, original: grpc.RpcError, details: StatusDetails) -> None:
+        code = getattr(original, "code", lambda: None)()
+        super().__init__(
+            code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
+            grpc.aio.Metadata(*_metadata(original, "initial_metadata")),
+            grpc.aio.Metadata(*_metadata(original, "trailing_metadata")),
+            details=_text(original, "details"),
+            debug_error_string=_text(original, "debug_error_string"),
+        )
+        self.field_violations = details.field_violations
+        self.retry_after = details.retry_after
+
+
+def _metadata(exc: grpc.RpcError, method: str) -> list[tuple[str, str | bytes]]:
+    getter = getattr(exc, method, None)
+    value = getter() if callable(getter) else None
+    return [(key, val) for key, val in value or ()]
 
 
 def _text(exc: grpc.RpcError, method: str) -> str:
@@ -121,8 +195,9 @@ def raise_call_error(
     """Re-raise a failed call's exception in the form most useful to the caller.
 
     The caller's own iterator error first (it caused the failure), then an explained message-size
-    error; anything else unchanged. Returns only when ``exc`` is not a call failure of ours (a real
-    cancellation), so the caller's ``raise`` keeps it.
+    error, then a :class:`CallError` when the status carries details; anything else unchanged.
+    Returns only when ``exc`` is not a call failure of ours (a real cancellation), so the caller's
+    ``raise`` keeps it.
     """
     if source is not None and source.error is not None:
         raise source.error from None
@@ -130,3 +205,6 @@ def raise_call_error(
         explained = explain_size_error(exc)
         if explained is not None:
             raise explained from exc
+        details = StatusDetails.from_error(exc)
+        if details is not None:
+            raise CallError(exc, details) from exc

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 
+from visionrpc.client.errors import FieldViolation, StatusDetails
 from visionrpc.types import InferenceResult
 from visionrpc.v1 import core_pb2, inference_pb2
 from visionrpc.wire.codes import code_name
@@ -92,6 +93,10 @@ class StreamResult:
     result: InferenceResult | None
     error_code: str = ""  # gRPC status code name, e.g. "INVALID_ARGUMENT"
     error_message: str = ""
+    field_violations: tuple[FieldViolation, ...] = ()
+    """Request fields the server refused in this frame, and why (the error's BadRequest)."""
+    retry_after: float | None = None
+    """Seconds the server asks to wait before sending this frame again (the error's RetryInfo)."""
 
     @property
     def ok(self) -> bool:
@@ -100,7 +105,13 @@ class StreamResult:
     @classmethod
     def from_proto(cls, response: inference_pb2.InferResponse) -> StreamResult:
         if response.HasField("error") and response.error.code != 0:
+            details = StatusDetails.from_status(response.error)
             return cls(
-                response.request_id, None, code_name(response.error.code), response.error.message
+                response.request_id,
+                None,
+                code_name(response.error.code),
+                response.error.message,
+                details.field_violations,
+                details.retry_after,
             )
         return cls(response.request_id, InferResponseConverter.to_types(response))

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
+RETRY_AFTER_S = 0.1
+"""The wait a shed request is told to take before retrying (RetryInfo): a full queue drains in
+batches, so a short pause usually finds room; clients add their own backoff and jitter."""
+
 
 def shutting_down(model: str) -> NotReadyError:
     """What a request gets from a closed batcher or pipeline (UNAVAILABLE: retry elsewhere)."""
@@ -202,7 +206,8 @@ class DynamicBatcher(Generic[T, R]):
         if self.depth >= self.max_queue_size:
             raise ResourceLimitError(
                 f"model {self.name!r} has {self.depth} requests queued (max_queue_size="
-                f"{self.max_queue_size}); retry later or send fewer concurrent requests"
+                f"{self.max_queue_size}); retry later or send fewer concurrent requests",
+                retry_after_s=RETRY_AFTER_S,
             )
         self._admitted += 1
         return Admission(self, next(self._places))

@@ -261,13 +261,15 @@ def raw_to_rgb(raw: RawImage, *, max_pixels: int, max_side: int) -> DecodedImage
     """Validate a raw interleaved 8-bit frame and convert it to RGB (no copy when already RGB)."""
     if raw.channels not in _RAW_DEFAULT_FORMAT:
         raise InvalidInputError(
-            f"raw.channels is {raw.channels}; send 1 (gray), 3 (RGB/BGR) or 4 (RGBA/BGRA)"
+            f"raw.channels is {raw.channels}; send 1 (gray), 3 (RGB/BGR) or 4 (RGBA/BGRA)",
+            field="raw.channels",
         )
     fmt = raw.pixel_format or _RAW_DEFAULT_FORMAT[raw.channels]
     if _RAW_CHANNELS[fmt] != raw.channels:
         raise InvalidInputError(
             f"raw.pixel_format {fmt.value} has {_RAW_CHANNELS[fmt]} channel(s) but raw.channels is "
-            f"{raw.channels}; make them agree"
+            f"{raw.channels}; make them agree",
+            field="raw.pixel_format",
         )
     check_dimensions(
         raw.width, raw.height, max_pixels=max_pixels, max_side=max_side, what="raw image"
@@ -276,7 +278,8 @@ def raw_to_rgb(raw: RawImage, *, max_pixels: int, max_side: int) -> DecodedImage
     if len(raw.data) != expected:
         raise InvalidInputError(
             f"raw.data holds {len(raw.data)} bytes but {raw.width}x{raw.height}x{raw.channels} "
-            f"needs exactly {expected} (8-bit, interleaved, no row padding)"
+            f"needs exactly {expected} (8-bit, interleaved, no row padding)",
+            field="raw.data",
         )
     arr = np.frombuffer(raw.data, dtype=np.uint8).reshape(raw.height, raw.width, raw.channels)
     code = _RAW_TO_RGB[fmt]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visionrpc.errors import InvalidInputError, ResourceLimitError
+from visionrpc.errors import InvalidInputError, ResourceLimitError, shorten
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
 from visionrpc.runtime.imaging import (
@@ -103,7 +103,7 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
             return default
         if not 0 < value <= 1:  # also refuses NaN
             raise InvalidInputError(
-                f"{field} is {value}; send a value in (0, 1], or 0 for the default"
+                f"{field} is {value}; send a value in (0, 1], or 0 for the default", field=field
             )
         return float(value)
 
@@ -116,21 +116,24 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
     if not 1 <= max_det <= limit:
         raise InvalidInputError(
             f"max_detections is {max_det}; model {model.name!r} returns at most {limit}, "
-            f"send 1..{limit} or 0 for the default"
+            f"send 1..{limit} or 0 for the default",
+            field="max_detections",
         )
     class_ids: frozenset[int] | None = None
     if options.classes:
         unknown = [c for c in options.classes if model.class_id(c) is None]
         if unknown:
             raise InvalidInputError(
-                f"unknown class name(s) {unknown} for model {model.name!r}; "
-                f"valid names: {', '.join(model.class_names)}"
+                f"unknown class name(s) {shorten(unknown)} for model {model.name!r}; "
+                f"valid names: {', '.join(model.class_names)}",
+                field="classes",
             )
         class_ids = frozenset(i for c in options.classes if (i := model.class_id(c)) is not None)
     if options.return_masks and model.onnx.task is not Task.SEGMENT:
         raise InvalidInputError(
             f"return_masks is set but model {model.name!r} only detects (no masks); "
-            "unset return_masks or choose a segmentation model"
+            "unset return_masks or choose a segmentation model",
+            field="return_masks",
         )
     agnostic = config.agnostic_nms if options.agnostic_nms is None else options.agnostic_nms
     return ResolvedOptions(
@@ -397,11 +400,13 @@ class InferencePipeline:
     def _decode(self, item: InferenceInput, model: LoadedModel) -> DecodedImage:
         s = self.settings
         if item.image_bytes is not None and item.raw is not None:
-            raise InvalidInputError("send either image_bytes or raw, not both")
+            raise InvalidInputError("send either image_bytes or raw, not both", field="image")
         if item.raw is not None:
             return raw_to_rgb(item.raw, max_pixels=s.max_image_pixels, max_side=s.max_image_side)
         if item.image_bytes is None:
-            raise InvalidInputError("no image: send image_bytes (encoded) or raw (decoded frame)")
+            raise InvalidInputError(
+                "no image: send image_bytes (encoded) or raw (decoded frame)", field="image"
+            )
         return decode_image(
             item.image_bytes,
             max_pixels=s.max_image_pixels,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from visionrpc.errors import InvalidInputError, ModelLoadError, ModelNotFoundError
+from visionrpc.errors import InvalidInputError, ModelLoadError, ModelNotFoundError, shorten
 from visionrpc.runtime.model import OnnxModel, plan_instances
 from visionrpc.settings import BatchingSettings, Settings
 from visionrpc.types import ModelDescription
@@ -235,13 +235,14 @@ class ModelRepository:
         if not key:
             raise InvalidInputError(
                 "this server has several models and none is the default; name one of: "
-                f"{', '.join(self._models)} (or set default_model / {REPOSITORY_FILE})"
+                f"{', '.join(self._models)} (or set default_model / {REPOSITORY_FILE})",
+                field="model",
             )
         try:
             return self._models[key]
         except KeyError:
             raise ModelNotFoundError(
-                f"model {name!r} is not loaded; available models: {', '.join(self._models)}"
+                f"model {shorten(name)} is not loaded; available models: {', '.join(self._models)}"
             ) from None
 
     def describe(self, name: str = "") -> ModelDescription:

@@ -25,13 +25,14 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visionrpc.errors import VisionRPCError
 from visionrpc.server import reflection
+from visionrpc.server.decoding import DecodeGuard
 from visionrpc.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from visionrpc.server.health import HealthServicer
 from visionrpc.server.interceptors import CallInterceptor
@@ -181,11 +182,13 @@ class VisionServer:
 
     def _build(self) -> grpc.aio.Server:
         server = grpc.aio.server(interceptors=[self._gate], options=server_options(self.settings))
+        # Services register through the guard: a request that does not parse is INVALID_ARGUMENT.
+        guarded = cast(grpc.aio.Server, DecodeGuard(server))
         for service in self.services:
-            service.add_to_server(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            service.add_to_server(guarded)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
         reflection.enable_server_reflection(
-            [*(s.name for s in self.services), HEALTH_SERVICE_NAME], server
+            [*(s.name for s in self.services), HEALTH_SERVICE_NAME], guarded
         )
         return server
 

@@ -16,17 +16,16 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
 
-from visionrpc.errors import InvalidInputError, NotReadyError, VisionRPCError
+from visionrpc.errors import InvalidInputError, NotReadyError
 from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
-from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, status_for
+from visionrpc.server.decoding import UndecodableMessageError
+from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, rich_status
 from visionrpc.settings import Settings
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
-from visionrpc.wire.codes import code_value
 from visionrpc.wire.converters import (
     InferRequestConverter,
     InferResponseConverter,
@@ -115,20 +114,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         return await self._infer(request, self._deadline(context))
 
     async def _infer_frame(self, request: pb.InferRequest, stream: Deadline) -> pb.InferResponse:
-        """One stream frame: a failure becomes this frame's ``error``, not the stream's."""
+        """One stream frame: a failure becomes this frame's ``error``, not the stream's.
+
+        The error carries the same ``google.rpc`` details a failed Infer call would.
+        """
         try:
             deadline = Deadline(stream.caller_at)
             if stream.cancelled:
                 deadline.cancel()
             return await self._infer(request, deadline)
         except Exception as exc:
-            code, message = status_for(exc)
-            if not isinstance(exc, VisionRPCError):
-                log.exception("frame %r failed", request.request_id)
-            return pb.InferResponse(
-                request_id=request.request_id,
-                error=status_pb2.Status(code=code_value(code), message=message),
-            )
+            log_unexpected(exc, "InferStream frame failed")
+            return pb.InferResponse(request_id=request.request_id, error=rich_status(exc))
 
     async def InferStream(
         self, request_iterator: AsyncIterator[pb.InferRequest], context: Context
@@ -155,7 +152,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
                     await pending.put(
                         asyncio.create_task(self._infer_frame(request, stream_deadline))
                     )
-            except DecodeError:
+            except (DecodeError, UndecodableMessageError):
                 error = InvalidInputError(
                     f"frame {count + 1} of the stream is not an InferRequest; the "
                     f"{count} frame(s) before it were answered"

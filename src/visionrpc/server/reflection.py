@@ -26,6 +26,8 @@ from grpc_reflection.v1alpha import reflection_pb2 as _pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer as _AioReflectionServicer
 from grpc_reflection.v1alpha._base import _file_descriptor_response, _not_found_error
 
+from visionrpc.server.status import map_errors
+
 V1ALPHA_SERVICE_NAME: str = _v1alpha.SERVICE_NAME
 V1_PACKAGE = "grpc.reflection.v1"
 V1_SERVICE_NAME = f"{V1_PACKAGE}.ServerReflection"
@@ -128,7 +130,8 @@ def enable_server_reflection(
     names = {*service_names, *SERVICE_NAMES}
     servicer = ReflectionServicer(names, pool=pool)
     handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
+        # through the error map: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN
+        map_errors(servicer.ServerReflectionInfo),
         request_deserializer=_pb2.ServerReflectionRequest.FromString,
         response_serializer=_pb2.ServerReflectionResponse.SerializeToString,
     )

@@ -5,7 +5,10 @@ the client uses the same classes the other way round to hand users typed results
 wire layer, not under ``server/``, because both ends of the wire share them.
 
 Proto ``float`` fields are float32: read back into Python they show artefacts such as
-0.6000000238418579, so the converters round them to the shortest decimal that is the same float32.
+0.6000000238418579, so the converters round ModelInfo's thresholds to the shortest decimal that is
+the same float32. A double beyond float32's range travels as ±inf, one too small for it as 0 (for
+a request threshold: "the model's default"); NaN and ±inf travel as they are, and the runtime, not
+the converter, refuses them where they make no sense (thresholds).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ _PIXEL_FORMATS = {
 }
 _TASKS = {types.Task.DETECT: pb.TASK_DETECT, types.Task.SEGMENT: pb.TASK_SEGMENT}
 _TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
+_LAYOUTS = {layout.value: layout for layout in types.Layout}
+"""Layout names; one this client does not know (a newer server's) reads as the default, as an
+unknown task does, instead of failing the whole ListModels call."""
 
 
 def f32(value: float) -> float:
@@ -48,7 +54,8 @@ class InferRequestConverter:
     def to_types(request: pb.InferRequest) -> types.InferenceInput:
         if request.mask_format not in _MASK_FORMATS:
             raise InvalidInputError(
-                f"unknown mask_format {request.mask_format}; use RLE, PNG or POLYGON"
+                f"unknown mask_format {request.mask_format}; use RLE, PNG or POLYGON",
+                field="mask_format",
             )
         options = types.InferenceOptions(
             model=request.model,
@@ -65,7 +72,8 @@ class InferRequestConverter:
             raw = request.raw
             if raw.pixel_format not in _PIXEL_FORMATS:
                 raise InvalidInputError(
-                    f"unknown pixel_format {raw.pixel_format}; use RGB, BGR, GRAY, RGBA or BGRA"
+                    f"unknown pixel_format {raw.pixel_format}; use RGB, BGR, GRAY, RGBA or BGRA",
+                    field="raw.pixel_format",
                 )
             return types.InferenceInput(
                 options=options,
@@ -127,6 +135,7 @@ class MaskConverter:
             out.png.x, out.png.y = mask.png_origin
             out.png.data = mask.png
         else:
+            out.polygon.SetInParent()  # an empty mask has no polygons, yet it is a polygon mask
             for polygon in mask.polygons:
                 out.polygon.polygons.add().points.extend(
                     pb.Point(x=float(x), y=float(y)) for x, y in polygon
@@ -219,7 +228,7 @@ class ModelInfoConverter:
             default_confidence_threshold=f32(info.default_confidence_threshold),
             default_iou_threshold=f32(info.default_iou_threshold),
             default_max_detections=info.default_max_detections,
-            layout=types.Layout(info.layout) if info.layout else types.Layout.YOLOV8,
+            layout=_LAYOUTS.get(info.layout, types.Layout.YOLOV8),
             dynamic_batch=info.dynamic_batch,
             max_batch_size=info.max_batch_size,
             default_agnostic_nms=info.default_agnostic_nms,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from visionrpc.errors import InvalidInputError, ResourceLimitError
+from visionrpc.errors import InvalidInputError, ResourceLimitError, shorten
 
 
 def _utcnow() -> datetime:
@@ -119,7 +119,7 @@ class ChatHub:
     def join(self, room: str, sender: str) -> Participant:
         """Add a participant to ``room`` (created on first join). It sees messages from now on."""
         if not room:
-            raise InvalidInputError("the first chat message must name a room")
+            raise InvalidInputError("the first chat message must name a room", field="room")
         state = self._rooms.get(room)
         if state is None:
             state = self._rooms[room] = _Room(room)
@@ -133,7 +133,9 @@ class ChatHub:
             raise ResourceLimitError(participant._dropped)
         state = self._rooms.get(participant.room)
         if state is None or participant.id not in state.members:
-            raise InvalidInputError(f"{participant.sender!r} is not in room {participant.room!r}")
+            raise InvalidInputError(
+                f"{shorten(participant.sender)} is not in room {shorten(participant.room)}"
+            )
         state.last_seq += 1
         event = ChatEvent(participant.room, participant.sender, text, state.last_seq, self._clock())
         for member in list(state.members.values()):

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from visionrpc import __version__
-from visionrpc.errors import InvalidInputError, OutOfRangeError
+from visionrpc.errors import InvalidInputError, OutOfRangeError, shorten
 from visionrpc.server.reference.chat import ChatEvent, ChatHub, Participant
 from visionrpc.server.status import Context, map_errors
 from visionrpc.settings import Settings
@@ -84,7 +84,8 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
         limit = self._settings.max_stream_count
         if request.count > limit:
             raise InvalidInputError(
-                f"count {request.count} exceeds the server limit of {limit} (max_stream_count)"
+                f"count {request.count} exceeds the server limit of {limit} (max_stream_count)",
+                field="count",
             )
         step = request.step or 1
         interval_s = request.interval_ms / 1000
@@ -161,8 +162,9 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
             async for message in requests:
                 if message.room and message.room != participant.room:
                     raise InvalidInputError(
-                        f"this stream joined room {participant.room!r}; open a new stream to "
-                        f"chat in {message.room!r}"
+                        f"this stream joined room {shorten(participant.room)}; open a new stream "
+                        f"to chat in {shorten(message.room)}",
+                        field="room",
                     )
                 participant.post(message.text)
         finally:
