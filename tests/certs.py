@@ -46,8 +46,15 @@ def make_pki(folder: Path, name: str = "pki") -> Pki:
     ca = trustme.CA()
     ca_file = root / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    write_leaf(ca.issue_cert(*SERVER_NAMES), root / "server.pem", root / "server.key")
-    write_leaf(ca.issue_cert("station-7@example.com"), root / "client.pem", root / "client.key")
+    server = root / "server.pem", root / "server.key"
+    client = root / "client.pem", root / "client.key"
+    write_leaf(ca.issue_cert(*SERVER_NAMES), *server)
+    write_leaf(ca.issue_cert("station-7@example.com"), *client)
     return Pki(
-        ca, ca_file, root / "server.pem", root / "server.key", root / "client.pem", root / "client.key"
+        ca,
+        ca_file,
+        root / "server.pem",
+        root / "server.key",
+        root / "client.pem",
+        root / "client.key",
     )
