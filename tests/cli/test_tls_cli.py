@@ -43,10 +43,8 @@ def secured(start_threaded_server: StartThreadedServer, pki: Pki, tmp_path: Path
 
 
 def mtls_args(pki: Pki) -> list[str]:
-    files = (pki.ca_file, pki.client_cert_file, pki.client_key_file)
-    return [
-        part for pair in zip(("--ca-file", "--cert", "--key"), map(str, files)) for part in pair
-    ]
+    cert, key = str(pki.client_cert_file), str(pki.client_key_file)
+    return ["--ca-file", str(pki.ca_file), "--cert", cert, "--key", key]
 
 
 def test_ping_and_health_over_mtls_with_a_token(secured: RunningServer, pki: Pki) -> None:
