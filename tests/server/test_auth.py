@@ -289,3 +289,11 @@ def test_binding_beyond_loopback_warns_without_tls_and_without_tokens(
     assert [r.getMessage()[:40] for r in caplog.records] == [
         "listening on 0.0.0.0 without TLS: calls "
     ]
+
+
+def test_the_readme_token_list_example_is_valid() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Tokens and scopes", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    names = [c.name for c in auth.parse_tokens(example, "README")]
+    assert names == ["station-7", "ops"]
