@@ -498,7 +498,8 @@ async def _alternating_points(
     client_options: dict[str, dict[str, Any]] | None = None,
 ) -> list[ResultRow]:
     """Infer on each server (name -> process) at each concurrency, the servers taking turns in
-    short slices (``paired_rounds`` rounds, pooled); rows carry the server's name under ``key``.
+    short slices (``paired_rounds`` rounds, pooled, the first server rotating from round to
+    round); rows carry the server's name under ``key``.
     ``client_options`` (per name) are the AsyncClient's TLS/token arguments."""
     rounds = max(1, config.paired_rounds)
     slice_s = config.duration_s / rounds
@@ -517,9 +518,13 @@ async def _alternating_points(
             await infer_load(
                 client, requests, concurrency=4, duration_s=config.warmup_s, max_requests=64
             )
+        names = list(clients)
         for r in range(rounds):
+            # each round starts with the next server, so no one always follows the same neighbour
+            order = names[r % len(names) :] + names[: r % len(names)]
             for c in concurrency:
-                for name, client in clients.items():
+                for name in order:
+                    client = clients[name]
                     result = await infer_load(
                         client,
                         requests,
