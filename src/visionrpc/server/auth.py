@@ -196,9 +196,9 @@ class Authenticator:
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> Authenticator | None:
         """The authenticator of ``settings``; None when no token is configured (all open)."""
-        credentials = load_credentials(settings)
         if settings.tokens_file is None and settings.tokens is None:
             return None
+        credentials = load_credentials(settings)
         if not credentials:
             raise AuthConfigError(
                 "the token list is empty, so no call could be made; add a token or unset "
