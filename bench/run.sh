@@ -3,6 +3,9 @@
 #   bench/run.sh                 full run: 10 s per point, 200 eval images (~8 min for 2 models)
 #   bench/run.sh --quick         smoke run: 1 s per point (~1 min)
 #   bench/run.sh --levers        also measure each server lever (one server restart each)
+#   bench/run.sh --skip-security leave out section f, the cost of TLS and tokens on Infer (plaintext
+#                                vs TLS vs TLS + token servers side by side: images/s at c16, p50 at
+#                                c1); it runs by default and needs trustme (the test extra)
 #   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
 #                                images and model, and merge their rows into the same table
 # Extra arguments go to `python -m bench.harness` (run from any folder: PYTHONPATH is set here). Peer rows ($PEER_RESULTS, default

@@ -70,6 +70,10 @@ def bench(
     skip_core: Annotated[
         bool, typer.Option("--skip-core", help="No CoreServices vs bare grpc.aio.")
     ] = False,
+    skip_security: Annotated[
+        bool,
+        typer.Option("--skip-security", help="No plaintext vs TLS vs TLS + token (section f)."),
+    ] = False,
     core_concurrency: Annotated[
         int, typer.Option(min=1, help="Ping calls in flight for section d.")
     ] = 16,
@@ -135,6 +139,7 @@ def bench(
             stream=not skip_stream,
             core=not skip_core,
             core_concurrency=core_concurrency,
+            security=not skip_security,
             accuracy_count=0
             if skip_accuracy
             else (accuracy_count if accuracy_count is not None else (20 if quick else 200)),

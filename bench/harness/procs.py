@@ -127,10 +127,20 @@ class ServerProcess:
             f"{self.name} {why}; last lines of {self.log_path}:\n" + log_tail(self.log_path)
         )
 
-    def wait_ready(self, probe: Callable[[grpc.Channel], bool], timeout: float) -> None:
+    def wait_ready(
+        self,
+        probe: Callable[[grpc.Channel], bool],
+        timeout: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         """Poll ``probe`` until it says yes; fail early when the process exits."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        channel_ = (
+            grpc.secure_channel(self.address, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(self.address)
+        )
+        with channel_ as channel:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise self._fail(f"exited with code {self.proc.returncode} while starting")
@@ -172,15 +182,17 @@ def visionrpc_server(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     default_model: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[ServerProcess]:
-    """``visionrpc serve`` as a user runs it (VISIONRPC_* settings from ``env``), until ready."""
+    """``visionrpc serve`` as a user runs it (VISIONRPC_* settings from ``env``), until ready
+    (probed over TLS with ``credentials`` when the server speaks TLS)."""
     port = free_port()
     argv = [sys.executable, "-m", "visionrpc.cli.main", "serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--models", str(models_dir), "--grace", "1"]
     argv += ["--default-model", default_model] if default_model else []
     server = ServerProcess("visionrpc serve", argv, port, log_path, env)
     try:
-        server.wait_ready(_health_serving, READY_TIMEOUT_S)
+        server.wait_ready(_health_serving, READY_TIMEOUT_S, credentials)
         yield server
     finally:
         server.stop()

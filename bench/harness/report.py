@@ -12,12 +12,14 @@ Every throughput/latency measurement is one JSON object. Five keys are required:
 * ``p50_ms``, ``p99_ms`` (float or null): per-request latency percentiles (client side,
   send to answer), null when not measured.
 
-Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``;
+Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``,
+``security``;
 rows read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
 ``method`` (``Infer``, ``InferStream``, ``infer``, ``infer_sync``, ``batch``, or a peer's own
 name such as ``ModelInfer``), ``batch_size``, ``requests``, ``errors``, ``duration_s``,
-``peak_rss_mb``, ``lever`` and ``notes``. Unknown keys are kept. A peer file is a JSON list of
-rows or an object with a ``rows`` list; ``validate_row`` says what is wrong with a bad row.
+``peak_rss_mb``, ``lever``, ``variant`` (security) and ``notes``. Unknown keys are kept. A peer
+file is a JSON list of rows or an object with a ``rows`` list; ``validate_row`` says what is wrong
+with a bad row.
 
 The document (``bench-results.json``) holds ``schema_version``, ``meta`` (machine, settings, image
 set), ``rows`` (sections a, b, levers and peers), ``core`` (section d, ``CoreRow``), ``memory``
@@ -55,6 +57,7 @@ class Section(StrEnum):
     PEER = "peer"  # another server (MLServer, Triton) measured by bench/peers/
     LEVER = "lever"  # visionrpc server with one setting changed
     PAIRED = "paired"  # in-process vs served, interleaved slices (bench/paired.py)
+    SECURITY = "security"  # plaintext vs TLS vs TLS + token servers (bench/security.py)
 
 
 class ResultRow(TypedDict, total=False):
@@ -553,6 +556,10 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
             )
         )
 
+    secured = [r for r in doc.get("rows", []) if r.get("section") == Section.SECURITY]
+    if secured:
+        tables.append(_security_table(secured))
+
     tables.append(
         TextTable(
             "Targets",
@@ -571,6 +578,51 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
         )
     )
     return tables
+
+
+def _security_table(rows: list[ResultRow]) -> TextTable:
+    """Section f: one line per variant, images/s at c16 and p50 at c1 against plaintext."""
+    by: dict[tuple[str, int], Mapping[str, Any]] = {
+        (str(r.get("variant")), r["concurrency"]): r for r in rows
+    }
+    variants = list(dict.fromkeys(str(r.get("variant")) for r in rows))
+    wide = max(r["concurrency"] for r in rows)
+    none: Mapping[str, Any] = {}
+    plain_ips = by.get(("plaintext", wide), none).get("images_per_s")
+    plain_p50 = by.get(("plaintext", 1), none).get("p50_ms")
+    lines = []
+    for variant in variants:
+        at_wide, at_one = by.get((variant, wide), none), by.get((variant, 1), none)
+        ips, p50 = at_wide.get("images_per_s"), at_one.get("p50_ms")
+        lines.append(
+            [
+                variant,
+                str(rows[0].get("model", "")),
+                fmt(ips),
+                fmt(_div(ips, plain_ips), 2, "×"),
+                fmt(p50, 2),
+                fmt(_sub(p50, plain_p50), 2),
+                fmt(at_wide.get("p99_ms"), 2),
+                str(sum(r.get("errors", 0) for r in (at_wide, at_one)) or ""),
+            ]
+        )
+    return TextTable(
+        "f. Cost of TLS and tokens (server Infer)",
+        [
+            "variant",
+            "model",
+            f"img/s @c{wide}",
+            "÷ plaintext",
+            "p50 @c1 ms",
+            "− plaintext p50",
+            f"p99 @c{wide} ms",
+            "errors",
+        ],
+        lines,
+        "three servers up at once, differing only in TLS (server certificate, no client "
+        "certificate) and a bearer token checked per call; measured in alternating slices "
+        f"({rows[0].get('rounds', 1)} rounds, pooled)",
+    )
 
 
 _NUMERIC = re.compile(r"^(?:[-–+]?[\d,.]+|–)")

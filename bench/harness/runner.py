@@ -35,6 +35,7 @@ from rich.progress import (
 )
 
 from bench.harness import models as bench_models
+from bench.harness import security
 from bench.harness.images import BENCH_SEED, BenchImage, describe, make_images, save_images
 from bench.harness.loadgen import grpc_ping, grpc_ping_after_idle, grpc_stream_numbers, row
 from bench.harness.paired import load_pipeline, paired_points
@@ -96,6 +97,7 @@ class BenchConfig:
     eval_seed: int = EVAL_SEED
     levers: list[str] = field(default_factory=list)  # names of LEVERS
     lever_concurrency: list[int] = field(default_factory=lambda: [1, 16])
+    security: bool = True  # section f: plaintext vs TLS vs TLS + token
     work_dir: Path | None = None
     keep_work_dir: bool = False
     timeout_s: float = 120.0  # client deadline per call
@@ -122,6 +124,7 @@ def _estimate(config: BenchConfig, n_models: int) -> float:
     points += 4 if config.core else 0
     points += n_models * 4 if config.paired_rounds else 0
     points += len(config.levers) * len(config.lever_concurrency)
+    points += len(security.CONCURRENCY) * 3 if config.security else 0
     return (
         config.images * _IMAGE_S + points * point + n_models * config.accuracy_count * _EVAL_IMAGE_S
     )
@@ -397,6 +400,9 @@ def run_bench(
             on_update(doc)
             _run_server(config, doc, work, models_dir, names, data, plan)
             on_update(doc)
+            if config.security:
+                _run_security(config, doc, work, models_dir, names[0], data, plan)
+                on_update(doc)
             if config.levers:
                 _run_levers(config, doc, work, models_dir, names[0], data, plan)
                 on_update(doc)
@@ -434,37 +440,91 @@ def _run_levers(
             servers[lever] = stack.enter_context(
                 visionrpc_server(models_dir, log, LEVERS[lever], model)
             )
-        doc["rows"] += asyncio.run(_lever_points(servers, model, data, config, plan))
+        doc["rows"] += asyncio.run(
+            _alternating_points(
+                servers, model, data, config, plan, config.lever_concurrency, Section.LEVER, "lever"
+            )
+        )
         for lever, server in servers.items():
             server.check_alive(f"lever {lever}")
 
 
-async def _lever_points(
+def _run_security(
+    config: BenchConfig,
+    doc: dict[str, Any],
+    work: Path,
+    models_dir: Path,
+    model: str,
+    data: list[bytes],
+    plan: _Plan,
+) -> None:
+    """Section f: plaintext, TLS and TLS + token servers, measured in alternating slices."""
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        clients: dict[str, dict[str, Any]] = {}
+        for index, variant in enumerate(security.variants(work)):
+            plan.label(f"security {variant.name}: starting the server")
+            log = work / f"server-security-{index}.log"
+            servers[variant.name] = stack.enter_context(
+                visionrpc_server(models_dir, log, variant.env, model, variant.credentials)
+            )
+            clients[variant.name] = variant.client
+        doc["rows"] += asyncio.run(
+            _alternating_points(
+                servers,
+                model,
+                data,
+                config,
+                plan,
+                list(security.CONCURRENCY),
+                Section.SECURITY,
+                "variant",
+                clients,
+            )
+        )
+        for name, server in servers.items():
+            server.check_alive(f"security {name}")
+
+
+async def _alternating_points(
     servers: dict[str, ServerProcess],
     model: str,
     data: list[bytes],
     config: BenchConfig,
     plan: _Plan,
+    concurrency: list[int],
+    section: Section,
+    key: str,
+    client_options: dict[str, dict[str, Any]] | None = None,
 ) -> list[ResultRow]:
+    """Infer on each server (name -> process) at each concurrency, the servers taking turns in
+    short slices (``paired_rounds`` rounds, pooled, the first server rotating from round to
+    round); rows carry the server's name under ``key``.
+    ``client_options`` (per name) are the AsyncClient's TLS/token arguments."""
     rounds = max(1, config.paired_rounds)
     slice_s = config.duration_s / rounds
     requests = infer_requests(data, model)
-    pooled = {(lever, c): LoadResult(0, 0.0) for lever in servers for c in config.lever_concurrency}
+    pooled = {(name, c): LoadResult(0, 0.0) for name in servers for c in concurrency}
+    options = client_options or {}
     async with contextlib.AsyncExitStack() as stack:
         clients = {
-            lever: await stack.enter_async_context(
-                AsyncClient(server.address, timeout=config.timeout_s)
+            name: await stack.enter_async_context(
+                AsyncClient(server.address, timeout=config.timeout_s, **options.get(name, {}))
             )
-            for lever, server in servers.items()
+            for name, server in servers.items()
         }
-        for lever, client in clients.items():
-            plan.label(f"lever {lever}: warm-up")
+        for name, client in clients.items():
+            plan.label(f"{key} {name}: warm-up")
             await infer_load(
                 client, requests, concurrency=4, duration_s=config.warmup_s, max_requests=64
             )
+        names = list(clients)
         for r in range(rounds):
-            for c in config.lever_concurrency:
-                for lever, client in clients.items():
+            # each round starts with the next server, so no one always follows the same neighbour
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for c in concurrency:
+                for name in order:
+                    client = clients[name]
                     result = await infer_load(
                         client,
                         requests,
@@ -472,21 +532,15 @@ async def _lever_points(
                         duration_s=slice_s,
                         max_requests=config.max_requests,
                     )
-                    pooled[lever, c].add(result)
-                    plan.step(f"lever {lever} c{c} (round {r + 1}/{rounds})", slice_s)
+                    pooled[name, c].add(result)
+                    plan.step(f"{key} {name} c{c} (round {r + 1}/{rounds})", slice_s)
+
+    def labels(name: str) -> dict[str, Any]:
+        return {"rounds": rounds, "slice_s": slice_s, key: name}
+
     return [
-        row(
-            result,
-            f"{SERVER_NAME} [{lever}]",
-            Section.LEVER,
-            model,
-            "Infer",
-            c,
-            lever=lever,
-            rounds=rounds,
-            slice_s=slice_s,
-        )
-        for (lever, c), result in pooled.items()
+        row(result, f"{SERVER_NAME} [{name}]", section, model, "Infer", c, **labels(name))
+        for (name, c), result in pooled.items()
     ]
 
 

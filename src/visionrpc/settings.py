@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -126,6 +126,49 @@ class LimitsSettings(BaseModel):
     )
 
 
+class TlsSettings(BaseModel):
+    """TLS on the listening port; the files are re-read when they change (no restart)."""
+
+    cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain the server presents; with key_file it turns TLS on. "
+        "Rewriting the file (and the key) serves the new certificate to new connections.",
+    )
+    key_file: Path | None = Field(None, description="PEM private key of cert_file (unencrypted).")
+    client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates; set = every client must present a certificate they "
+        "signed (mutual TLS).",
+    )
+
+
+HEALTH_AND_REFLECTION: tuple[str, ...] = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
+
+
+class AuthSettings(BaseModel):
+    """Bearer tokens with scopes; no tokens configured = every call allowed."""
+
+    tokens_file: Path | None = Field(
+        None,
+        description="YAML list of tokens: name (the caller's identity), sha256 (hex digest of the "
+        "token; or token: the token itself) and scopes (inference, models, core).",
+    )
+    tokens: SecretStr | None = Field(
+        None,
+        description="The same list as tokens_file, inline (YAML or JSON), for a secret "
+        "environment variable; used together with tokens_file.",
+    )
+    open_services: list[str] = Field(
+        list(HEALTH_AND_REFLECTION),
+        description="Services callable without a token (full proto names), so probes and tools "
+        "work; [] puts every service behind a token.",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -184,6 +227,8 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -53,7 +53,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     rows = [report.validate_row(r) for r in doc["rows"]]
     sections = {r["section"] for r in rows}
-    assert sections == {"baseline", "inprocess", "grpc", "paired"}
+    assert sections == {"baseline", "inprocess", "grpc", "paired", "security"}
     for row in rows:
         assert _positive(row["images_per_s"]), row
         p50, p99 = row["p50_ms"], row["p99_ms"]
@@ -77,6 +77,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     for (name, _, _), row in paired.items():
         assert row["rounds"] == 5 and _positive(row["cpu_ms_per_image"]), row
         assert _positive(row.get("client_cpu_ms_per_image")) == (name == "visionrpc gRPC"), row
+    secured = {(r.get("variant"), r["concurrency"]) for r in rows if r["section"] == "security"}
+    assert secured == {
+        (variant, c) for variant in ("plaintext", "TLS", "TLS + token") for c in (1, 16)
+    }  # served over TLS and with the token, without errors (checked above)
+    assert "f. Cost of TLS and tokens" in done.stdout
 
     core = {(r["server"], r["method"]): r for r in doc["core"]}
     assert set(core) == {

@@ -29,7 +29,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from visionrpc.cli.common import TargetOpt, TimeoutOpt, client_timeout, rpc_errors, usage_error
+from visionrpc.cli.common import (
+    Connection,
+    TargetOpt,
+    TimeoutOpt,
+    client_timeout,
+    connection_options,
+    rpc_errors,
+    usage_error,
+)
 from visionrpc.cli.demo import demo_image
 from visionrpc.cli.infer import ModelOpt, expand_images
 from visionrpc.client import AsyncClient
@@ -175,6 +183,7 @@ def _model_json(info: ModelDescription) -> dict[str, Any]:
     }
 
 
+@connection_options
 def bench(
     target: TargetOpt = None,
     model: ModelOpt = "",
@@ -206,6 +215,8 @@ def bench(
         str | None,
         typer.Option("--json", metavar="FILE", help="Write the results as JSON ('-': stdout)."),
     ] = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Load-test a server: images/s and p50/p90/p99 latency at each concurrency.
 
@@ -229,7 +240,9 @@ def bench(
     with rpc_errors(target):
 
         async def go() -> tuple[AsyncClient, ModelDescription, list[Point]]:
-            async with AsyncClient(target, timeout=client_timeout(timeout)) as client:
+            async with AsyncClient(
+                target, timeout=client_timeout(timeout), **connection.client_kwargs()
+            ) as client:
                 info = await client.get_model_info(model)
                 reqs = infer_requests([d for _, d in data], info.name)
                 with Progress(*columns, console=out, transient=True, disable=quiet) as bar:

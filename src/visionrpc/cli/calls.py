@@ -14,10 +14,12 @@ from typing import Annotated, TextIO
 import typer
 
 from visionrpc.cli.common import (
+    Connection,
     JsonOpt,
     TargetOpt,
     TimeoutOpt,
     client_timeout,
+    connection_options,
     print_json,
     rpc_errors,
     usage_error,
@@ -25,14 +27,20 @@ from visionrpc.cli.common import (
 from visionrpc.client import ChatMessageResult, Client
 
 
+@connection_options
 def ping(
     message: Annotated[str, typer.Argument(help="Text the server echoes.")] = "ping",
     target: TargetOpt = None,
     timeout: TimeoutOpt = None,
     as_json: JsonOpt = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Unary call: echo a message and show the server's version, instance and clock."""
-    with rpc_errors(target), Client(target, timeout=client_timeout(timeout)) as client:
+    with (
+        rpc_errors(target),
+        Client(target, timeout=client_timeout(timeout), **connection.client_kwargs()) as client,
+    ):
         started = time.perf_counter()
         result = client.ping(message)
         rtt_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -57,6 +65,7 @@ numbers_app = typer.Typer(help="Streaming numbers: server streaming and client s
 
 
 @numbers_app.command("stream")
+@connection_options
 def numbers_stream(
     start: Annotated[int, typer.Option(help="First value.")] = 0,
     count: Annotated[int, typer.Option(min=0, help="How many numbers.")] = 10,
@@ -65,9 +74,11 @@ def numbers_stream(
     target: TargetOpt = None,
     timeout: Annotated[float | None, typer.Option(help="Deadline for the whole stream.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Server streaming: print numbers as the server produces them."""
-    with rpc_errors(target), Client(target) as client:
+    with rpc_errors(target), Client(target, **connection.client_kwargs()) as client:
         for number in client.stream_numbers(start, count, step, interval_ms, timeout=timeout):
             if as_json:
                 print_json({"index": number.index, "value": number.value})
@@ -90,6 +101,7 @@ def _read_numbers(stream: TextIO) -> Iterator[int]:
 
 
 @numbers_app.command("upload")
+@connection_options
 def numbers_upload(
     values: Annotated[
         list[str] | None,
@@ -101,6 +113,8 @@ def numbers_upload(
     target: TargetOpt = None,
     timeout: TimeoutOpt = None,
     as_json: JsonOpt = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Client streaming: upload integers, print count/sum/min/max/mean.
 
@@ -113,7 +127,9 @@ def numbers_upload(
             if values
             else _read_numbers(sys.stdin)
         )
-        with Client(target, timeout=client_timeout(timeout)) as client:
+        with Client(
+            target, timeout=client_timeout(timeout), **connection.client_kwargs()
+        ) as client:
             result = client.upload_numbers(source)
     summary = {
         "count": result.count,
@@ -128,14 +144,20 @@ def numbers_upload(
         typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 
+@connection_options
 def health(
     service: Annotated[str, typer.Option(help="Service name; empty = the whole server.")] = "",
     target: TargetOpt = None,
     timeout: TimeoutOpt = None,
     as_json: JsonOpt = False,
+    *,
+    connection: Connection,
 ) -> None:
     """grpc.health.v1 check; exit code 0 only when SERVING (usable as a probe)."""
-    with rpc_errors(target), Client(target, timeout=client_timeout(timeout)) as client:
+    with (
+        rpc_errors(target),
+        Client(target, timeout=client_timeout(timeout), **connection.client_kwargs()) as client,
+    ):
         result = client.health(service)
     if as_json:
         print_json({"service": result.service, "status": result.status})
@@ -155,10 +177,13 @@ def format_chat(message: ChatMessageResult) -> str:
     return f"[{message.sent_at:%H:%M:%S} #{message.seq}] {message.sender}: {message.text}"
 
 
+@connection_options
 def chat(
     room: Annotated[str, typer.Option(help="Room to join.")] = "lobby",
     name: Annotated[str, typer.Option(help="Your name in the room.")] = "anonymous",
     target: TargetOpt = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Bidirectional streaming: send stdin lines to a room, print others' messages as they come.
 
@@ -173,7 +198,7 @@ def chat(
             if text := line.rstrip("\r\n"):
                 yield text
 
-    with rpc_errors(target), Client(target) as client:
+    with rpc_errors(target), Client(target, **connection.client_kwargs()) as client:
         for message in client.chat(room, name, outgoing()):
             if message.sender == name:
                 if not message.text:

@@ -6,11 +6,15 @@ Exit codes of every command: 0 success, 1 a failed call (or a failed item), 2 a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import inspect
 import json
 import re
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
@@ -32,6 +36,104 @@ TimeoutOpt = Annotated[
     float | None,
     typer.Option("--timeout", help=r"Deadline in seconds \[default: VISIONRPC_TIMEOUT_S or 30]"),
 ]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How a client command connects: TLS files, server name and token (None: from the env)."""
+
+    tls: bool | None = None
+    ca_file: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+    token: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for Client/AsyncClient; unset ones fall back to VISIONRPC_*."""
+        return {
+            "tls": self.tls,
+            "ca_file": self.ca_file,
+            "cert_file": self.cert,
+            "key_file": self.key,
+            "server_name": self.server_name,
+            "token": self.token,
+        }
+
+
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "tls": Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help=r"Connect with TLS (implied by --ca-file/--cert/--key) \[default: "
+            "VISIONRPC_USE_TLS or off]",
+            show_default=False,
+        ),
+    ],
+    "ca_file": Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help=r"PEM CA certificates that verify the server \[default: VISIONRPC_CA_FILE, "
+            "else the system roots]",
+        ),
+    ],
+    "cert": Annotated[
+        Path | None,
+        typer.Option(
+            "--cert",
+            help=r"PEM client certificate for mTLS \[default: VISIONRPC_CLIENT_CERT_FILE]",
+        ),
+    ],
+    "key": Annotated[
+        Path | None,
+        typer.Option("--key", help=r"PEM key of --cert \[default: VISIONRPC_CLIENT_KEY_FILE]"),
+    ],
+    "server_name": Annotated[
+        str | None,
+        typer.Option(
+            "--server-name",
+            help=r"Name on the server's certificate, when not the target's host \[default: "
+            "VISIONRPC_SERVER_NAME]",
+        ),
+    ],
+    "token": Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help=r"Bearer token sent with every call \[default: VISIONRPC_TOKEN]",
+            show_default=False,
+        ),
+    ],
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(command: F) -> F:
+    """Give ``command`` the options --tls, --ca-file, --cert, --key, --server-name and --token.
+
+    ``command`` takes a ``connection: Connection`` parameter instead of six: the decorator shows
+    typer the six options and hands the command one :class:`Connection` made of them.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "connection"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+        for name, kind in _CONNECTION_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name, None) for name in _CONNECTION_OPTIONS}
+        return command(*args, connection=Connection(**given), **kwargs)
+
+    params = [*kept, *added]
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper  # type: ignore[return-value]
+
 
 _NO_SERVER = re.compile(
     r"failed to connect to all addresses|connection refused|errors resolving|dns resolution failed",
@@ -107,12 +209,27 @@ def rpc_status(exc: grpc.RpcError) -> tuple[str, str]:
     return code, (details or "") + _detail_note(exc)
 
 
+_TLS_FAILED = re.compile(r"(?:tls|ssl) handshake failed", re.IGNORECASE)
+_CLOSED = re.compile(r"failed to connect to all addresses.*socket closed", re.IGNORECASE)
+
+
 def describe_rpc_error(exc: grpc.RpcError, target: str | None = None, local: bool = False) -> str:
     """The one line a failed call prints: a hint when no server answers, else CODE: details."""
+    code, details = rpc_status(exc)
+    if code == "UNAVAILABLE" and _TLS_FAILED.search(details):
+        reason = details.rpartition("OPENSSL_internal:")[2].removesuffix(": OK").strip()
+        return (
+            f"TLS handshake with {resolve_target(target)} failed ({reason}); check --ca-file "
+            "(the CA that signed the server's certificate) and --server-name"
+        )
+    if code == "UNAVAILABLE" and _CLOSED.search(details):
+        return (
+            f"the server at {resolve_target(target)} closed the connection; it may need TLS "
+            "(--tls, --ca-file) or a client certificate (--cert, --key)"
+        )
     if is_no_server(exc):
         hint = "or use `--local`" if local else "there or pass --target HOST:PORT"
         return f"no server at {resolve_target(target)}; start `visionrpc serve` {hint}"
-    code, details = rpc_status(exc)
     return f"{code}: {details}" if details else code
 
 

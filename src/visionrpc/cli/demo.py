@@ -13,7 +13,13 @@ import grpc
 import typer
 
 from visionrpc.cli.calls import format_chat
-from visionrpc.cli.common import TargetOpt, require_extra, rpc_errors
+from visionrpc.cli.common import (
+    Connection,
+    TargetOpt,
+    connection_options,
+    require_extra,
+    rpc_errors,
+)
 from visionrpc.client import AsyncClient, ChatMessageResult
 
 Say = Callable[[str], None]
@@ -140,9 +146,12 @@ DEMO_STEPS: list[tuple[str, DemoStep]] = [
 """The demo's sections, in order. Append (title, async step) to show more."""
 
 
-async def run_demo(target: str | None, say: Say = typer.echo) -> None:
+async def run_demo(
+    target: str | None, say: Say = typer.echo, connection: Connection | None = None
+) -> None:
     """Run every step of DEMO_STEPS against ``target``, printing a section per step."""
-    async with AsyncClient(target) as client:
+    options = connection.client_kwargs() if connection is not None else {}
+    async with AsyncClient(target, **options) as client:
         health = await client.health()
         say(f"server {client.target} health: {health.status}")
         for title, step in DEMO_STEPS:
@@ -150,11 +159,14 @@ async def run_demo(target: str | None, say: Say = typer.echo) -> None:
             await step(client, say)
 
 
+@connection_options
 def demo(
     target: TargetOpt = None,
     local: Annotated[
         bool, typer.Option("--local", help="Start a server in this process and use it.")
     ] = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Call every CoreServices method and Infer once and show what each returns.
 
@@ -163,7 +175,7 @@ def demo(
     """
     if not local:
         with rpc_errors(target, local=True):
-            asyncio.run(run_demo(target))
+            asyncio.run(run_demo(target, connection=connection))
         return
     if target is not None:
         raise typer.BadParameter("use either --target or --local, not both")
@@ -173,4 +185,5 @@ def demo(
         from visionrpc.settings import Settings
 
         with running_server(Settings(port=0, access_log=False)) as server:
-            asyncio.run(run_demo(server.address))
+            # the local server is plaintext and without tokens: no connection options
+            asyncio.run(run_demo(server.address, connection=Connection(tls=False, token="")))

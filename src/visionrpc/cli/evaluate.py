@@ -12,10 +12,17 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from visionrpc.cli.common import TargetOpt, require_extra, rpc_errors
+from visionrpc.cli.common import (
+    Connection,
+    TargetOpt,
+    connection_options,
+    require_extra,
+    rpc_errors,
+)
 from visionrpc.cli.infer import AgnosticNms, Json, ModelOpt, console
 
 
+@connection_options
 def evaluate(
     target: TargetOpt = None,
     models_dir: Annotated[
@@ -28,6 +35,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Generator seed; training used 1 and 2.")] = 1000,
     agnostic_nms: AgnosticNms = None,
     json_out: Json = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Accuracy through the gRPC API: box and mask mAP on a held-out generated set, and count
     accuracy (reported vs planted defects per image) at the model's default confidence.
@@ -41,10 +50,10 @@ def evaluate(
     from visionrpc.evaluation import evaluate as run_eval
     from visionrpc.evaluation import served
 
-    def go(address: str) -> None:
+    def go(address: str, local: Connection = connection) -> None:
         with (
             rpc_errors(address),
-            Client(address, timeout=120.0) as client,
+            Client(address, timeout=120.0, **local.client_kwargs()) as client,
             Progress(console=console, transient=True) as bar,
         ):
             task = bar.add_task("evaluating", total=count)
@@ -106,4 +115,4 @@ def evaluate(
         from visionrpc.settings import Settings
 
         with running_server(Settings(**overrides)) as server:
-            go(server.address)
+            go(server.address, Connection(tls=False, token=""))  # plaintext, no tokens

@@ -24,7 +24,9 @@ from rich.table import Table
 
 from visionrpc.cli.common import (
     CliError,
+    Connection,
     TargetOpt,
+    connection_options,
     is_no_server,
     require_extra,
     rpc_errors,
@@ -267,6 +269,7 @@ def _infer_one(
         return None, (UNREADABLE, f"cannot read the file: {exc.strerror or exc}")
 
 
+@connection_options
 def infer(
     images: Annotated[
         list[str],
@@ -294,6 +297,8 @@ def infer(
             r'Needs OpenCV (pip install "visionrpc\[images]").',
         ),
     ] = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Send images to InferenceMethods.Infer and print boxes and defects.
 
@@ -313,7 +318,7 @@ def infer(
         annotate_to = annotated_paths(save_annotated, paths)
         if save_annotated is not None:
             require_extra("images", "--save-annotated")
-        with Client(target) as client:
+        with Client(target, **connection.client_kwargs()) as client:
             check_model(client, model, _class_list(classes))
             for path, annotated in zip(paths, annotate_to, strict=True):
                 options = request_options(
@@ -395,6 +400,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
 
 
+@connection_options
 def infer_stream(
     source: Annotated[
         str, typer.Argument(help="A video file, a folder of images, an image or a quoted glob.")
@@ -408,6 +414,8 @@ def infer_stream(
     agnostic_nms: AgnosticNms = None,
     masks: Masks = False,
     json_out: Json = False,
+    *,
+    connection: Connection,
 ) -> None:
     """Stream frames through InferenceMethods.InferStream: one line per frame, then a summary.
 
@@ -430,7 +438,7 @@ def infer_stream(
                 names.append(name)
                 yield data
 
-        with Client(target) as client:
+        with Client(target, **connection.client_kwargs()) as client:
             check_model(client, model, _class_list(classes))
             started = time.perf_counter()
             with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
@@ -474,11 +482,12 @@ def _print_line(out: Console, text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def models(target: TargetOpt = None, json_out: Json = False) -> None:
+@connection_options
+def models(target: TargetOpt = None, json_out: Json = False, *, connection: Connection) -> None:
     """List the models the server holds."""
     from visionrpc.client import Client
 
-    with rpc_errors(target), Client(target) as client:
+    with rpc_errors(target), Client(target, **connection.client_kwargs()) as client:
         infos, default = client.list_models()
     if json_out:
         typer.echo(

@@ -32,8 +32,11 @@ FLAG_FIELDS: dict[str, str] = {
     "log_format": "log_format",
     "grace": "grace_period_s",
     "access_log": "access_log",
+    "tls_cert": "tls.cert_file",
+    "tls_key": "tls.key_file",
+    "tls_client_ca": "tls.client_ca_file",
 }
-"""serve()'s parameters and the Settings fields they set."""
+"""serve()'s parameters and the Settings fields they set (``group.field`` for nested ones)."""
 _FIELDS = Settings.model_fields
 _DEFAULTS: dict[str, Any] = {name: field.default for name, field in _FIELDS.items()}
 _ENV_PREFIX = "VISIONRPC_"
@@ -43,11 +46,32 @@ def _env_name(*path: str | int) -> str:
     return _ENV_PREFIX + "__".join(str(part).upper() for part in path)
 
 
+def _field_info(field: str) -> Any:
+    """The pydantic FieldInfo of ``field`` or ``group.field``."""
+    group, _, name = field.rpartition(".")
+    if not group:
+        return _FIELDS[field]
+    model = _FIELDS[group].annotation
+    return model.model_fields[name]  # type: ignore[union-attr]
+
+
 def _option(field: str, *decls: str, **kwargs: Any) -> Any:
     """A typer option described by the Settings field ``field`` (and naming its env variable)."""
-    return typer.Option(
-        *decls, help=f"{_FIELDS[field].description} (env {_env_name(field)})", **kwargs
-    )
+    env = _env_name(*field.split("."))
+    return typer.Option(*decls, help=f"{_field_info(field).description} (env {env})", **kwargs)
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"tls.cert_file": x}`` as ``{"tls": {"cert_file": x}}``, for Settings(**...); nested
+    groups merge with their environment variables."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        group, _, name = key.rpartition(".")
+        if group:
+            out.setdefault(group, {})[name] = value
+        else:
+            out[key] = value
+    return out
 
 
 def serve(
@@ -66,6 +90,9 @@ def serve(
     access_log: Annotated[bool, _option("access_log", "--access-log/--no-access-log")] = _DEFAULTS[
         "access_log"
     ],
+    tls_cert: Annotated[Path | None, _option("tls.cert_file", "--tls-cert")] = None,
+    tls_key: Annotated[Path | None, _option("tls.key_file", "--tls-key")] = None,
+    tls_client_ca: Annotated[Path | None, _option("tls.client_ca_file", "--tls-client-ca")] = None,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (flags override VISIONRPC_* environment variables)."""
     given: dict[str, Any] = {
@@ -74,7 +101,7 @@ def serve(
         if _on_command_line(ctx.get_parameter_source(name))
     }
     try:
-        settings = Settings(**given)
+        settings = Settings(**_nested(given))
     except ValidationError as exc:
         _fail("\n".join(settings_problems(exc, given)), exc, debug=_debug_requested(given))
     debug = settings.log_level == "DEBUG"
@@ -117,7 +144,9 @@ def settings_problems(exc: ValidationError, given: dict[str, Any]) -> list[str]:
     lines = []
     for error in exc.errors():
         path = error["loc"]
-        field = str(path[0]) if path else ""
+        field = ".".join(str(part) for part in path)
+        if field not in given:
+            field = str(path[0]) if path else ""
         name = "--" + flags[field].replace("_", "-") if field in given else _env_name(*path)
         lines.append(f"invalid setting {name}={error['input']!r}: {error['msg']}")
     return lines

@@ -20,6 +20,7 @@ from visionrpc.client.results import (
 )
 from visionrpc.client.settings import ClientSettings
 from visionrpc.client.sync import Client
+from visionrpc.tls import TlsFileError
 from visionrpc.types import (
     BoxXYXY,
     DefectSummary,
@@ -54,6 +55,7 @@ __all__ = [
     "StreamResult",
     "Timeout",
     "Timings",
+    "TlsFileError",
     "UploadResult",
     "channel_options",
     "infer_request",

@@ -21,6 +21,7 @@ from visionrpc.client.base import (
     ChannelOptions,
     ClientBase,
     Metadata,
+    PathLike,
     Timeout,
 )
 from visionrpc.client.errors import RequestSource, raise_call_error
@@ -77,6 +78,12 @@ class AsyncClient(ClientBase):
         wait_for_ready: bool = False,
         options: ChannelOptions = (),
         settings: ClientSettings | None = None,
+        tls: bool | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -85,9 +92,17 @@ class AsyncClient(ClientBase):
             wait_for_ready=wait_for_ready,
             options=options,
             settings=settings,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
+            token=token,
         )
-        self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(
-            self.target, options=self._options
+        self.channel: grpc.aio.Channel = (
+            grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(self.target, options=self._options)
         )
         self._core = core_pb2_grpc.CoreServicesStub(self.channel)
         self._inference = inference_pb2_grpc.InferenceMethodsStub(self.channel)

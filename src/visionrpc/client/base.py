@@ -1,4 +1,5 @@
-"""What the blocking and the asyncio client share: options, defaults, deadlines, retries.
+"""What the blocking and the asyncio client share: options, defaults, deadlines, retries, TLS and
+the token.
 
 ``timeout`` has one meaning per value everywhere: a number is seconds, ``None`` is no deadline, and
 :data:`USE_CLIENT_DEFAULT` is "the level above decides" (for a call: the client's timeout; for the
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from collections.abc import Sequence
 from typing import Any, Final
 
+import grpc
+
 from visionrpc.client.settings import ClientSettings
+from visionrpc.tls import channel_credentials
 
 MiB = 1024 * 1024
 DEFAULT_MESSAGE_BYTES = 64 * MiB
@@ -38,6 +43,7 @@ USE_CLIENT_DEFAULT: Final = UseClientDefault.USE_CLIENT_DEFAULT
 Timeout = float | None | UseClientDefault
 Metadata = Sequence[tuple[str, str]]
 ChannelOptions = Sequence[tuple[str, Any]]
+PathLike = str | os.PathLike[str]
 
 
 def service_config(max_attempts: int = 5) -> str:
@@ -78,7 +84,14 @@ def channel_options(caller: ChannelOptions = (), max_attempts: int = 5) -> list[
 
 
 class ClientBase:
-    """Target, default deadline, metadata and channel options of a client."""
+    """Target, default deadline, metadata, channel options, TLS and token of a client.
+
+    TLS and token arguments left at ``None`` come from :class:`ClientSettings` (``VISIONRPC_*``).
+    TLS is on with ``tls=True`` or any of ``ca_file``, ``cert_file``, ``key_file``; without a CA
+    file the system's roots verify the server. ``tls=False`` forces plaintext. ``token=""`` sends
+    no token even when ``VISIONRPC_TOKEN`` is set. A missing or unusable file raises
+    :class:`~visionrpc.tls.TlsFileError` (a ``ValueError``) naming it.
+    """
 
     def __init__(
         self,
@@ -89,15 +102,34 @@ class ClientBase:
         wait_for_ready: bool,
         options: ChannelOptions,
         settings: ClientSettings | None,
+        tls: bool | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
-        self.settings = settings or ClientSettings()
-        self.target = target or self.settings.target
+        self.settings = s = settings or ClientSettings()
+        self.target = target or s.target
         self.timeout: float | None = (
-            self.settings.timeout_s if isinstance(timeout, UseClientDefault) else timeout
+            s.timeout_s if isinstance(timeout, UseClientDefault) else timeout
         )
-        self._metadata = tuple(metadata)
+        ca = ca_file if ca_file is not None else s.ca_file
+        cert = cert_file if cert_file is not None else s.client_cert_file
+        key = key_file if key_file is not None else s.client_key_file
+        self.tls: bool = (
+            tls if tls is not None else s.use_tls or any(f is not None for f in (ca, cert, key))
+        )
+        self._credentials: grpc.ChannelCredentials | None = (
+            channel_credentials(ca, cert, key) if self.tls else None
+        )
+        name = server_name if server_name is not None else s.server_name
+        secret = token if token is not None else (s.token.get_secret_value() if s.token else "")
+        auth = (("authorization", f"Bearer {secret.strip()}"),) if secret.strip() else ()
+        self._metadata = (*auth, *metadata)
         self._wait_for_ready = wait_for_ready
-        self._options = channel_options(options)
+        tls_options = [("grpc.ssl_target_name_override", name)] if name and self.tls else []
+        self._options = channel_options([*tls_options, *options])
 
     def _call_options(self, timeout: Timeout, metadata: Metadata = ()) -> dict[str, Any]:
         """Keyword arguments for a stub call: deadline, metadata and wait_for_ready."""

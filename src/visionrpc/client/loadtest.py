@@ -170,12 +170,12 @@ async def infer_load(
     max_requests: int,
 ) -> LoadResult:
     """Unary Infer, ``concurrency`` calls in flight on the client's channel, each with the
-    client's deadline."""
+    client's deadline and metadata (its token)."""
     stub = inference_pb2_grpc.InferenceMethodsStub(client.channel)
-    timeout = client.timeout
+    options = client._call_options(client.timeout)
 
     async def call(i: int) -> None:
-        await stub.Infer(requests[i % len(requests)], timeout=timeout)
+        await stub.Infer(requests[i % len(requests)], **options)
 
     return await closed_loop(
         plain_caller(call),
@@ -202,10 +202,11 @@ async def infer_stream_load(
     """
     stub = inference_pb2_grpc.InferenceMethodsStub(client.channel)
     timeout = None if client.timeout is None else duration_s + client.timeout
+    options = client._call_options(timeout)
 
     @contextlib.asynccontextmanager
     async def open_stream(_worker: int) -> AsyncIterator[Call]:
-        stream = stub.InferStream(None, timeout=timeout)
+        stream = stub.InferStream(None, **options)
 
         async def call(i: int) -> None:
             try:

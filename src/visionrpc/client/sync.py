@@ -14,6 +14,7 @@ from visionrpc.client.base import (
     ChannelOptions,
     ClientBase,
     Metadata,
+    PathLike,
     Timeout,
 )
 from visionrpc.client.errors import RequestSource, raise_call_error
@@ -60,6 +61,12 @@ class Client(ClientBase):
     ``timeout``: seconds, ``None`` for no deadline, or ``USE_CLIENT_DEFAULT`` for
     ``VISIONRPC_TIMEOUT_S`` (30 s). ``options`` are gRPC channel arguments; they replace the
     client's own (64 MiB message limits, retries on UNAVAILABLE).
+
+    ``tls``, ``ca_file``, ``cert_file``/``key_file`` (mTLS), ``server_name`` (the name the
+    server's certificate carries, when it differs from the target's host) and ``token`` (sent as
+    ``authorization: Bearer``) default to ``VISIONRPC_USE_TLS``, ``VISIONRPC_CA_FILE``,
+    ``VISIONRPC_CLIENT_CERT_FILE``/``VISIONRPC_CLIENT_KEY_FILE``, ``VISIONRPC_SERVER_NAME`` and
+    ``VISIONRPC_TOKEN``; see :class:`~visionrpc.client.base.ClientBase`.
     """
 
     def __init__(
@@ -71,6 +78,12 @@ class Client(ClientBase):
         wait_for_ready: bool = False,
         options: ChannelOptions = (),
         settings: ClientSettings | None = None,
+        tls: bool | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(
             target,
@@ -79,8 +92,18 @@ class Client(ClientBase):
             wait_for_ready=wait_for_ready,
             options=options,
             settings=settings,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
+            token=token,
         )
-        self.channel: grpc.Channel = grpc.insecure_channel(self.target, options=self._options)
+        self.channel: grpc.Channel = (
+            grpc.secure_channel(self.target, self._credentials, options=self._options)
+            if self._credentials is not None
+            else grpc.insecure_channel(self.target, options=self._options)
+        )
         self._core = core_pb2_grpc.CoreServicesStub(self.channel)
         self._inference = inference_pb2_grpc.InferenceMethodsStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -32,12 +33,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from visionrpc.errors import VisionRPCError
 from visionrpc.server import reflection
+from visionrpc.server.auth import AuthConfigError, Authenticator
 from visionrpc.server.decoding import DecodeGuard
 from visionrpc.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from visionrpc.server.health import HealthServicer
 from visionrpc.server.interceptors import CallInterceptor
 from visionrpc.server.reference.core_services import CoreServicesServicer
+from visionrpc.server.tls import server_credentials
 from visionrpc.settings import Settings
+from visionrpc.tls import TlsFileError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,17 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     if settings.max_concurrent_streams:
         options.append(("grpc.max_concurrent_streams", settings.max_concurrent_streams))
     return options
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bracketed(host: str) -> str:
@@ -151,6 +166,7 @@ class VisionServer:
         self.health = HealthServicer()
         self._gate = CallInterceptor(ALWAYS_OPEN, access_log=settings.access_log)
         self._server: grpc.aio.Server | None = None
+        self._credentials: grpc.ServerCredentials | None = None
         self._listening = False
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -196,13 +212,41 @@ class VisionServer:
         for name in ("", *(s.name for s in self.services)):
             await self.health.set(name, status)
 
+    def _load_security(self) -> None:
+        """Read the TLS files and the token list; a problem stops start-up naming the file."""
+        try:
+            self._credentials, mutual = server_credentials(self.settings.tls)
+            self._gate.auth = Authenticator.from_settings(self.settings.auth)
+        except (TlsFileError, AuthConfigError) as exc:
+            raise StartupError(str(exc)) from None
+        if self._credentials is not None:
+            log.info("TLS on%s", " with client certificates required (mTLS)" if mutual else "")
+        host = self.settings.host or "0.0.0.0"
+        if is_loopback(host):
+            return
+        if self._credentials is None:
+            log.warning(
+                "listening on %s without TLS: calls and tokens cross the network in plaintext; "
+                "set tls.cert_file and tls.key_file (--tls-cert, --tls-key)",
+                host,
+            )
+        if self._gate.auth is None:
+            log.warning(
+                "listening on %s without tokens: anyone who reaches the port may call every "
+                "method; set auth.tokens_file or auth.tokens",
+                host,
+            )
+
     def _bind(self, server: grpc.aio.Server) -> int:
         host, port = self.settings.host, self.settings.port
         problem = _bind_problem(host, port)
         if problem:
             raise StartupError(problem)
+        address = f"{_bracketed(host)}:{port}"
         try:
-            return server.add_insecure_port(f"{_bracketed(host)}:{port}")
+            if self._credentials is not None:
+                return server.add_secure_port(address, self._credentials)
+            return server.add_insecure_port(address)
         except RuntimeError:  # the OS let us bind a moment ago; gRPC's C core logged why not
             raise StartupError(
                 f"cannot listen on {_bracketed(host)}:{port}; see the gRPC error above"
@@ -216,6 +260,7 @@ class VisionServer:
         """
         if self._server is not None:
             raise RuntimeError("server already started")
+        self._load_security()
         await self._set_health(NOT_SERVING)
         server = self._server = self._build()
         try:

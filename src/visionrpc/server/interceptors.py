@@ -1,7 +1,9 @@
-"""The server interceptor: a readiness gate for start-up and one access-log line per call.
+"""The server interceptor: token check, readiness gate and one access-log line per call.
 
-Both wrap the method handler's behaviour, so they see the call from start to end – for streaming
-calls the log line is written when the stream ends, with the final status.
+The token check and the gate decide from the call's details alone and answer a refusal with a
+handler of their own, so an allowed call runs its servicer unwrapped. The access log wraps the
+handler's behaviour, so it sees the call from start to end – for streaming calls the log line is
+written when the stream ends, with the final status.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from visionrpc.server.auth import Authenticator, Refusal
+from visionrpc.server.identity import CALLER
 from visionrpc.wire.codes import code_name
 
 ACCESS_LOGGER = "visionrpc.access"
@@ -105,9 +109,14 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
 
 
 class CallInterceptor(ServerInterceptor):
-    """The server's one interceptor: a readiness gate, then one access-log line per call.
+    """The server's one interceptor: tokens, a readiness gate, then one access-log line per call.
 
-    One interceptor rather than two because every interceptor layer costs throughput on each call.
+    One interceptor rather than three because every interceptor layer costs throughput on each call.
+
+    - With an ``auth`` :class:`~visionrpc.server.auth.Authenticator`, calls to services outside
+      its open ones need a known token with the method's scope (UNAUTHENTICATED or
+      PERMISSION_DENIED otherwise); the token's name is set in
+      :data:`~visionrpc.server.identity.CALLER` for the servicer.
 
     - Until ``ready`` is set, application calls get UNAVAILABLE (clients retry it through their
       service config); the always-open services (health, reflection) answer meanwhile, so probes
@@ -122,8 +131,10 @@ class CallInterceptor(ServerInterceptor):
         *,
         access_log: bool = True,
         logger: logging.Logger | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self._always_open = frozenset(always_open)
+        self.auth = auth
         self.ready = False
         self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
@@ -136,9 +147,16 @@ class CallInterceptor(ServerInterceptor):
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
-        if not self.ready and method.lstrip("/").rpartition("/")[0] not in self._always_open:
-            refused = _wrap_handler(handler, _refuse)
-            return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
+        service = method.lstrip("/").rpartition("/")[0]
+        auth = self.auth
+        if auth is not None and service not in auth.open_services:
+            verdict = auth.check(method, handler_call_details.invocation_metadata)
+            if isinstance(verdict, Refusal):
+                return self._refusal(handler, method, verdict)
+            # set in the task that goes on to run the servicer, which therefore sees it
+            CALLER.set(verdict)
+        if not self.ready and service not in self._always_open:
+            return self._refusal(handler, method, STARTING)
         if not self._access_log:
             return handler
         key = (method, id(handler))
@@ -146,6 +164,11 @@ class CallInterceptor(ServerInterceptor):
         if wrapped is None:
             wrapped = self._wrapped[key] = _wrap_handler(handler, self._wrapper(method))
         return wrapped
+
+    def _refusal(self, handler: Handler, method: str, refusal: Refusal) -> Handler:
+        """A handler of ``handler``'s streaming kind that answers ``refusal`` (access-logged)."""
+        refused = _wrap_handler(handler, _refuse(refusal))
+        return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
 
     def _wrapper(self, method: str) -> Callable[[Behavior, bool], Behavior]:
         log = self._log
@@ -160,20 +183,16 @@ class CallInterceptor(ServerInterceptor):
                 return
             code = _final_code(context, exc)
             duration_ms = round((time.perf_counter() - started) * 1000, 3)
-            log.info(
-                "%s %s %.1fms",
-                method,
-                code,
-                duration_ms,
-                extra={
-                    "fields": {
-                        "grpc_method": method,
-                        "grpc_code": code,
-                        "duration_ms": duration_ms,
-                        "peer": peer,
-                    }
-                },
-            )
+            fields: dict[str, Any] = {
+                "grpc_method": method,
+                "grpc_code": code,
+                "duration_ms": duration_ms,
+                "peer": peer,
+            }
+            identity = CALLER.get()
+            if identity is not None:
+                fields["identity"] = identity
+            log.info("%s %s %.1fms", method, code, duration_ms, extra={"fields": fields})
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             return _observe(behavior, streaming, on_end)
@@ -181,10 +200,16 @@ class CallInterceptor(ServerInterceptor):
         return wrap
 
 
-def _refuse(_behavior: Behavior, _streaming: bool) -> Behavior:
-    """A behaviour that answers UNAVAILABLE (the server is still starting)."""
+STARTING = Refusal(grpc.StatusCode.UNAVAILABLE, "server is starting; retry shortly")
 
-    async def unavailable(_request: Any, context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "server is starting; retry shortly")
 
-    return unavailable
+def _refuse(refusal: Refusal) -> Callable[[Behavior, bool], Behavior]:
+    """A handler wrapper whose behaviour answers ``refusal`` without running the servicer."""
+
+    def wrap(_behavior: Behavior, _streaming: bool) -> Behavior:
+        async def refuse(_request: Any, context: Any) -> None:
+            await context.abort(refusal.code, refusal.message)
+
+        return refuse
+
+    return wrap
