@@ -1,7 +1,8 @@
-"""The server interceptor: a readiness gate for start-up and one access-log line per call.
+"""The server interceptor: a readiness gate (start-up, drain), an in-flight count, and one
+access-log line per call.
 
-Both wrap the method handler's behaviour, so they see the call from start to end – for streaming
-calls the log line is written when the stream ends, with the final status.
+All three wrap the method handler's behaviour, so they see the call from start to end – for
+streaming calls the log line is written when the stream ends, with the final status.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from visionrpc.server.drain import DRAINING_MESSAGE, InFlight
 from visionrpc.wire.codes import code_name
 
 ACCESS_LOGGER = "visionrpc.access"
@@ -109,9 +111,12 @@ class CallInterceptor(ServerInterceptor):
 
     One interceptor rather than two because every interceptor layer costs throughput on each call.
 
-    - Until ``ready`` is set, application calls get UNAVAILABLE (clients retry it through their
-      service config); the always-open services (health, reflection) answer meanwhile, so probes
-      can say NOT_SERVING while models load.
+    - Until ``ready`` is set, and once ``draining`` is, application calls get UNAVAILABLE
+      (clients retry it through their service config); the always-open services (health,
+      reflection) answer meanwhile, so probes can say NOT_SERVING while models load or the
+      server drains.
+    - ``in_flight`` counts the application calls in progress (a drain waits for them). Counting
+      wraps each handler once (cached), a coroutine frame per call.
     - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms`` and
       ``peer``. The wrapped handler of each method is built once and reused.
     """
@@ -125,9 +130,11 @@ class CallInterceptor(ServerInterceptor):
     ) -> None:
         self._always_open = frozenset(always_open)
         self.ready = False
+        self.draining = False
+        self.in_flight = InFlight()
         self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
-        self._wrapped: dict[tuple[str, int], Handler] = {}
+        self._wrapped: dict[tuple[str, int], tuple[Handler, bool]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -136,16 +143,25 @@ class CallInterceptor(ServerInterceptor):
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
-        if not self.ready and method.lstrip("/").rpartition("/")[0] not in self._always_open:
-            refused = _wrap_handler(handler, _refuse)
-            return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
-        if not self._access_log:
-            return handler
         key = (method, id(handler))
-        wrapped = self._wrapped.get(key)
-        if wrapped is None:
-            wrapped = self._wrapped[key] = _wrap_handler(handler, self._wrapper(method))
-        return wrapped
+        prepared = self._wrapped.get(key)
+        if prepared is None:
+            prepared = self._wrapped[key] = self._prepare(method, handler)
+        wrapped, always_open = prepared
+        if always_open or (self.ready and not self.draining):
+            return wrapped
+        message = DRAINING_MESSAGE if self.draining else "server is starting; retry shortly"
+        refused = _wrap_handler(handler, _refusing(message))
+        return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
+
+    def _prepare(self, method: str, handler: Handler) -> tuple[Handler, bool]:
+        """The handler to run when the gate is open (counted, logged) and whether it always is."""
+        always_open = method.lstrip("/").rpartition("/")[0] in self._always_open
+        if not always_open:
+            handler = _wrap_handler(handler, _counting(self.in_flight))
+        if self._access_log:
+            handler = _wrap_handler(handler, self._wrapper(method))
+        return handler, always_open
 
     def _wrapper(self, method: str) -> Callable[[Behavior, bool], Behavior]:
         log = self._log
@@ -181,10 +197,42 @@ class CallInterceptor(ServerInterceptor):
         return wrap
 
 
-def _refuse(_behavior: Behavior, _streaming: bool) -> Behavior:
-    """A behaviour that answers UNAVAILABLE (the server is still starting)."""
+def _counting(in_flight: InFlight) -> Callable[[Behavior, bool], Behavior]:
+    """Wrap a behaviour so that ``in_flight`` counts the call from its start to its end."""
 
-    async def unavailable(_request: Any, context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "server is starting; retry shortly")
+    def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+        if streaming and inspect.isasyncgenfunction(behavior):
 
-    return unavailable
+            async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+                in_flight.enter()
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    in_flight.exit()
+
+            return stream_behavior
+
+        async def unary_behavior(request: Any, context: Any) -> Any:
+            in_flight.enter()
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                in_flight.exit()
+
+        return unary_behavior
+
+    return wrap
+
+
+def _refusing(message: str) -> Callable[[Behavior, bool], Behavior]:
+    """Wrap a behaviour into one that answers UNAVAILABLE with ``message`` (starting, draining)."""
+
+    def wrap(_behavior: Behavior, _streaming: bool) -> Behavior:
+        async def unavailable(_request: Any, context: Any) -> None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+        return unavailable
+
+    return wrap
