@@ -69,6 +69,8 @@ class _FrameReader:
         self._waiting_since: float | None = None
         """Loop time the reader began waiting for the next frame; None while it is not waiting
         (answering, or held back by the window)."""
+        self._stop_at: float | None = None
+        """Loop time after which the reader reads no further frame (set when the drain starts)."""
 
     async def run(self, draining: asyncio.Event, settings: DrainSettings) -> None:
         reading = asyncio.create_task(self._read())
@@ -95,7 +97,10 @@ class _FrameReader:
                 self._waiting_since = None
                 self.count += 1
                 await self.pending.put(asyncio.create_task(self._answer(request)))
-                self._waiting_since = loop.time()
+                now = loop.time()
+                if self._stop_at is not None and now >= self._stop_at:
+                    return DrainingError(self._drained_message())
+                self._waiting_since = now
         except DecodeError:
             return InvalidInputError(
                 f"frame {self.count + 1} of the stream is not an InferRequest; the "
@@ -107,10 +112,10 @@ class _FrameReader:
 
     async def _read_until_quiet(self, reading: asyncio.Task[Any], settings: DrainSettings) -> None:
         """While draining: stop ``reading`` once it has waited ``stream_frame_wait_ms`` for a
-        frame, or once ``stream_read_s`` has passed and it waits for the next one."""
+        frame, or once ``stream_read_s`` has passed and it would read the next one."""
         loop = asyncio.get_running_loop()
         quiet_s = settings.stream_frame_wait_ms / 1000
-        deadline = loop.time() + settings.stream_read_s
+        deadline = self._stop_at = loop.time() + settings.stream_read_s
         while not reading.done():
             since, now = self._waiting_since, loop.time()
             if since is not None and (now - since >= quiet_s or now >= deadline):
