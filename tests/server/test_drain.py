@@ -20,14 +20,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import EOF, ChatSession, RunningServer, StartServer, make_settings, wait_until
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from tests.server.drain_helpers import frame, stream_drained, tiny_models
 from visionrpc.client import AsyncClient, StreamInterruptedError
 from visionrpc.runtime.model import OnnxModel
 from visionrpc.server.drain import DRAINING_MESSAGE
@@ -42,32 +41,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CORE = "visionrpc.v1.CoreServices"
 
 
-def stream_drained(answered: int) -> str:
-    return (
-        f"server is draining (shutting down): the {answered} frame(s) it read from this stream "
-        "were answered; send the frames after them to another server"
-    )
-
-
-def _jpeg() -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.full((48, 64, 3), 120, np.uint8))
-    assert ok
-    return buf.tobytes()
-
-
-JPEG = _jpeg()
-
-
-def frame(request_id: str) -> pb.InferRequest:
-    return pb.InferRequest(image_bytes=JPEG, request_id=request_id)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "tiny.onnx", [out], input_size=(64, 64), names={0: "dent"})
-    return root
+    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture
