@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def _call_loop(
         try:
             client.infer(IMAGE)
         except grpc.RpcError as exc:
-            tally.failures.append(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+            tally.failures.append(f"{exc.code().name}: {exc.details()}")
             time.sleep(0.05)  # a user's loop would not spin on a dead server either
             continue
         if killed.is_set():
@@ -171,9 +172,9 @@ def test_a_server_killed_and_restarted_on_its_port_is_used_again_by_retrying_cli
     assert {failure.partition(":")[0] for failure in plain.failures} == {"UNAVAILABLE"}
 
 
-def _wait(predicate: object, timeout: float = 90) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.02)
