@@ -1,20 +1,23 @@
 """SIGTERM on a real ``visionrpc serve`` process, with every kind of stream open.
 
-Frames sent before the signal are all answered; idle InferStream, Chat and StreamNumbers streams
-end with UNAVAILABLE "draining"; health on an open channel says NOT_SERVING; the process exits 0
-well before its 30 s grace period (bounded at half of it: a generous bound, not a timing test).
-"""
+Frames sent before the signal are all answered (and a camera that never pauses loses none: each
+frame is answered or reported to the caller for resending); idle InferStream, Chat and
+StreamNumbers streams end with UNAVAILABLE "draining"; health on an open channel says NOT_SERVING;
+the process exits 0 well before its 30 s grace period (bounded at half of it: a generous bound,
+not a timing test)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -27,6 +30,7 @@ from tests.server.drain_helpers import (
     tiny_models,
     wait_serving,
 )
+from visionrpc.client import AsyncClient, Client, StreamInterruptedError
 from visionrpc.server.drain import DRAINING_MESSAGE
 from visionrpc.v1 import core_pb2, core_pb2_grpc, inference_pb2_grpc
 from visionrpc.v1 import inference_pb2 as pb
@@ -112,3 +116,63 @@ async def test_sigterm_answers_every_frame_ends_idle_streams_and_exits_early(
     assert exited_after < BOUND_S
     log = (tmp_path / "serve.log").read_text()
     assert "shutdown requested" in log and "server stopped" in log
+
+
+@pytest.mark.parametrize("kind", ["Client", "AsyncClient"])
+def test_a_camera_sending_at_full_speed_loses_no_frame(
+    kind: str, models: Path, tmp_path: Path
+) -> None:
+    """A sender that never pauses keeps the server reading for drain.stream_read_s, then the
+    stream ends; every frame taken from the camera is either answered or in ``unanswered``, in
+    order, so the caller can resend it."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    taken: list[np.ndarray] = []
+    answered: list[str] = []
+    errors: list[StreamInterruptedError] = []
+    streaming = threading.Event()
+
+    def camera() -> Iterator[np.ndarray]:
+        for index in range(200_000):  # bounded: the drain ends the stream long before
+            image = np.full((16, 16, 3), index % 256, np.uint8)
+            taken.append(image)
+            yield image
+
+    def consume_blocking() -> None:
+        with Client(address, timeout=60) as client:
+            try:
+                for result in client.infer_stream(camera()):
+                    answered.append(result.request_id)
+                    streaming.set()
+            except StreamInterruptedError as exc:
+                errors.append(exc)
+
+    async def consume_async() -> None:
+        async with AsyncClient(address, timeout=60) as client:
+            try:
+                async for result in client.infer_stream(camera()):
+                    answered.append(result.request_id)
+                    streaming.set()
+            except StreamInterruptedError as exc:
+                errors.append(exc)
+
+    process = start_serve(port, models, tmp_path / "serve.log", "--grace", str(GRACE_S))
+    with killed_at_exit(process):
+        wait_serving(address, process)
+        target = consume_blocking if kind == "Client" else lambda: asyncio.run(consume_async())
+        consumer = threading.Thread(target=target)
+        consumer.start()
+        assert streaming.wait(BOUND_S)
+        process.send_signal(signal.SIGTERM)
+        consumer.join(BOUND_S)
+        assert not consumer.is_alive()
+        assert process.wait(BOUND_S) == 0
+
+    [error] = errors
+    done = len(answered)
+    assert answered == [str(i) for i in range(done)]
+    assert error.answered == done
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    unanswered = error.unanswered
+    assert done + len(unanswered) == len(taken)
+    assert [id(image) for image in unanswered] == [id(image) for image in taken[done:]]

@@ -83,6 +83,9 @@ def explain_size_error(exc: grpc.RpcError) -> MessageSizeError | None:
     return MessageSizeError(exc, advice)
 
 
+_CORE_WRITE_ERROR = "Internal error from Core"
+
+
 class StreamInterruptedError(grpc.aio.AioRpcError):
     """An ``infer_stream`` ended with an error; the frames it had not answered are listed.
 
@@ -91,7 +94,9 @@ class StreamInterruptedError(grpc.aio.AioRpcError):
     answered. Results arrive in order, so the first ``answered`` frames of the stream were
     answered; ``unanswered`` are the caller's images taken from the iterable after them, in order
     (sent, or about to be), to resend. Images the iterable has not produced yet are still in it.
-    A ``grpc.RpcError`` like any failed call.
+    A ``grpc.RpcError`` like any failed call. When gRPC's asyncio client loses the server's status
+    because a write raced the end of the call (it says INTERNAL "Internal error from Core"), the
+    code is UNAVAILABLE and the details say so.
     """
 
     def __init__(self, original: grpc.RpcError, source: RequestSource[Any, Any]) -> None:
@@ -109,6 +114,15 @@ class StreamInterruptedError(grpc.aio.AioRpcError):
                 f"{first + unanswered - 1} of the stream, 0-based): resend them (error.unanswered)"
             )
         code = getattr(original, "code", lambda: None)()
+        if code == grpc.StatusCode.INTERNAL and details.startswith(_CORE_WRITE_ERROR):
+            # grpc.aio's own status when a write races the server's end of the call
+            # (grpc/grpc#36066): the server's status is lost; the call is over, reconnect.
+            code = grpc.StatusCode.UNAVAILABLE
+            details = (
+                "the server ended the stream while frames were being sent (gRPC's asyncio "
+                "client reports INTERNAL 'Internal error from Core'); reconnect"
+                + details[len(_CORE_WRITE_ERROR) :]
+            )
         super().__init__(
             code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
             grpc.aio.Metadata(),
