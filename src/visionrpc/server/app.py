@@ -266,7 +266,8 @@ class VisionServer:
                 level, "draining: %d call(s) in flight have %.1fs to finish", in_flight.count, grace
             )
             if not await in_flight.wait_idle(grace):
-                log.warning(
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
                     "%d call(s) still in flight after the %.1fs grace period are cancelled",
                     in_flight.count,
                     grace,

@@ -134,7 +134,9 @@ class CallInterceptor(ServerInterceptor):
         self.in_flight = InFlight()
         self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
-        self._wrapped: dict[tuple[str, int], tuple[Handler, bool]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler, bool]] = {}
+        """method -> (the handler gRPC gave, the handler to run when the gate is open, whether
+        the method's service is always open); one entry per method."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -143,11 +145,10 @@ class CallInterceptor(ServerInterceptor):
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
-        key = (method, id(handler))
-        prepared = self._wrapped.get(key)
-        if prepared is None:
-            prepared = self._wrapped[key] = self._prepare(method, handler)
-        wrapped, always_open = prepared
+        prepared = self._wrapped.get(method)
+        if prepared is None or prepared[0] is not handler:
+            prepared = self._wrapped[method] = (handler, *self._prepare(method, handler))
+        _, wrapped, always_open = prepared
         if always_open or (self.ready and not self.draining):
             return wrapped
         message = DRAINING_MESSAGE if self.draining else "server is starting; retry shortly"
