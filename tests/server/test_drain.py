@@ -29,8 +29,9 @@ from tests.helpers import EOF, ChatSession, RunningServer, StartServer, make_set
 from tests.server.drain_helpers import frame, stream_drained, tiny_models
 from visionrpc.client import AsyncClient, StreamInterruptedError
 from visionrpc.runtime.model import OnnxModel
-from visionrpc.server.drain import DRAINING_MESSAGE
+from visionrpc.server.drain import DRAINING_MESSAGE, DrainingError
 from visionrpc.server.inference_servicer import InferenceServicer
+from visionrpc.server.reference.chat import ChatHub
 from visionrpc.v1 import core_pb2, core_pb2_grpc, inference_pb2_grpc
 from visionrpc.v1 import inference_pb2 as pb
 
@@ -285,3 +286,18 @@ async def test_a_client_is_told_which_frames_to_resend_and_resending_loses_none(
     async with AsyncClient(other.address) as client:
         resent = [r async for r in client.infer_stream(error.unanswered)]
     assert len(resent) == count - done and all(r.ok for r in resent)
+
+
+async def test_chat_hub_end_all_ends_every_participant_at_once() -> None:
+    hub = ChatHub(buffer_size=4)
+    alice, bob = hub.join("line-1", "alice"), hub.join("line-2", "bob")
+    alice.post("queued but not read")
+    hub.end_all(DrainingError)
+    for participant in (alice, bob):
+        with pytest.raises(DrainingError, match="draining"):
+            await participant.receive()
+        with pytest.raises(DrainingError):
+            participant.post("too late")
+    with pytest.raises(DrainingError):
+        hub.join("line-1", "carol")
+    assert hub.rooms() == []
