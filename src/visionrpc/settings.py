@@ -169,6 +169,24 @@ class AuthSettings(BaseModel):
     )
 
 
+class DrainSettings(BaseModel):
+    """What an open InferStream does after SIGTERM (grace_period_s bounds the whole drain)."""
+
+    stream_frame_wait_ms: float = Field(
+        50,
+        ge=0,
+        description="After SIGTERM an InferStream keeps reading the frames its client already "
+        "sent while the next one arrives within this many milliseconds; then it stops reading, "
+        "answers every frame it read and ends with UNAVAILABLE (reconnect elsewhere).",
+    )
+    stream_read_s: float = Field(
+        2.0,
+        ge=0,
+        description="Longest an InferStream keeps reading after SIGTERM (a client that never "
+        "pauses); the visionrpc client reports the frames it sent that were not answered.",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -229,6 +247,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    drain: DrainSettings = Field(default_factory=DrainSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -8,7 +8,12 @@ match the server's 64 MiB message limits and let gRPC retry UNAVAILABLE through 
 
 from visionrpc.client.aio import AsyncClient
 from visionrpc.client.base import USE_CLIENT_DEFAULT, Timeout, channel_options, service_config
-from visionrpc.client.errors import CallError, FieldViolation, MessageSizeError
+from visionrpc.client.errors import (
+    CallError,
+    FieldViolation,
+    MessageSizeError,
+    StreamInterruptedError,
+)
 from visionrpc.client.requests import ImageLike, infer_request
 from visionrpc.client.results import (
     ChatMessageResult,
@@ -52,6 +57,7 @@ __all__ = [
     "ModelDescription",
     "NumberResult",
     "PingResult",
+    "StreamInterruptedError",
     "StreamResult",
     "Timeout",
     "Timings",

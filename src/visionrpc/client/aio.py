@@ -52,6 +52,8 @@ async def _stream(
     """Iterate a response stream; leaving the loop early cancels the call on the server."""
     try:
         async for reply in call:
+            if source is not None:
+                source.answer()
             yield convert(reply)
     except (grpc.RpcError, asyncio.CancelledError) as exc:
         # grpc.aio ends the call with CancelledError when the request iterator raises
@@ -194,14 +196,16 @@ class AsyncClient(ClientBase):
         timeout: Timeout = None,
         **options: Any,
     ) -> AsyncGenerator[StreamResult, None]:
-        """Stream frames; yields one :class:`StreamResult` per frame, in order."""
+        """Stream frames; yields one :class:`StreamResult` per frame, in order. A stream that fails
+        raises :class:`~visionrpc.client.errors.StreamInterruptedError` (the images sent but not
+        answered, to resend), like :meth:`Client.infer_stream`."""
         explicit_id = options.pop("request_id", None)
         counter = iter(range(1 << 62))
 
         def build(image: ImageLike) -> inference_pb2.InferRequest:
             return infer_request(image, request_id=explicit_id or str(next(counter)), **options)
 
-        source = RequestSource(images, build)
+        source = RequestSource(images, build, track=True)
         call = self._inference.InferStream(aiter(source), **self._call_options(timeout))
         return _stream(call, StreamResult.from_proto, source)
 

@@ -1,4 +1,5 @@
-"""Clearer failures than gRPC's own: message limits, bad iterators, and statuses with details.
+"""Clearer failures than gRPC's own: message limits, bad iterators, cut streams, statuses with
+details.
 
 - A status that carries ``google.rpc`` details (the server sends a ``BadRequest`` naming the
   request field at fault, ``RetryInfo`` when it sheds load) is raised as :class:`CallError`, with
@@ -9,14 +10,18 @@
 - An exception raised by the caller's request iterator (``upload_numbers``, ``infer_stream``,
   ``chat``) reaches gRPC, which cancels the call with ``UNKNOWN: Exception iterating requests!``.
   :class:`RequestSource` remembers the exception so the client re-raises it as it was.
+- An ``infer_stream`` that ends with an error (the server drains, restarts, the deadline passes)
+  leaves the caller asking which frames were answered. :class:`StreamInterruptedError` says it and
+  holds the frames that were taken from the caller's iterable but not answered, to resend.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -153,20 +158,110 @@ def explain_size_error(exc: grpc.RpcError) -> MessageSizeError | None:
     return MessageSizeError(exc, advice)
 
 
-class RequestSource(Generic[T, R]):
-    """The caller's items converted to requests; remembers what the caller's iterator raised."""
+_CORE_WRITE_ERROR = "Internal error from Core"
 
-    def __init__(self, items: Iterable[T] | AsyncIterable[T], convert: Callable[[T], R]) -> None:
+
+class StreamInterruptedError(grpc.aio.AioRpcError):
+    """An ``infer_stream`` ended with an error; the frames it had not answered are listed.
+
+    ``code()`` is the server's (UNAVAILABLE "server is draining..." when the server shuts down:
+    reconnect, to another server if there is one) and ``details()`` adds how many frames were not
+    answered. Results arrive in order, so the first ``answered`` frames of the stream were
+    answered; ``unanswered`` are the caller's images taken from the iterable after them, in order
+    (sent, or about to be), to resend. Images the iterable has not produced yet are still in it.
+    A ``grpc.RpcError`` like any failed call. When gRPC's asyncio client loses the server's status
+    because a write raced the end of the call (it says INTERNAL "Internal error from Core"), the
+    code is UNAVAILABLE and the details say so.
+    """
+
+    def __init__(self, original: grpc.RpcError, source: RequestSource[Any, Any]) -> None:
+        self.answered = source.answered
+        self._source = source
+        unanswered = len(self.unanswered)
+        details = _text(original, "details")
+        explained = explain_size_error(original)
+        if explained is not None:
+            details = _text(explained, "details")
+        if unanswered:
+            first = self.answered
+            details += (
+                f"; {unanswered} frame(s) sent were not answered (frames {first} to "
+                f"{first + unanswered - 1} of the stream, 0-based): resend them (error.unanswered)"
+            )
+        code = getattr(original, "code", lambda: None)()
+        if code == grpc.StatusCode.INTERNAL and details.startswith(_CORE_WRITE_ERROR):
+            # grpc.aio's own status when a write races the server's end of the call
+            # (grpc/grpc#36066): the server's status is lost; the call is over, reconnect.
+            code = grpc.StatusCode.UNAVAILABLE
+            details = (
+                "the server ended the stream while frames were being sent (gRPC's asyncio "
+                "client reports INTERNAL 'Internal error from Core'); reconnect"
+                + details[len(_CORE_WRITE_ERROR) :]
+            )
+        super().__init__(
+            code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details=details,
+            debug_error_string=_text(original, "debug_error_string"),
+        )
+
+    @property
+    def unanswered(self) -> list[Any]:
+        """The images taken from the caller's iterable and not answered, oldest first (an image the
+        iterable was producing when the call failed is added once it is produced)."""
+        return list(self._source.unanswered)
+
+
+class RequestSource(Generic[T, R]):
+    """The caller's items converted to requests; remembers what the caller's iterator raised.
+
+    With ``track``, it also keeps the items taken but not yet answered (the stream's results come
+    in order, one per item: ``answer()`` is called for each), for :class:`StreamInterruptedError`.
+    ``close()`` stops taking items from the caller once the call is over.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[T] | AsyncIterable[T],
+        convert: Callable[[T], R],
+        *,
+        track: bool = False,
+    ) -> None:
         self._items = items
         self._convert = convert
         self.error: BaseException | None = None
+        self.tracked = track
+        self.answered = 0
+        self.unanswered: deque[T] = deque()
+        self._closed = False
+
+    def _taken(self, item: T) -> R:
+        request = self._convert(item)
+        if self.tracked:
+            self.unanswered.append(item)
+        return request
+
+    def answer(self) -> None:
+        """One more result arrived: the oldest unanswered item is done."""
+        if self.tracked and self.unanswered:
+            self.unanswered.popleft()
+            self.answered += 1
+
+    def close(self) -> None:
+        self._closed = True
 
     def __iter__(self) -> Iterator[R]:
         if isinstance(self._items, AsyncIterable):
             raise TypeError("the blocking client needs a plain iterable, not an async one")
+        items = iter(self._items)
         try:
-            for item in self._items:
-                yield self._convert(item)
+            while not self._closed:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                yield self._taken(item)
         except Exception as exc:
             self.error = exc
             raise
@@ -174,11 +269,18 @@ class RequestSource(Generic[T, R]):
     async def __aiter__(self) -> AsyncIterator[R]:
         try:
             if isinstance(self._items, AsyncIterable):
-                async for item in self._items:
-                    yield self._convert(item)
+                items = aiter(self._items)
+                while not self._closed:
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        return
+                    yield self._taken(item)
             else:
                 for item in self._items:
-                    yield self._convert(item)
+                    if self._closed:
+                        return
+                    yield self._taken(item)
         except Exception as exc:
             self.error = exc
             raise
@@ -194,14 +296,18 @@ def raise_call_error(
 ) -> None:
     """Re-raise a failed call's exception in the form most useful to the caller.
 
-    The caller's own iterator error first (it caused the failure), then an explained message-size
-    error, then a :class:`CallError` when the status carries details; anything else unchanged.
-    Returns only when ``exc`` is not a call failure of ours (a real cancellation), so the caller's
-    ``raise`` keeps it.
+    The caller's own iterator error first (it caused the failure), then, for a tracked stream, a
+    :class:`StreamInterruptedError`, then an explained message-size error, then a
+    :class:`CallError` when the status carries details; anything else unchanged. Returns only
+    when ``exc`` is not a call failure of ours (a real cancellation), so the caller's ``raise``
+    keeps it.
     """
     if source is not None and source.error is not None:
         raise source.error from None
     if isinstance(exc, grpc.RpcError):
+        if source is not None and source.tracked:
+            source.close()
+            raise StreamInterruptedError(exc, source) from exc
         explained = explain_size_error(exc)
         if explained is not None:
             raise explained from exc

@@ -44,6 +44,8 @@ def _stream(
     """Iterate a response stream; leaving the loop early cancels the call on the server."""
     try:
         for reply in call:
+            if source is not None:
+                source.answer()
             yield convert(reply)
     except grpc.RpcError as exc:
         raise_call_error(exc, source)
@@ -193,7 +195,9 @@ class Client(ClientBase):
 
         A frame's request_id is its index unless ``options`` names one. ``images`` is consumed on a
         gRPC thread as the server's flow control allows; an exception it raises ends the stream
-        and is re-raised here.
+        and is re-raised here. A stream that fails (the server drains or dies) raises
+        :class:`~visionrpc.client.errors.StreamInterruptedError`, which holds the images sent but
+        not answered, to resend.
         """
         explicit_id = options.pop("request_id", None)
         counter = iter(range(1 << 62))
@@ -201,7 +205,7 @@ class Client(ClientBase):
         def build(image: ImageLike) -> inference_pb2.InferRequest:
             return infer_request(image, request_id=explicit_id or str(next(counter)), **options)
 
-        source = RequestSource(images, build)
+        source = RequestSource(images, build, track=True)
         call = self._inference.InferStream(iter(source), **self._call_options(timeout))
         return _stream(call, StreamResult.from_proto, source)
 

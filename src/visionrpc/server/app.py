@@ -11,8 +11,11 @@ and passing an instance to ``VisionServer``/``serve`` – usually by returning i
    a port it cannot listen on is a ``StartupError`` that says what to change,
 4. awaits every service's ``start()`` (model loading) in order, then flips health to SERVING;
    if one fails, what was started is stopped and the error raised, for the caller to report once,
-5. on ``stop(grace)``: health NOT_SERVING, new calls refused, in-flight calls get ``grace``
-   seconds, then every service's ``stop()`` runs in reverse order.
+5. on ``stop(grace)`` (SIGTERM) it drains (see ``server.drain``): health NOT_SERVING, new
+   application calls refused with UNAVAILABLE "server is draining", every service with a
+   ``drain()`` tells its open streams to finish; once the in-flight calls are done (or ``grace``
+   seconds have passed) the gRPC server stops, then every service's ``stop()`` runs in reverse
+   order. Health and reflection answer until the gRPC server stops.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from visionrpc.errors import VisionRPCError
 from visionrpc.server import reflection
 from visionrpc.server.auth import AuthConfigError, Authenticator
 from visionrpc.server.decoding import DecodeGuard
+from visionrpc.server.drain import Drains
 from visionrpc.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from visionrpc.server.health import HealthServicer
 from visionrpc.server.interceptors import CallInterceptor
@@ -63,6 +67,7 @@ class Service(Protocol):
     ``name`` is the full proto service name (``visionrpc.v1.InferenceMethods``): it is the health
     service name and the name reflection lists. ``start`` runs after the server listens and before
     it reports SERVING (load models here); ``stop`` runs after in-flight calls have finished.
+    A service with open streams also defines ``drain()`` (``server.drain.Drains``).
     """
 
     @property
@@ -194,7 +199,12 @@ class VisionServer:
 
     @property
     def ready(self) -> bool:
-        return self._gate.ready
+        return self._gate.ready and not self._gate.draining
+
+    @property
+    def in_flight(self) -> int:
+        """Application calls and streams in progress (health and reflection not counted)."""
+        return self._gate.in_flight.count
 
     def _build(self) -> grpc.aio.Server:
         server = grpc.aio.server(interceptors=[self._gate], options=server_options(self.settings))
@@ -280,7 +290,8 @@ class VisionServer:
         log.info("serving %s on %s", ", ".join(s.name for s in self.services), self.listen_address)
 
     async def stop(self, grace: float | None = None, *, quiet: bool = False) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let in-flight ones run ``grace`` s, stop services.
+        """Drain: NOT_SERVING, refuse new calls, tell streams to finish, give in-flight calls up to
+        ``grace`` s (settings.grace_period_s when None), then stop the gRPC server and services.
 
         Safe to call more than once and concurrently; later callers wait for the first drain.
         ``quiet`` logs the steps at DEBUG only (a failed start, whose error says it all).
@@ -293,9 +304,24 @@ class VisionServer:
         grace = self.settings.grace_period_s if grace is None else grace
         level = logging.DEBUG if quiet else logging.INFO
         await self.health.enter_graceful_shutdown()
+        self._gate.draining = True
+        for service in self._started:
+            if isinstance(service, Drains):
+                service.drain()
         if self._server is not None:
-            log.log(level, "draining: in-flight calls have %.1fs to finish", grace)
-            await self._server.stop(grace)
+            in_flight = self._gate.in_flight
+            log.log(
+                level, "draining: %d call(s) in flight have %.1fs to finish", in_flight.count, grace
+            )
+            if not await in_flight.wait_idle(grace):
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "%d call(s) still in flight after the %.1fs grace period are cancelled",
+                    in_flight.count,
+                    grace,
+                )
+            # Only health and reflection are left (a health Watch never ends by itself).
+            await self._server.stop(0)
         for service in reversed(self._started):
             try:
                 await service.stop()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,8 +24,9 @@ from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.decoding import UndecodableMessageError
+from visionrpc.server.drain import DrainingError
 from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, rich_status
-from visionrpc.settings import Settings
+from visionrpc.settings import DrainSettings, Settings
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
 from visionrpc.wire.converters import (
@@ -44,6 +47,92 @@ class _EndOfStream:
     error: BaseException | None = None
 
 
+class _FrameReader:
+    """Reads an InferStream's frames into a bounded queue of answer tasks, then puts the end.
+
+    Reading stops at the end of the stream, when the stream breaks, or, once the server drains,
+    when no frame arrives for ``drain.stream_frame_wait_ms`` (frames the client sent before the
+    signal are in transport buffers and arrive at once) or ``drain.stream_read_s`` has passed.
+    """
+
+    def __init__(
+        self,
+        frames: AsyncIterator[pb.InferRequest],
+        answer: Callable[[pb.InferRequest], Coroutine[Any, Any, pb.InferResponse]],
+        window: int,
+    ) -> None:
+        self.pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
+            window
+        )
+        self.count = 0
+        self._frames = frames
+        self._answer = answer
+        self._waiting_since: float | None = None
+        """Loop time the reader began waiting for the next frame; None while it is not waiting
+        (answering, or held back by the window)."""
+        self._stop_at: float | None = None
+        """Loop time after which the reader reads no further frame (set when the drain starts)."""
+
+    async def run(self, draining: asyncio.Event, settings: DrainSettings) -> None:
+        reading = asyncio.create_task(self._read())
+        drain = asyncio.create_task(draining.wait())
+        try:
+            await asyncio.wait((reading, drain), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                await self._read_until_quiet(reading, settings)
+        finally:
+            drain.cancel()
+            reading.cancel()
+        if reading.cancelled():  # stopped by the drain
+            end = _EndOfStream(DrainingError(self._drained_message()))
+        else:
+            end = _EndOfStream(reading.result())
+        await self.pending.put(end)
+
+    async def _read(self) -> BaseException | None:
+        """Read until the stream ends; the error that ended reading early, if any."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._waiting_since = loop.time()
+            async for request in self._frames:
+                self._waiting_since = None
+                self.count += 1
+                await self.pending.put(asyncio.create_task(self._answer(request)))
+                now = loop.time()
+                if self._stop_at is not None and now >= self._stop_at:
+                    return DrainingError(self._drained_message())
+                self._waiting_since = now
+        except (DecodeError, UndecodableMessageError):
+            return InvalidInputError(
+                f"frame {self.count + 1} of the stream is not an InferRequest; the "
+                f"{self.count} frame(s) before it were answered"
+            )
+        except Exception as exc:  # the stream itself broke: end the call with a status
+            return exc
+        return None
+
+    async def _read_until_quiet(self, reading: asyncio.Task[Any], settings: DrainSettings) -> None:
+        """While draining: stop ``reading`` once it has waited ``stream_frame_wait_ms`` for a
+        frame, or once ``stream_read_s`` has passed and it would read the next one."""
+        loop = asyncio.get_running_loop()
+        quiet_s = settings.stream_frame_wait_ms / 1000
+        deadline = self._stop_at = loop.time() + settings.stream_read_s
+        while not reading.done():
+            since, now = self._waiting_since, loop.time()
+            if since is not None and (now - since >= quiet_s or now >= deadline):
+                reading.cancel()
+                await asyncio.wait((reading,))
+                return
+            next_check = quiet_s if since is None else min(since + quiet_s, deadline) - now
+            await asyncio.wait((reading,), timeout=max(next_check, 0.001))
+
+    def _drained_message(self) -> str:
+        return (
+            f"server is draining (shutting down): the {self.count} frame(s) it read from this "
+            "stream were answered; send the frames after them to another server"
+        )
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     """``visionrpc.v1.InferenceMethods`` over an :class:`InferencePipeline`."""
 
@@ -53,6 +142,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self.settings = settings
         self._repository = repository
         self._pipeline: InferencePipeline | None = None
+        self._draining = asyncio.Event()
 
     # -- lifecycle (server.app.Service) --------------------------------------------------------
 
@@ -89,6 +179,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
                 info.execution_provider,
                 " [default]" if info.name == self._repository.default_name else "",
             )
+
+    def drain(self) -> None:
+        """Tell open InferStreams to finish (``server.drain.Drains``): each answers the frames it
+        read and ends UNAVAILABLE; in-flight Infer calls run to their end."""
+        self._draining.set()
 
     async def stop(self) -> None:
         if self._pipeline is not None:
@@ -135,33 +230,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         When the window is full the reader stops pulling from the stream, and HTTP/2 flow control
         pushes back on a producer that is too fast. When reading fails (a frame that does not
         parse, a client that gives up half-way), the frames already read are still answered, then
-        the call ends with a status at once instead of waiting for its deadline.
+        the call ends with a status at once instead of waiting for its deadline. When the server
+        drains, reading stops once the frames already sent are read (see ``_FrameReader``), every
+        frame read is answered, and the call ends UNAVAILABLE saying how many were answered.
         """
-        window = self.settings.stream_window
         stream_deadline = self._deadline(context)
-        pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
-            window
+        reader = _FrameReader(
+            request_iterator,
+            functools.partial(self._infer_frame, stream=stream_deadline),
+            self.settings.stream_window,
         )
-
-        async def read() -> None:
-            error: BaseException | None = None
-            count = 0
-            try:
-                async for request in request_iterator:
-                    count += 1
-                    await pending.put(
-                        asyncio.create_task(self._infer_frame(request, stream_deadline))
-                    )
-            except (DecodeError, UndecodableMessageError):
-                error = InvalidInputError(
-                    f"frame {count + 1} of the stream is not an InferRequest; the "
-                    f"{count} frame(s) before it were answered"
-                )
-            except Exception as exc:  # the stream itself broke: end the call with a status
-                error = exc
-            await pending.put(_EndOfStream(error))
-
-        reader = asyncio.create_task(read())
+        pending = reader.pending
+        reading = asyncio.create_task(reader.run(self._draining, self.settings.drain))
         try:
             while not isinstance(item := await pending.get(), _EndOfStream):
                 yield await item
@@ -169,13 +249,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
                 log_unexpected(item.error)
                 await abort_with(context, item.error)
         finally:
-            reader.cancel()
+            reading.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if isinstance(leftover, asyncio.Task):
                     leftover.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await reader
+                await reading
 
     @map_errors
     async def ListModels(

@@ -1,9 +1,10 @@
-"""The server interceptor: token check, readiness gate and one access-log line per call.
+"""The server interceptor: token check, readiness gate (start-up, drain), an in-flight count and
+one access-log line per call.
 
 The token check and the gate decide from the call's details alone and answer a refusal with a
-handler of their own, so an allowed call runs its servicer unwrapped. The access log wraps the
-handler's behaviour, so it sees the call from start to end – for streaming calls the log line is
-written when the stream ends, with the final status.
+handler of their own. An allowed application call runs its servicer wrapped once per method (cached)
+to count it in flight, plus the access log when on; that wrapper sees the call from start to end –
+for streaming calls the log line is written when the stream ends, with the final status.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from visionrpc.server.auth import Authenticator, Refusal
+from visionrpc.server.drain import DRAINING_MESSAGE, InFlight
 from visionrpc.server.identity import CALLER
 from visionrpc.wire.codes import code_name
 
@@ -118,9 +120,12 @@ class CallInterceptor(ServerInterceptor):
       PERMISSION_DENIED otherwise); the token's name is set in
       :data:`~visionrpc.server.identity.CALLER` for the servicer.
 
-    - Until ``ready`` is set, application calls get UNAVAILABLE (clients retry it through their
-      service config); the always-open services (health, reflection) answer meanwhile, so probes
-      can say NOT_SERVING while models load.
+    - Until ``ready`` is set, and once ``draining`` is, application calls get UNAVAILABLE
+      (clients retry it through their service config); the always-open services (health,
+      reflection) answer meanwhile, so probes can say NOT_SERVING while models load or the
+      server drains.
+    - ``in_flight`` counts the application calls in progress (a drain waits for them). Counting
+      wraps each handler once (cached), a coroutine frame per call.
     - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms`` and
       ``peer``. The wrapped handler of each method is built once and reused.
     """
@@ -136,9 +141,13 @@ class CallInterceptor(ServerInterceptor):
         self._always_open = frozenset(always_open)
         self.auth = auth
         self.ready = False
+        self.draining = False
+        self.in_flight = InFlight()
         self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
-        self._wrapped: dict[tuple[str, int], Handler] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler, bool, str]] = {}
+        """method -> (the handler gRPC gave, the handler to run when the gate is open, whether
+        the method's service is always open, the service's name); one entry per method."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -147,7 +156,10 @@ class CallInterceptor(ServerInterceptor):
         if handler is None:
             return handler  # type: ignore[return-value]  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
-        service = method.lstrip("/").rpartition("/")[0]
+        prepared = self._wrapped.get(method)
+        if prepared is None or prepared[0] is not handler:
+            prepared = self._wrapped[method] = (handler, *self._prepare(method, handler))
+        _, wrapped, always_open, service = prepared
         auth = self.auth
         if auth is not None and service not in auth.open_services:
             verdict = auth.check(method, handler_call_details.invocation_metadata)
@@ -155,15 +167,20 @@ class CallInterceptor(ServerInterceptor):
                 return self._refusal(handler, method, verdict)
             # set in the task that goes on to run the servicer, which therefore sees it
             CALLER.set(verdict)
-        if not self.ready and service not in self._always_open:
-            return self._refusal(handler, method, STARTING)
-        if not self._access_log:
-            return handler
-        key = (method, id(handler))
-        wrapped = self._wrapped.get(key)
-        if wrapped is None:
-            wrapped = self._wrapped[key] = _wrap_handler(handler, self._wrapper(method))
-        return wrapped
+        if always_open or (self.ready and not self.draining):
+            return wrapped
+        return self._refusal(handler, method, DRAINING if self.draining else STARTING)
+
+    def _prepare(self, method: str, handler: Handler) -> tuple[Handler, bool, str]:
+        """The handler to run when the gate is open (counted, logged), whether the method's
+        service is always open, and that service's name."""
+        service = method.lstrip("/").rpartition("/")[0]
+        always_open = service in self._always_open
+        if not always_open:
+            handler = _wrap_handler(handler, _counting(self.in_flight))
+        if self._access_log:
+            handler = _wrap_handler(handler, self._wrapper(method))
+        return handler, always_open, service
 
     def _refusal(self, handler: Handler, method: str, refusal: Refusal) -> Handler:
         """A handler of ``handler``'s streaming kind that answers ``refusal`` (access-logged)."""
@@ -200,7 +217,37 @@ class CallInterceptor(ServerInterceptor):
         return wrap
 
 
+def _counting(in_flight: InFlight) -> Callable[[Behavior, bool], Behavior]:
+    """Wrap a behaviour so that ``in_flight`` counts the call from its start to its end."""
+
+    def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+        if streaming and inspect.isasyncgenfunction(behavior):
+
+            async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+                in_flight.enter()
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    in_flight.exit()
+
+            return stream_behavior
+
+        async def unary_behavior(request: Any, context: Any) -> Any:
+            in_flight.enter()
+            try:
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                in_flight.exit()
+
+        return unary_behavior
+
+    return wrap
+
+
 STARTING = Refusal(grpc.StatusCode.UNAVAILABLE, "server is starting; retry shortly")
+DRAINING = Refusal(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
 
 
 def _refuse(refusal: Refusal) -> Callable[[Behavior, bool], Behavior]:

@@ -51,6 +51,7 @@ class Participant:
         self._inbox: deque[ChatEvent] = deque()
         self._wakeup = asyncio.Event()
         self._dropped: str | None = None
+        self._ended: Callable[[], Exception] | None = None
         self._closed = False
 
     @property
@@ -62,8 +63,11 @@ class Participant:
         return self._hub.post(self, text)
 
     async def receive(self) -> ChatEvent | None:
-        """Next message; None once closed and drained; ResourceLimitError once dropped."""
+        """Next message; None once closed and drained; ResourceLimitError once dropped; the
+        hub's error at once after ``ChatHub.end_all``."""
         while True:
+            if self._ended is not None:
+                raise self._ended()
             if self._dropped is not None:
                 raise ResourceLimitError(self._dropped)
             if self._inbox:
@@ -113,11 +117,14 @@ class ChatHub:
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         self._ids = itertools.count(1)
+        self._ended: Callable[[], Exception] | None = None
         self.dropped_total = 0
         """Participants dropped for overflowing their buffer since start-up (for metrics/tests)."""
 
     def join(self, room: str, sender: str) -> Participant:
         """Add a participant to ``room`` (created on first join). It sees messages from now on."""
+        if self._ended is not None:
+            raise self._ended()
         if not room:
             raise InvalidInputError("the first chat message must name a room", field="room")
         state = self._rooms.get(room)
@@ -129,6 +136,8 @@ class ChatHub:
 
     def post(self, participant: Participant, text: str) -> ChatEvent:
         """Stamp the message and hand it to every member of the poster's room, poster included."""
+        if participant._ended is not None:
+            raise participant._ended()
         if participant._dropped is not None:
             raise ResourceLimitError(participant._dropped)
         state = self._rooms.get(participant.room)
@@ -143,6 +152,16 @@ class ChatHub:
                 self.dropped_total += 1
                 self._remove(state, member)
         return event
+
+    def end_all(self, error: Callable[[], Exception]) -> None:
+        """End every participant's stream at once with ``error()`` (the server drains); rooms are
+        freed and later joins and posts raise it too."""
+        self._ended = error
+        for state in list(self._rooms.values()):
+            for member in state.members.values():
+                member._ended = error
+                member._wakeup.set()
+        self._rooms.clear()
 
     def leave(self, participant: Participant) -> None:
         """Remove the participant (idempotent); an empty room is freed."""

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from visionrpc import __version__
 from visionrpc.errors import InvalidInputError, OutOfRangeError, shorten
+from visionrpc.server.drain import DrainingError, drain_started
 from visionrpc.server.reference.chat import ChatEvent, ChatHub, Participant
 from visionrpc.server.status import Context, map_errors
 from visionrpc.settings import Settings
@@ -58,6 +59,7 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
         """StreamNumbers values produced since start-up (shows that cancelled streams stop)."""
         self.active_streams = 0
         """StreamNumbers calls currently producing."""
+        self._draining = asyncio.Event()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         core_pb2_grpc.add_CoreServicesServicer_to_server(self, server)
@@ -65,8 +67,14 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
     async def start(self) -> None:
         """Nothing to load."""
 
+    def drain(self) -> None:
+        """End every StreamNumbers and Chat stream at once with UNAVAILABLE "draining"
+        (``server.drain.Drains``); UploadNumbers runs until its client half-closes."""
+        self._draining.set()
+        self.hub.end_all(DrainingError)
+
     async def stop(self) -> None:
-        """Nothing to release: open chat streams end with the server."""
+        """Nothing to release: open streams ended when the drain began."""
 
     @map_errors
     async def Ping(self, request: core_pb2.PingRequest, context: Context) -> core_pb2.PingReply:
@@ -93,9 +101,12 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
         try:
             # When the client cancels or its deadline passes, grpc cancels this task: the
             # CancelledError surfaces at the next await (sleep or write), so production stops.
+            draining = self._draining
             for index in range(request.count):
-                if index and interval_s:
-                    await asyncio.sleep(interval_s)
+                if draining.is_set() or (
+                    index and interval_s and await drain_started(draining, interval_s)
+                ):
+                    raise DrainingError()
                 value = request.start + index * step
                 if not INT64_MIN <= value <= INT64_MAX:
                     raise OutOfRangeError(
