@@ -92,6 +92,33 @@ class RuntimeSettings(BaseModel):
     )(_lower)
 
 
+class FairnessSettings(BaseModel):
+    """Per-client limits, so one client cannot starve the others or grow the server's memory.
+
+    A client is one connection (the lead may key them by authenticated identity instead).
+    """
+
+    max_in_flight_per_client: int = Field(
+        32,
+        ge=1,
+        description="Infer calls and InferStream frames one client may have in work at once, "
+        "across all its streams; a stream waits for a slot before reading its next frame, an "
+        "Infer call beyond it gets RESOURCE_EXHAUSTED.",
+    )
+    max_queue_per_client: int = Field(
+        64,
+        ge=1,
+        description="Places in one model's queue (batching.max_queue_size) one client may hold; "
+        "its excess gets RESOURCE_EXHAUSTED while other clients are still admitted.",
+    )
+    decodes_per_client: int = Field(
+        4,
+        ge=1,
+        description="Images of one client being decoded at once, so other clients' images do not "
+        "wait behind all of its backlog in the decode pool.",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -117,7 +144,10 @@ class Settings(BaseSettings):
         10.0, ge=0, description="How long in-flight calls may run after SIGTERM/SIGINT."
     )
     max_concurrent_streams: int = Field(
-        0, ge=0, description="HTTP/2 streams per connection; 0 = gRPC default."
+        32,
+        ge=0,
+        description="HTTP/2 streams (calls) open at once per connection; a client's further "
+        "calls wait on its side until one ends. 0 = no limit (gRPC's default).",
     )
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(LogFormat.TEXT, description="text or json logs.")
@@ -149,6 +179,7 @@ class Settings(BaseSettings):
     )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -5,6 +5,9 @@
 calls, which go through a per-model DynamicBatcher; its instances (one thread each) run ONNX
 Runtime and then post-process their batch. The batcher decides how each request runs: one that
 finds nobody ahead of it and an instance idle runs every step in one hop on that instance's thread.
+Requests carry a *client* key (a plain string from the server): the batcher serves clients'
+lines round-robin, and each client has at most ``fairness.decodes_per_client`` images in the
+decode pool, so a quiet client's image is not decoded after all of a busy client's backlog.
 ``infer_sync`` does the same work in the calling thread, one image per model call.
 """
 
@@ -23,6 +26,7 @@ import numpy as np
 
 from visionrpc.errors import InvalidInputError
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
+from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.imaging import (
     DecodedImage,
     ImageTransform,
@@ -170,6 +174,7 @@ class InferencePipeline:
         self._instance_threads: dict[str, list[ThreadPoolExecutor]] = {}
         self._batchers: dict[str, DynamicBatcher[Job, JobOutcome]] = {}
         self._occupancy = Occupancy()  # shared by the batchers: is anything else running?
+        self._decoding = ClientSlots(settings.fairness.decodes_per_client)
         self._closed = False
 
     @classmethod
@@ -206,8 +211,11 @@ class InferencePipeline:
             item, model, options, prepared, [o[0] for o in outputs], inference_ms, queue_ms, start
         )
 
-    async def infer(self, item: InferenceInput) -> InferenceResult:
-        """Run one input without blocking the event loop; concurrent calls may share a batch."""
+    async def infer(self, item: InferenceInput, client: str = "") -> InferenceResult:
+        """Run one input without blocking the event loop; concurrent calls may share a batch.
+
+        ``client`` names who sent it (the server's connection or identity) for fair queueing.
+        """
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         model = self.repository.get(item.options.model)
@@ -218,10 +226,16 @@ class InferencePipeline:
             return self._run_alone(item, model, options, start, all_cores=all_cores)
 
         async def prepare() -> Job:
-            prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)
+            await self._decoding.acquire(client)
+            try:
+                prepared = await loop.run_in_executor(
+                    self._decode_pool, self._prepare, item, model
+                )
+            finally:
+                self._decoding.release(client)
             return Job(item, options, prepared, start)
 
-        batched = await batcher.schedule(alone, prepare)
+        batched = await batcher.schedule(alone, prepare, client)
         if isinstance(batched.value, Exception):
             raise batched.value
         batched.value.timings.queue_ms = batched.queue_ms
@@ -276,6 +290,7 @@ class InferencePipeline:
                 max_batch_size=model.max_batch_size,
                 max_queue_delay_us=model.batching.max_queue_delay_us,
                 max_queue_size=model.batching.max_queue_size,
+                max_queue_per_client=self.settings.fairness.max_queue_per_client,
                 instances=model.instances,
                 executor=self._threads(model),
                 name=model.name,

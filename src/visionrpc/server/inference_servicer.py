@@ -19,8 +19,10 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from visionrpc.errors import InvalidInputError, NotReadyError, VisionRPCError
+from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
+from visionrpc.server.fairness import client_key, in_flight_refusal
 from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, status_for
 from visionrpc.settings import Settings
 from visionrpc.v1 import inference_pb2 as pb
@@ -53,6 +55,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self.settings = settings
         self._repository = repository
         self._pipeline: InferencePipeline | None = None
+        # Per client: Infer calls plus InferStream frames in work (fairness.max_in_flight_per_client)
+        self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
 
     # -- lifecycle (server.app.Service) --------------------------------------------------------
 
@@ -96,19 +100,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
 
     # -- methods -------------------------------------------------------------------------------
 
-    async def _infer(self, request: pb.InferRequest) -> pb.InferResponse:
+    async def _infer(self, request: pb.InferRequest, client: str) -> pb.InferResponse:
         item = InferRequestConverter.to_types(request)
-        result = await self.pipeline.infer(item)
+        result = await self.pipeline.infer(item, client)
         return InferResponseConverter.from_types(result)
 
     @map_errors
     async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
-        return await self._infer(request)
+        client = client_key(context)
+        if not self._in_flight.try_acquire(client):
+            raise in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+        try:
+            return await self._infer(request, client)
+        finally:
+            self._in_flight.release(client)
 
-    async def _infer_frame(self, request: pb.InferRequest) -> pb.InferResponse:
+    async def _infer_frame(self, request: pb.InferRequest, client: str) -> pb.InferResponse:
         """One stream frame: a failure becomes this frame's ``error``, not the stream's."""
         try:
-            return await self._infer(request)
+            return await self._infer(request, client)
         except Exception as exc:
             code, message = status_for(exc)
             if not isinstance(exc, VisionRPCError):
@@ -123,23 +133,46 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     ) -> AsyncIterator[pb.InferResponse]:
         """Frames in, results out in order, at most ``stream_window`` frames in flight.
 
-        When the window is full the reader stops pulling from the stream, and HTTP/2 flow control
-        pushes back on a producer that is too fast. When reading fails (a frame that does not
-        parse, a client that gives up half-way), the frames already read are still answered, then
-        the call ends with a status at once instead of waiting for its deadline.
+        When the window is full, or the client already has ``fairness.max_in_flight_per_client``
+        calls and frames in work across all its streams, the reader stops pulling from the stream
+        and HTTP/2 flow control pushes back on a producer that is too fast: a client with many
+        streams gets its frames served in turn, not refused, and never holds more than its share.
+        When reading fails (a frame that does not parse, a client that gives up half-way), the
+        frames already read are still answered, then the call ends with a status at once instead
+        of waiting for its deadline.
         """
         window = self.settings.stream_window
+        client = client_key(context)
+        in_flight = self._in_flight
         pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
             window
         )
 
+        def release(_: object) -> None:
+            in_flight.release(client)
+
         async def read() -> None:
             error: BaseException | None = None
             count = 0
+            requests = aiter(request_iterator)
             try:
-                async for request in request_iterator:
+                while True:
+                    await in_flight.acquire(client)  # a slot before reading: nothing unbounded
+                    try:
+                        request = await anext(requests)
+                    except BaseException:
+                        in_flight.release(client)
+                        raise
                     count += 1
-                    await pending.put(asyncio.create_task(self._infer_frame(request)))
+                    task = asyncio.create_task(self._infer_frame(request, client))
+                    task.add_done_callback(release)
+                    try:
+                        await pending.put(task)
+                    except asyncio.CancelledError:
+                        task.cancel()
+                        raise
+            except StopAsyncIteration:
+                pass
             except DecodeError:
                 error = InvalidInputError(
                     f"frame {count + 1} of the stream is not an InferRequest; the "
