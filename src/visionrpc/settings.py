@@ -117,6 +117,13 @@ class FairnessSettings(BaseModel):
         description="Images of one client being decoded at once, so other clients' images do not "
         "wait behind all of its backlog in the decode pool.",
     )
+    chat_post_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a Chat post waits for a participant whose buffer "
+        "(chat_buffer_size) is full to read; one still full after that is dropped with "
+        "RESOURCE_EXHAUSTED. Posters are slowed to their readers' pace meanwhile.",
+    )
 
 
 class Settings(BaseSettings):

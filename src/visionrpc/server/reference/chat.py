@@ -3,9 +3,15 @@
 Rules:
 - ``post`` assigns the room's next ``seq`` and hands the message to every participant in one
   synchronous step, so all participants see one order per room (their own messages included).
-- Each participant has a bounded buffer. A participant whose buffer is full when a message arrives
-  is dropped (removed from the room; its next ``receive`` raises ResourceLimitError) instead of
-  making the poster – and so everyone else – wait for it.
+- Each participant has a bounded buffer (``chat_buffer_size``). A Chat stream posts with ``send``,
+  which applies back-pressure: while some member's buffer is full, the poster waits for that
+  member to take a message, for at most ``post_wait_s`` (``fairness.chat_post_wait_s``). So a
+  burst from any number of posters never drops a reader that keeps reading: the room moves at
+  the pace of its readers, and a waiting poster stops reading its own stream, so HTTP/2 flow
+  control slows the posting client down in turn. A member still full after the whole wait has
+  stopped reading; it is dropped (removed from the room; its next ``receive`` raises
+  ResourceLimitError, which the client sees as RESOURCE_EXHAUSTED with the reason) and the post
+  goes on. ``post`` delivers at once and drops any full member without waiting.
 - A room exists while it has participants; the last ``leave`` frees it (and its seq counter).
 
 The hub is bound to one asyncio event loop and is not thread-safe; the grpc.aio server runs all
@@ -42,7 +48,9 @@ class ChatEvent:
 class Participant:
     """One stream's membership in a room: a bounded inbox plus drop/close state."""
 
-    def __init__(self, hub: ChatHub, participant_id: int, room: str, sender: str, capacity: int):
+    def __init__(
+        self, hub: ChatHub, participant_id: int, room: str, sender: str, capacity: int
+    ) -> None:
         self.id = participant_id
         self.room = room
         self.sender = sender
@@ -57,9 +65,17 @@ class Participant:
     def dropped(self) -> bool:
         return self._dropped is not None
 
+    @property
+    def full(self) -> bool:
+        return len(self._inbox) >= self._capacity
+
     def post(self, text: str) -> ChatEvent:
-        """Post to this participant's room."""
+        """Post to this participant's room now, dropping members whose buffer is full."""
         return self._hub.post(self, text)
+
+    async def send(self, text: str) -> ChatEvent:
+        """Post to this participant's room once every member has room (bounded wait)."""
+        return await self._hub.send(self, text)
 
     async def receive(self) -> ChatEvent | None:
         """Next message; None once closed and drained; ResourceLimitError once dropped."""
@@ -67,6 +83,8 @@ class Participant:
             if self._dropped is not None:
                 raise ResourceLimitError(self._dropped)
             if self._inbox:
+                if len(self._inbox) >= self._capacity:
+                    self._hub._made_room(self.room)  # a poster may be waiting for this
                 return self._inbox.popleft()
             if self._closed:
                 return None
@@ -84,9 +102,10 @@ class Participant:
             return False
         if len(self._inbox) >= self._capacity:
             self._dropped = (
-                f"chat participant {self.sender!r} in room {self.room!r} fell more than "
-                f"{self._capacity} messages behind (chat_buffer_size) and was dropped; "
-                "read faster or rejoin"
+                f"chat participant {self.sender!r} in room {self.room!r} was dropped: it had "
+                f"{self._capacity} messages waiting (chat_buffer_size) and took none of them "
+                f"for {self._hub.post_wait_s:g}s (fairness.chat_post_wait_s) while others "
+                "posted; read the stream continuously (or raise those settings) and rejoin"
             )
             self._inbox.clear()
             self._wakeup.set()
@@ -101,15 +120,23 @@ class _Room:
     name: str
     members: dict[int, Participant] = field(default_factory=dict)
     last_seq: int = 0
+    room_made: asyncio.Event = field(default_factory=asyncio.Event)  # a full inbox was read
 
 
 class ChatHub:
     """All rooms of one server process."""
 
-    def __init__(self, buffer_size: int, clock: Callable[[], datetime] = _utcnow) -> None:
-        if buffer_size < 1:
-            raise ValueError("buffer_size must be at least 1")
+    def __init__(
+        self,
+        buffer_size: int,
+        clock: Callable[[], datetime] = _utcnow,
+        *,
+        post_wait_s: float = 2.0,
+    ) -> None:
+        if buffer_size < 1 or post_wait_s < 0:
+            raise ValueError("buffer_size must be at least 1, post_wait_s at least 0")
         self._buffer_size = buffer_size
+        self.post_wait_s = post_wait_s
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         self._ids = itertools.count(1)
@@ -142,6 +169,34 @@ class ChatHub:
                 self._remove(state, member)
         return event
 
+    async def send(self, participant: Participant, text: str) -> ChatEvent:
+        """``post`` once no member's buffer is full, waiting at most ``post_wait_s`` for that;
+        members still full then are dropped by the post."""
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            state = self._rooms.get(participant.room)
+            if state is None or participant._dropped is not None:
+                break  # post() raises the reason
+            if not any(member.full for member in state.members.values()):
+                break
+            if deadline is None:
+                deadline = loop.time() + self.post_wait_s
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            state.room_made.clear()
+            try:
+                await asyncio.wait_for(state.room_made.wait(), remaining)
+            except TimeoutError:
+                break
+        return self.post(participant, text)
+
+    def _made_room(self, room: str) -> None:
+        state = self._rooms.get(room)
+        if state is not None:
+            state.room_made.set()
+
     def leave(self, participant: Participant) -> None:
         """Remove the participant (idempotent); an empty room is freed."""
         participant.close()
@@ -151,6 +206,7 @@ class ChatHub:
 
     def _remove(self, state: _Room, participant: Participant) -> None:
         state.members.pop(participant.id, None)
+        state.room_made.set()  # waiting posters need not wait for a member that left
         if not state.members and self._rooms.get(state.name) is state:
             del self._rooms[state.name]
 
