@@ -44,8 +44,7 @@ async def test_readers_that_keep_up_are_never_dropped_by_bursting_posters(
 
         expected = POSTERS * MESSAGES
         reading = [
-            asyncio.create_task(read_posts(session, expected))
-            for session in [*readers, *posters]
+            asyncio.create_task(read_posts(session, expected)) for session in [*readers, *posters]
         ]
         for i in range(MESSAGES):
             for poster in posters:

@@ -1,4 +1,4 @@
-"""ClientSlots: at most ``limit`` concurrent holders per client, each client's waiters in FIFO order.
+"""ClientSlots: at most ``limit`` holders at once per client, each client's waiters in FIFO order.
 
 A client is any plain string (the server passes its connection or identity). One client using all
 its slots never delays another client, which is the point: the pipeline bounds each client's
@@ -10,6 +10,7 @@ in flight. Bound to one event loop (the grpc.aio server's), not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 
@@ -70,9 +71,7 @@ class ClientSlots:
     def _forget(self, client: str, waiter: asyncio.Future[None]) -> None:
         waiters = self._waiters.get(client)
         if waiters is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 waiters.remove(waiter)
-            except ValueError:
-                pass
             if not waiters:
                 del self._waiters[client]

@@ -228,9 +228,7 @@ class InferencePipeline:
         async def prepare() -> Job:
             await self._decoding.acquire(client)
             try:
-                prepared = await loop.run_in_executor(
-                    self._decode_pool, self._prepare, item, model
-                )
+                prepared = await loop.run_in_executor(self._decode_pool, self._prepare, item, model)
             finally:
                 self._decoding.release(client)
             return Job(item, options, prepared, start)

@@ -55,7 +55,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self.settings = settings
         self._repository = repository
         self._pipeline: InferencePipeline | None = None
-        # Per client: Infer calls plus InferStream frames in work (fairness.max_in_flight_per_client)
+        # Per client: Infer calls and InferStream frames in work (max_in_flight_per_client)
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
 
     # -- lifecycle (server.app.Service) --------------------------------------------------------
