@@ -99,7 +99,7 @@ class FairnessSettings(BaseModel):
     """
 
     max_in_flight_per_client: int = Field(
-        32,
+        64,
         ge=1,
         description="Infer calls and InferStream frames one client may have in work at once, "
         "across all its streams; a stream waits for a slot before reading its next frame, an "
@@ -151,10 +151,10 @@ class Settings(BaseSettings):
         10.0, ge=0, description="How long in-flight calls may run after SIGTERM/SIGINT."
     )
     max_concurrent_streams: int = Field(
-        32,
+        100,
         ge=0,
-        description="HTTP/2 streams (calls) open at once per connection; a client's further "
-        "calls wait on its side until one ends. 0 = no limit (gRPC's default).",
+        description="HTTP/2 streams (calls) open at once per connection; calls beyond it are "
+        "refused with UNAVAILABLE (retryable). 0 = no limit (gRPC's default).",
     )
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(LogFormat.TEXT, description="text or json logs.")
