@@ -117,6 +117,13 @@ class FairnessSettings(BaseModel):
         description="Images of one client being decoded at once, so other clients' images do not "
         "wait behind all of its backlog in the decode pool.",
     )
+    http2_bdp_probe: bool = Field(
+        False,
+        description="Let gRPC grow each connection's HTTP/2 receive windows by probing its "
+        "bandwidth-delay product. Off, what the server buffers for a stream whose frames wait "
+        "(fairness.max_in_flight_per_client) stays small; turn on for large images over "
+        "high-latency links.",
+    )
     chat_post_wait_s: float = Field(
         2.0,
         ge=0,
