@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import ChatSession, StartServer, wait_until
 from visionrpc.errors import ResourceLimitError
-from visionrpc.server.reference.chat import ChatHub
+from visionrpc.server.reference.chat import ChatHub, Participant
 from visionrpc.v1 import core_pb2, core_pb2_grpc
 
 POSTERS, READERS, MESSAGES = 3, 3, 1000
@@ -127,3 +127,34 @@ async def test_hub_drops_a_reader_full_for_the_whole_wait() -> None:
     assert event.seq == 2 and hub.members("r") == ["poster"] and hub.dropped_total == 1
     with pytest.raises(ResourceLimitError, match="chat_post_wait_s"):
         await stuck.receive()
+
+
+async def test_hub_a_slow_reader_that_keeps_taking_messages_is_never_dropped() -> None:
+    hub = ChatHub(buffer_size=1, post_wait_s=0.5)
+    slow = hub.join("r", "slow")
+    posters = [hub.join("r", f"p{i}") for i in range(2)]
+
+    async def drain(participant: Participant) -> None:
+        while await participant.receive() is not None:
+            pass
+
+    draining = [asyncio.create_task(drain(p)) for p in posters]
+
+    async def post_all(poster: Participant) -> None:
+        for i in range(5):
+            await poster.send(f"{poster.sender}:{i}")
+
+    posting = asyncio.gather(*(post_all(p) for p in posters))
+    got = []
+    for _ in range(10):  # slower than both posters together, faster than the wait
+        await asyncio.sleep(0.05)
+        event = await slow.receive()
+        assert event is not None
+        got.append(event.text)
+    await asyncio.wait_for(posting, 5)
+    assert hub.dropped_total == 0 and sorted(got) == sorted(
+        f"p{p}:{i}" for p in range(2) for i in range(5)
+    )
+    for participant in posters:
+        participant.close()
+    await asyncio.gather(*draining)

@@ -4,14 +4,15 @@ Rules:
 - ``post`` assigns the room's next ``seq`` and hands the message to every participant in one
   synchronous step, so all participants see one order per room (their own messages included).
 - Each participant has a bounded buffer (``chat_buffer_size``). A Chat stream posts with ``send``,
-  which applies back-pressure: while some member's buffer is full, the poster waits for that
-  member to take a message, for at most ``post_wait_s`` (``fairness.chat_post_wait_s``). So a
-  burst from any number of posters never drops a reader that keeps reading: the room moves at
-  the pace of its readers, and a waiting poster stops reading its own stream, so HTTP/2 flow
-  control slows the posting client down in turn. A member still full after the whole wait has
-  stopped reading; it is dropped (removed from the room; its next ``receive`` raises
-  ResourceLimitError, which the client sees as RESOURCE_EXHAUSTED with the reason) and the post
-  goes on. ``post`` delivers at once and drops any full member without waiting.
+  which applies back-pressure: while some member's buffer is full, the poster waits until that
+  member takes a message. So a burst from any number of posters never drops a reader that keeps
+  reading: the room moves at the pace of its readers, and a waiting poster stops reading its own
+  stream, so HTTP/2 flow control slows the posting client down in turn. A member whose buffer
+  has been full for ``post_wait_s`` (``fairness.chat_post_wait_s``) without it taking a message
+  has stopped reading: it is dropped (removed from the room; its next ``receive`` raises
+  ResourceLimitError, which the client sees as RESOURCE_EXHAUSTED with the reason) and the posts
+  go on. So one stalled reader holds a room up for at most that long. ``post`` delivers at once
+  and drops any full member without waiting.
 - A room exists while it has participants; the last ``leave`` frees it (and its seq counter).
 
 The hub is bound to one asyncio event loop and is not thread-safe; the grpc.aio server runs all
@@ -21,7 +22,9 @@ handlers on one loop, which is what makes ``post`` atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ class Participant:
         self._inbox: deque[ChatEvent] = deque()
         self._wakeup = asyncio.Event()
         self._dropped: str | None = None
+        self._full_since: float | None = None  # monotonic time the buffer last became full
         self._closed = False
 
     @property
@@ -67,7 +71,7 @@ class Participant:
 
     @property
     def full(self) -> bool:
-        return len(self._inbox) >= self._capacity
+        return self._full_since is not None
 
     def post(self, text: str) -> ChatEvent:
         """Post to this participant's room now, dropping members whose buffer is full."""
@@ -83,7 +87,8 @@ class Participant:
             if self._dropped is not None:
                 raise ResourceLimitError(self._dropped)
             if self._inbox:
-                if len(self._inbox) >= self._capacity:
+                if self._full_since is not None:
+                    self._full_since = None
                     self._hub._made_room(self.room)  # a poster may be waiting for this
                 return self._inbox.popleft()
             if self._closed:
@@ -100,19 +105,25 @@ class Participant:
         """Queue ``event``; False (and the participant marked dropped) when the buffer is full."""
         if self._dropped is not None:
             return False
-        if len(self._inbox) >= self._capacity:
-            self._dropped = (
-                f"chat participant {self.sender!r} in room {self.room!r} was dropped: it had "
-                f"{self._capacity} messages waiting (chat_buffer_size) and took none of them "
-                f"for {self._hub.post_wait_s:g}s (fairness.chat_post_wait_s) while others "
-                "posted; read the stream continuously (or raise those settings) and rejoin"
-            )
-            self._inbox.clear()
-            self._wakeup.set()
+        if self._full_since is not None:
+            self._drop()
             return False
         self._inbox.append(event)
+        if len(self._inbox) >= self._capacity:
+            self._full_since = time.monotonic()
         self._wakeup.set()
         return True
+
+    def _drop(self) -> None:
+        self._dropped = (
+            f"chat participant {self.sender!r} in room {self.room!r} was dropped: it had "
+            f"{self._capacity} messages waiting (chat_buffer_size) and took none of them for "
+            f"{self._hub.post_wait_s:g}s (fairness.chat_post_wait_s) while others posted; read "
+            "the stream continuously (or raise those settings) and rejoin"
+        )
+        self._inbox.clear()
+        self._full_since = None
+        self._wakeup.set()
 
 
 @dataclass
@@ -170,26 +181,27 @@ class ChatHub:
         return event
 
     async def send(self, participant: Participant, text: str) -> ChatEvent:
-        """``post`` once no member's buffer is full, waiting at most ``post_wait_s`` for that;
-        members still full then are dropped by the post."""
-        deadline: float | None = None
-        loop = asyncio.get_running_loop()
+        """``post`` once no member's buffer is full: wait while full members keep taking
+        messages; drop those that took none for ``post_wait_s`` since their buffer filled."""
         while True:
             state = self._rooms.get(participant.room)
             if state is None or participant._dropped is not None:
                 break  # post() raises the reason
-            if not any(member.full for member in state.members.values()):
+            full = [m for m in state.members.values() if m._full_since is not None]
+            if not full:
                 break
-            if deadline is None:
-                deadline = loop.time() + self.post_wait_s
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+            now = time.monotonic()
+            stalled = [m for m in full if now - (m._full_since or now) >= self.post_wait_s]
+            for member in stalled:
+                member._drop()
+                self.dropped_total += 1
+                self._remove(state, member)
+            if stalled:
+                continue
+            oldest = min(m._full_since or now for m in full)
             state.room_made.clear()
-            try:
-                await asyncio.wait_for(state.room_made.wait(), remaining)
-            except TimeoutError:
-                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.room_made.wait(), oldest + self.post_wait_s - now)
         return self.post(participant, text)
 
     def _made_room(self, room: str) -> None:
