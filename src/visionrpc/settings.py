@@ -127,9 +127,9 @@ class FairnessSettings(BaseModel):
     chat_post_wait_s: float = Field(
         2.0,
         ge=0,
-        description="How long a Chat post waits for a participant whose buffer "
-        "(chat_buffer_size) is full to read; one still full after that is dropped with "
-        "RESOURCE_EXHAUSTED. Posters are slowed to their readers' pace meanwhile.",
+        description="How long a Chat participant's buffer (chat_buffer_size) may stay full "
+        "without it taking a message; then it is dropped with RESOURCE_EXHAUSTED. Until then "
+        "posts wait for it, so posters go at their readers' pace.",
     )
 
 
