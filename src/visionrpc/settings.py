@@ -187,6 +187,47 @@ class DrainSettings(BaseModel):
     )
 
 
+class FairnessSettings(BaseModel):
+    """Per-client limits, so one client cannot starve the others or grow the server's memory.
+
+    A client is one connection (the lead may key them by authenticated identity instead).
+    """
+
+    max_in_flight_per_client: int = Field(
+        64,
+        ge=1,
+        description="Infer calls and InferStream frames one client may have in work at once, "
+        "across all its streams; a stream waits for a slot before reading its next frame, an "
+        "Infer call beyond it gets RESOURCE_EXHAUSTED.",
+    )
+    max_queue_per_client: int = Field(
+        64,
+        ge=1,
+        description="Places in one model's queue (batching.max_queue_size) one client may hold; "
+        "its excess gets RESOURCE_EXHAUSTED while other clients are still admitted.",
+    )
+    decodes_per_client: int = Field(
+        4,
+        ge=1,
+        description="Images of one client being decoded at once, so other clients' images do not "
+        "wait behind all of its backlog in the decode pool.",
+    )
+    http2_bdp_probe: bool = Field(
+        False,
+        description="Let gRPC grow each connection's HTTP/2 receive windows by probing its "
+        "bandwidth-delay product. Off, what the server buffers for a stream whose frames wait "
+        "(fairness.max_in_flight_per_client) stays small; turn on for large images over "
+        "high-latency links.",
+    )
+    chat_post_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a Chat participant's buffer (chat_buffer_size) may stay full "
+        "without it taking a message; then it is dropped with RESOURCE_EXHAUSTED. Until then "
+        "posts wait for it, so posters go at their readers' pace.",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -212,7 +253,10 @@ class Settings(BaseSettings):
         10.0, ge=0, description="How long in-flight calls may run after SIGTERM/SIGINT."
     )
     max_concurrent_streams: int = Field(
-        0, ge=0, description="HTTP/2 streams per connection; 0 = gRPC default."
+        100,
+        ge=0,
+        description="HTTP/2 streams (calls) open at once per connection; calls beyond it are "
+        "refused with UNAVAILABLE (retryable). 0 = no limit (gRPC's default).",
     )
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(LogFormat.TEXT, description="text or json logs.")
@@ -248,6 +292,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     drain: DrainSettings = Field(default_factory=DrainSettings)
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

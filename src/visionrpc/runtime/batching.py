@@ -13,9 +13,17 @@ while other admitted requests are still being prepared, and never longer than
 ``instances`` batches or lone requests run at once (Triton's instance count), each in an executor
 (one per instance when given a list or none, so an instance always runs on the same thread) so
 the event loop never blocks. When every instance is busy the queue grows and the next batch is
-larger. The queue is ordered by admission. A failing batch fails only its own requests, and a
-caller that gives up (cancellation) affects nobody else. Once closed, a batcher answers
-NotReadyError: the server is going away and another one may serve the request.
+larger. A failing batch fails only its own requests, and a caller that gives up (cancellation)
+affects nobody else. Once closed, a batcher answers NotReadyError: the server is going away and
+another one may serve the request.
+
+Fairness: each request belongs to a *client* (a plain string the caller chooses, e.g. the server's
+connection or identity; ``""`` for all by default). Each client has its own line, ordered by
+admission, and batches are filled round-robin across the clients' lines, one request per turn, so
+a client with one request waiting is served next even behind another client's hundreds. A client
+may hold at most ``max_queue_per_client`` of the ``max_queue_size`` places: its excess is shed
+while other clients are still admitted. With a single client this is exactly the queue ordered by
+admission.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,21 +91,22 @@ class _Entry(Generic[T, R]):
 class Admission(Generic[T, R]):
     """A reserved queue slot: submit exactly once, or release (done by ``with`` on exit)."""
 
-    def __init__(self, batcher: DynamicBatcher[T, R], place: int) -> None:
+    def __init__(self, batcher: DynamicBatcher[T, R], place: int, client: str) -> None:
         self._batcher = batcher
-        self._place = place  # order of admission: the request's place in line
+        self._place = place  # order of admission: the request's place in its client's line
+        self._client = client
         self._open = True
 
     async def submit(self, item: T) -> Batched[R]:
         if not self._open:
             raise RuntimeError("this admission was already used or released")
         self._open = False
-        return await self._batcher._enqueue(item, self._place)
+        return await self._batcher._enqueue(item, self._place, self._client)
 
     def release(self) -> None:
         if self._open:
             self._open = False
-            self._batcher._withdraw()
+            self._batcher._withdraw(self._client)
 
     def __enter__(self) -> Admission[T, R]:
         return self
@@ -123,19 +133,25 @@ class DynamicBatcher(Generic[T, R]):
         max_batch_size: int,
         max_queue_delay_us: int = 0,
         max_queue_size: int = 256,
+        max_queue_per_client: int | None = None,
         instances: int = 1,
         executor: Executor | Sequence[Executor] | None = None,
         name: str = "",
         occupancy: Occupancy | None = None,
     ) -> None:
-        if min(max_batch_size, max_queue_size, instances) < 1 or max_queue_delay_us < 0:
+        if (
+            min(max_batch_size, max_queue_size, instances, max_queue_per_client or 1) < 1
+            or max_queue_delay_us < 0
+        ):
             raise ValueError(
-                "max_batch_size, max_queue_size and instances must be >= 1, the delay >= 0"
+                "max_batch_size, max_queue_size, max_queue_per_client and instances must be "
+                ">= 1, the delay >= 0"
             )
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
+        self.max_queue_per_client = min(max_queue_per_client or max_queue_size, max_queue_size)
         self.instances = instances
         self.name = name
         self._own_executors: list[ThreadPoolExecutor] = []
@@ -152,9 +168,13 @@ class DynamicBatcher(Generic[T, R]):
         else:
             self._executors = [executor] * instances
         self._occupancy = occupancy or Occupancy()
-        # Ordered by admission, not submission: a large image that took longer to decode keeps
-        # its place in line instead of queueing behind requests that arrived after it.
-        self._queue: list[_Entry[T, R]] = []  # a heap
+        # One line per client, each ordered by admission, not submission: a large image that took
+        # longer to decode keeps its place instead of queueing behind requests that arrived after
+        # it. ``_turns`` holds the clients with a non-empty line, in round-robin order.
+        self._lines: dict[str, list[_Entry[T, R]]] = {}  # heaps
+        self._turns: deque[str] = deque()
+        self._queued = 0  # entries in the lines (callers that gave up included, until taken)
+        self._held: dict[str, int] = {}  # per client: admitted or queued, not yet taken
         self._places = itertools.count()
         self._admitted = 0  # admitted, not yet submitted
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,32 +195,41 @@ class DynamicBatcher(Generic[T, R]):
     def depth(self) -> int:
         """Admitted plus queued requests (a batch waiting for stragglers included): what
         ``max_queue_size`` bounds."""
-        return self._admitted + len(self._queue) + self._in_hand
+        return self._admitted + self._queued + self._in_hand
 
     @property
     def queued(self) -> int:
         """Requests submitted and waiting to run."""
-        return len(self._queue) + self._in_hand
+        return self._queued + self._in_hand
+
+    def held_by(self, client: str) -> int:
+        """Requests of ``client`` admitted or queued (what ``max_queue_per_client`` bounds)."""
+        return self._held.get(client, 0)
 
     async def schedule(
-        self, alone: Callable[[bool], R], prepare: Callable[[], Awaitable[T]]
+        self,
+        alone: Callable[[bool], R],
+        prepare: Callable[[], Awaitable[T]],
+        client: str = "",
     ) -> Batched[R]:
         """Run one request: whole on an idle instance when nobody is ahead of it, else batched.
 
         ``alone(all_cores)`` runs the whole request on the instance's thread; ``all_cores`` is
         True when no instance of any batcher sharing this one's Occupancy is running. Otherwise
-        the request is admitted (or shed), ``prepare()`` makes its item and the item is submitted.
+        the request is admitted (or shed), ``prepare()`` makes its item and the item is submitted
+        to ``client``'s line.
         """
         if self._closed:
             raise self._shutting_down()
         if not self.depth and self._idle:
             return await self._run_alone(alone)
-        with self.admit() as slot:  # sheds load before any preparation is spent
+        with self.admit(client) as slot:  # sheds load before any preparation is spent
             item = await prepare()
             return await slot.submit(item)
 
-    def admit(self) -> Admission[T, R]:
-        """Reserve a slot now; ResourceLimitError when the queue is full."""
+    def admit(self, client: str = "") -> Admission[T, R]:
+        """Reserve a slot in ``client``'s line now; ResourceLimitError when the queue is full or
+        the client holds its share of it."""
         if self._closed:
             raise self._shutting_down()
         if self.depth >= self.max_queue_size:
@@ -209,12 +238,21 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.max_queue_size}); retry later or send fewer concurrent requests",
                 retry_after_s=RETRY_AFTER_S,
             )
+        held = self._held.get(client, 0)
+        if held >= self.max_queue_per_client:
+            raise ResourceLimitError(
+                f"this client has {held} requests queued for model {self.name!r} "
+                f"(max_queue_per_client={self.max_queue_per_client}); other clients get the "
+                "rest of the queue: wait for answers before sending more",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        self._held[client] = held + 1
         self._admitted += 1
-        return Admission(self, next(self._places))
+        return Admission(self, next(self._places), client)
 
-    async def submit(self, item: T) -> Batched[R]:
+    async def submit(self, item: T, client: str = "") -> Batched[R]:
         """Admit and submit in one step."""
-        return await self.admit().submit(item)
+        return await self.admit(client).submit(item)
 
     async def aclose(self) -> None:
         """Stop the dispatcher and running batches; requests not yet answered (queued, in a
@@ -263,9 +301,18 @@ class DynamicBatcher(Generic[T, R]):
         if self._freed is not None:
             self._freed.set()
 
-    def _withdraw(self) -> None:
+    def _let_go(self, client: str) -> None:
+        """One of ``client``'s requests left the queue (taken, withdrawn or failed)."""
+        held = self._held[client] - 1
+        if held:
+            self._held[client] = held
+        else:
+            del self._held[client]
+
+    def _withdraw(self, client: str) -> None:
         """An admitted request gave up before submitting."""
         self._admitted -= 1
+        self._let_go(client)
         if self._wakeup is not None:
             self._wakeup.set()  # a waiting batch need not wait for this one any more
 
@@ -311,27 +358,45 @@ class DynamicBatcher(Generic[T, R]):
         answer.add_done_callback(self._alone.discard)
         return await answer  # cancelling the caller cancels only this future
 
-    async def _enqueue(self, item: T, place: int) -> Batched[R]:
+    async def _enqueue(self, item: T, place: int, client: str) -> Batched[R]:
         self._admitted -= 1
         try:
             loop = self._bind()
         except BaseException:
+            self._let_go(client)
             if self._wakeup is not None:
                 self._wakeup.set()
             raise
         assert self._wakeup is not None
         if self._closed:
+            self._let_go(client)
             self._wakeup.set()
             raise self._shutting_down()
         entry: _Entry[T, R] = _Entry(place, item, loop.create_future(), time.perf_counter())
-        heapq.heappush(self._queue, entry)
+        line = self._lines.get(client)
+        if line is None:
+            line = self._lines[client] = []
+            self._turns.append(client)
+        heapq.heappush(line, entry)
+        self._queued += 1
         self._wakeup.set()
         return await entry.future  # cancelling the caller cancels only this future
 
     def _take(self, limit: int) -> list[_Entry[T, R]]:
+        """Up to ``limit`` requests, one per client's turn (round-robin), each client's in order
+        of admission."""
         taken: list[_Entry[T, R]] = []
-        while self._queue and len(taken) < limit:
-            entry = heapq.heappop(self._queue)
+        turns, lines = self._turns, self._lines
+        while turns and len(taken) < limit:
+            client = turns.popleft()
+            line = lines[client]
+            entry = heapq.heappop(line)
+            self._queued -= 1
+            self._let_go(client)
+            if line:
+                turns.append(client)
+            else:
+                del lines[client]
             if not entry.future.done():  # skip callers that already gave up
                 taken.append(entry)
         return taken
@@ -342,7 +407,7 @@ class DynamicBatcher(Generic[T, R]):
             return batch
         deadline = batch[0].enqueued_at + self.max_queue_delay_s
         while len(batch) < self.max_batch_size:
-            if self._queue:
+            if self._queued:
                 batch += self._take(self.max_batch_size - len(batch))
                 continue
             remaining = deadline - time.perf_counter()
@@ -367,7 +432,7 @@ class DynamicBatcher(Generic[T, R]):
         assert self._wakeup is not None and self._freed is not None and self._loop is not None
         wakeup, freed, loop = self._wakeup, self._freed, self._loop
         while True:
-            while not self._queue:
+            while not self._queued:
                 wakeup.clear()
                 await wakeup.wait()
             while not self._idle:  # all instances busy: the queue grows meanwhile
@@ -424,7 +489,12 @@ class DynamicBatcher(Generic[T, R]):
                 entry.future.set_exception(exc)
 
     def _fail_queued(self, exc: Exception) -> None:
-        while self._queue:
-            entry = self._queue.pop()
-            if not entry.future.done():
-                entry.future.set_exception(exc)
+        lines = list(self._lines.items())
+        self._lines.clear()
+        self._turns.clear()
+        self._queued = 0
+        for client, line in lines:
+            for entry in line:
+                self._let_go(client)
+                if not entry.future.done():
+                    entry.future.set_exception(exc)

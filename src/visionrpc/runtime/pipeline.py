@@ -5,6 +5,9 @@
 calls, which go through a per-model DynamicBatcher; its instances (one thread each) run ONNX
 Runtime and then post-process their batch. The batcher decides how each request runs: one that
 finds nobody ahead of it and an instance idle runs every step in one hop on that instance's thread.
+Requests carry a *client* key (a plain string from the server): the batcher serves clients'
+lines round-robin, and each client has at most ``fairness.decodes_per_client`` images in the
+decode pool, so a quiet client's image is not decoded after all of a busy client's backlog.
 ``infer_sync`` does the same work in the calling thread, one image per model call.
 """
 
@@ -25,6 +28,7 @@ import numpy as np
 from visionrpc.errors import InvalidInputError, ResourceLimitError, shorten
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
+from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.imaging import (
     DecodedImage,
     ImageTransform,
@@ -205,6 +209,7 @@ class InferencePipeline:
         self._instance_threads: dict[str, list[ThreadPoolExecutor]] = {}
         self._batchers: dict[str, DynamicBatcher[Job, JobOutcome]] = {}
         self._occupancy = Occupancy()  # shared by the batchers: is anything else running?
+        self._decoding = ClientSlots(settings.fairness.decodes_per_client)
         self._closed = False
         self.stops: Counter[str] = Counter()  # requests stopped early, per stage boundary
         self._trim_pending = False  # a large image was decoded: trim the heap after it
@@ -261,12 +266,13 @@ class InferencePipeline:
         )
 
     async def infer(
-        self, item: InferenceInput, deadline: Deadline | None = None
+        self, item: InferenceInput, deadline: Deadline | None = None, client: str = ""
     ) -> InferenceResult:
         """Run one input without blocking the event loop; concurrent calls may share a batch.
 
         The work stops at the next stage boundary once ``deadline`` passes, the server's time
-        budget runs out or this coroutine is cancelled (the caller went away).
+        budget runs out or this coroutine is cancelled (the caller went away). ``client`` names
+        who sent it (the server's connection or identity) for fair queueing.
         """
         start = time.perf_counter()
         deadline = self._start_deadline(deadline)
@@ -280,13 +286,17 @@ class InferencePipeline:
             return self._run_alone(item, model, options, start, deadline, all_cores=all_cores)
 
         async def prepare() -> Job:
-            prepared = await loop.run_in_executor(
-                self._decode_pool, self._prepare, item, model, deadline
-            )
+            await self._decoding.acquire(client)
+            try:
+                prepared = await loop.run_in_executor(
+                    self._decode_pool, self._prepare, item, model, deadline
+                )
+            finally:
+                self._decoding.release(client)
             return Job(item, options, prepared, start)
 
         try:
-            batched = await batcher.schedule(alone, prepare)
+            batched = await batcher.schedule(alone, prepare, client)
         except asyncio.CancelledError:
             deadline.cancel()  # work already handed to a thread stops at its next stage
             raise
@@ -347,6 +357,7 @@ class InferencePipeline:
                 max_batch_size=model.max_batch_size,
                 max_queue_delay_us=model.batching.max_queue_delay_us,
                 max_queue_size=model.batching.max_queue_size,
+                max_queue_per_client=self.settings.fairness.max_queue_per_client,
                 instances=model.instances,
                 executor=self._threads(model),
                 name=model.name,

@@ -97,6 +97,11 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
     if settings.max_concurrent_streams:
         options.append(("grpc.max_concurrent_streams", settings.max_concurrent_streams))
+    if not settings.fairness.http2_bdp_probe:
+        # Without BDP probing gRPC keeps each stream's receive window small (what it reads ahead
+        # for a handler that is not reading); with it, windows grow and a client with many
+        # paused streams makes the server buffer far more than the frames in work.
+        options.append(("grpc.http2.bdp_probe", 0))
     return options
 
 

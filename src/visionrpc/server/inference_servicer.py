@@ -21,10 +21,12 @@ from google.protobuf.message import DecodeError
 
 from visionrpc.errors import InvalidInputError, NotReadyError
 from visionrpc.runtime.budget import Deadline
+from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.decoding import UndecodableMessageError
 from visionrpc.server.drain import DrainingError
+from visionrpc.server.fairness import client_key, in_flight_refusal
 from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, rich_status
 from visionrpc.settings import DrainSettings, Settings
 from visionrpc.v1 import inference_pb2 as pb
@@ -60,6 +62,8 @@ class _FrameReader:
         frames: AsyncIterator[pb.InferRequest],
         answer: Callable[[pb.InferRequest], Coroutine[Any, Any, pb.InferResponse]],
         window: int,
+        slots: ClientSlots,
+        client: str,
     ) -> None:
         self.pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
             window
@@ -67,6 +71,8 @@ class _FrameReader:
         self.count = 0
         self._frames = frames
         self._answer = answer
+        self._slots = slots  # the client's in-flight slots, shared by all its calls and streams
+        self._client = client
         self._waiting_since: float | None = None
         """Loop time the reader began waiting for the next frame; None while it is not waiting
         (answering, or held back by the window)."""
@@ -90,18 +96,41 @@ class _FrameReader:
         await self.pending.put(end)
 
     async def _read(self) -> BaseException | None:
-        """Read until the stream ends; the error that ended reading early, if any."""
+        """Read until the stream ends; the error that ended reading early, if any.
+
+        Each frame takes one of its client's in-flight slots before it is read, so nothing is read
+        that could not be worked on; the slot is freed when the frame's answer is done.
+        """
         loop = asyncio.get_running_loop()
+        frames = aiter(self._frames)
+        slots, client = self._slots, self._client
+
+        def release(_: object) -> None:
+            slots.release(client)
+
         try:
-            self._waiting_since = loop.time()
-            async for request in self._frames:
-                self._waiting_since = None
+            while True:
+                await slots.acquire(client)
+                self._waiting_since = loop.time()
+                try:
+                    request = await anext(frames)
+                except BaseException:
+                    slots.release(client)
+                    raise
+                finally:
+                    self._waiting_since = None
                 self.count += 1
-                await self.pending.put(asyncio.create_task(self._answer(request)))
-                now = loop.time()
-                if self._stop_at is not None and now >= self._stop_at:
+                task = asyncio.create_task(self._answer(request))
+                task.add_done_callback(release)
+                try:
+                    await self.pending.put(task)
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
+                if self._stop_at is not None and loop.time() >= self._stop_at:
                     return DrainingError(self._drained_message())
-                self._waiting_since = now
+        except StopAsyncIteration:
+            return None
         except (DecodeError, UndecodableMessageError):
             return InvalidInputError(
                 f"frame {self.count + 1} of the stream is not an InferRequest; the "
@@ -109,7 +138,6 @@ class _FrameReader:
             )
         except Exception as exc:  # the stream itself broke: end the call with a status
             return exc
-        return None
 
     async def _read_until_quiet(self, reading: asyncio.Task[Any], settings: DrainSettings) -> None:
         """While draining: stop ``reading`` once it has waited ``stream_frame_wait_ms`` for a
@@ -143,6 +171,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self._repository = repository
         self._pipeline: InferencePipeline | None = None
         self._draining = asyncio.Event()
+        # Per client: Infer calls and InferStream frames in work (max_in_flight_per_client)
+        self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
 
     # -- lifecycle (server.app.Service) --------------------------------------------------------
 
@@ -191,9 +221,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
 
     # -- methods -------------------------------------------------------------------------------
 
-    async def _infer(self, request: pb.InferRequest, deadline: Deadline) -> pb.InferResponse:
+    async def _infer(
+        self, request: pb.InferRequest, deadline: Deadline, client: str
+    ) -> pb.InferResponse:
         item = InferRequestConverter.to_types(request)
-        result = await self.pipeline.infer(item, deadline)
+        result = await self.pipeline.infer(item, deadline, client)
         return InferResponseConverter.from_types(result)
 
     @staticmethod
@@ -206,9 +238,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
 
     @map_errors
     async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
-        return await self._infer(request, self._deadline(context))
+        client = client_key(context)
+        if not self._in_flight.try_acquire(client):
+            raise in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+        try:
+            return await self._infer(request, self._deadline(context), client)
+        finally:
+            self._in_flight.release(client)
 
-    async def _infer_frame(self, request: pb.InferRequest, stream: Deadline) -> pb.InferResponse:
+    async def _infer_frame(
+        self, request: pb.InferRequest, stream: Deadline, client: str
+    ) -> pb.InferResponse:
         """One stream frame: a failure becomes this frame's ``error``, not the stream's.
 
         The error carries the same ``google.rpc`` details a failed Infer call would.
@@ -217,7 +257,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             deadline = Deadline(stream.caller_at)
             if stream.cancelled:
                 deadline.cancel()
-            return await self._infer(request, deadline)
+            return await self._infer(request, deadline, client)
         except Exception as exc:
             log_unexpected(exc, "InferStream frame failed")
             return pb.InferResponse(request_id=request.request_id, error=rich_status(exc))
@@ -227,18 +267,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     ) -> AsyncIterator[pb.InferResponse]:
         """Frames in, results out in order, at most ``stream_window`` frames in flight.
 
-        When the window is full the reader stops pulling from the stream, and HTTP/2 flow control
-        pushes back on a producer that is too fast. When reading fails (a frame that does not
-        parse, a client that gives up half-way), the frames already read are still answered, then
-        the call ends with a status at once instead of waiting for its deadline. When the server
-        drains, reading stops once the frames already sent are read (see ``_FrameReader``), every
-        frame read is answered, and the call ends UNAVAILABLE saying how many were answered.
+        When the window is full, or the client already has ``fairness.max_in_flight_per_client``
+        calls and frames in work across all its streams, the reader stops pulling from the stream
+        and HTTP/2 flow control pushes back on a producer that is too fast: a client with many
+        streams gets its frames served in turn, not refused, and never holds more than its share.
+        When reading fails (a frame that does not parse, a client that gives up half-way), the
+        frames already read are still answered, then the call ends with a status at once instead
+        of waiting for its deadline. When the server drains, reading stops once the frames already
+        sent are read (see ``_FrameReader``), every frame read is answered, and the call ends
+        UNAVAILABLE saying how many were answered.
         """
         stream_deadline = self._deadline(context)
+        client = client_key(context)
         reader = _FrameReader(
             request_iterator,
-            functools.partial(self._infer_frame, stream=stream_deadline),
+            functools.partial(self._infer_frame, stream=stream_deadline, client=client),
             self.settings.stream_window,
+            self._in_flight,
+            client,
         )
         pending = reader.pending
         reading = asyncio.create_task(reader.run(self._draining, self.settings.drain))

@@ -3,9 +3,16 @@
 Rules:
 - ``post`` assigns the room's next ``seq`` and hands the message to every participant in one
   synchronous step, so all participants see one order per room (their own messages included).
-- Each participant has a bounded buffer. A participant whose buffer is full when a message arrives
-  is dropped (removed from the room; its next ``receive`` raises ResourceLimitError) instead of
-  making the poster – and so everyone else – wait for it.
+- Each participant has a bounded buffer (``chat_buffer_size``). A Chat stream posts with ``send``,
+  which applies back-pressure: while some member's buffer is full, the poster waits until that
+  member takes a message. So a burst from any number of posters never drops a reader that keeps
+  reading: the room moves at the pace of its readers, and a waiting poster stops reading its own
+  stream, so HTTP/2 flow control slows the posting client down in turn. A member whose buffer
+  has been full for ``post_wait_s`` (``fairness.chat_post_wait_s``) without it taking a message
+  has stopped reading: it is dropped (removed from the room; its next ``receive`` raises
+  ResourceLimitError, which the client sees as RESOURCE_EXHAUSTED with the reason) and the posts
+  go on. So one stalled reader holds a room up for at most that long. ``post`` delivers at once
+  and drops any full member without waiting.
 - A room exists while it has participants; the last ``leave`` frees it (and its seq counter).
 
 The hub is bound to one asyncio event loop and is not thread-safe; the grpc.aio server runs all
@@ -15,7 +22,9 @@ handlers on one loop, which is what makes ``post`` atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +51,9 @@ class ChatEvent:
 class Participant:
     """One stream's membership in a room: a bounded inbox plus drop/close state."""
 
-    def __init__(self, hub: ChatHub, participant_id: int, room: str, sender: str, capacity: int):
+    def __init__(
+        self, hub: ChatHub, participant_id: int, room: str, sender: str, capacity: int
+    ) -> None:
         self.id = participant_id
         self.room = room
         self.sender = sender
@@ -52,15 +63,24 @@ class Participant:
         self._wakeup = asyncio.Event()
         self._dropped: str | None = None
         self._ended: Callable[[], Exception] | None = None
+        self._full_since: float | None = None  # monotonic time the buffer last became full
         self._closed = False
 
     @property
     def dropped(self) -> bool:
         return self._dropped is not None
 
+    @property
+    def full(self) -> bool:
+        return self._full_since is not None
+
     def post(self, text: str) -> ChatEvent:
-        """Post to this participant's room."""
+        """Post to this participant's room now, dropping members whose buffer is full."""
         return self._hub.post(self, text)
+
+    async def send(self, text: str) -> ChatEvent:
+        """Post to this participant's room once every member has room (bounded wait)."""
+        return await self._hub.send(self, text)
 
     async def receive(self) -> ChatEvent | None:
         """Next message; None once closed and drained; ResourceLimitError once dropped; the
@@ -71,6 +91,9 @@ class Participant:
             if self._dropped is not None:
                 raise ResourceLimitError(self._dropped)
             if self._inbox:
+                if self._full_since is not None:
+                    self._full_since = None
+                    self._hub._made_room(self.room)  # a poster may be waiting for this
                 return self._inbox.popleft()
             if self._closed:
                 return None
@@ -86,18 +109,25 @@ class Participant:
         """Queue ``event``; False (and the participant marked dropped) when the buffer is full."""
         if self._dropped is not None:
             return False
-        if len(self._inbox) >= self._capacity:
-            self._dropped = (
-                f"chat participant {self.sender!r} in room {self.room!r} fell more than "
-                f"{self._capacity} messages behind (chat_buffer_size) and was dropped; "
-                "read faster or rejoin"
-            )
-            self._inbox.clear()
-            self._wakeup.set()
+        if self._full_since is not None:
+            self._drop()
             return False
         self._inbox.append(event)
+        if len(self._inbox) >= self._capacity:
+            self._full_since = time.monotonic()
         self._wakeup.set()
         return True
+
+    def _drop(self) -> None:
+        self._dropped = (
+            f"chat participant {self.sender!r} in room {self.room!r} was dropped: it had "
+            f"{self._capacity} messages waiting (chat_buffer_size) and took none of them for "
+            f"{self._hub.post_wait_s:g}s (fairness.chat_post_wait_s) while others posted; read "
+            "the stream continuously (or raise those settings) and rejoin"
+        )
+        self._inbox.clear()
+        self._full_since = None
+        self._wakeup.set()
 
 
 @dataclass
@@ -105,15 +135,23 @@ class _Room:
     name: str
     members: dict[int, Participant] = field(default_factory=dict)
     last_seq: int = 0
+    room_made: asyncio.Event = field(default_factory=asyncio.Event)  # a full inbox was read
 
 
 class ChatHub:
     """All rooms of one server process."""
 
-    def __init__(self, buffer_size: int, clock: Callable[[], datetime] = _utcnow) -> None:
-        if buffer_size < 1:
-            raise ValueError("buffer_size must be at least 1")
+    def __init__(
+        self,
+        buffer_size: int,
+        clock: Callable[[], datetime] = _utcnow,
+        *,
+        post_wait_s: float = 2.0,
+    ) -> None:
+        if buffer_size < 1 or post_wait_s < 0:
+            raise ValueError("buffer_size must be at least 1, post_wait_s at least 0")
         self._buffer_size = buffer_size
+        self.post_wait_s = post_wait_s
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         self._ids = itertools.count(1)
@@ -161,7 +199,37 @@ class ChatHub:
             for member in state.members.values():
                 member._ended = error
                 member._wakeup.set()
+            state.room_made.set()  # posters waiting for room see the end at once
         self._rooms.clear()
+
+    async def send(self, participant: Participant, text: str) -> ChatEvent:
+        """``post`` once no member's buffer is full: wait while full members keep taking
+        messages; drop those that took none for ``post_wait_s`` since their buffer filled."""
+        while True:
+            state = self._rooms.get(participant.room)
+            if state is None or participant._dropped is not None:
+                break  # post() raises the reason
+            full = [m for m in state.members.values() if m._full_since is not None]
+            if not full:
+                break
+            now = time.monotonic()
+            stalled = [m for m in full if now - (m._full_since or now) >= self.post_wait_s]
+            for member in stalled:
+                member._drop()
+                self.dropped_total += 1
+                self._remove(state, member)
+            if stalled:
+                continue
+            oldest = min(m._full_since or now for m in full)
+            state.room_made.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.room_made.wait(), oldest + self.post_wait_s - now)
+        return self.post(participant, text)
+
+    def _made_room(self, room: str) -> None:
+        state = self._rooms.get(room)
+        if state is not None:
+            state.room_made.set()
 
     def leave(self, participant: Participant) -> None:
         """Remove the participant (idempotent); an empty room is freed."""
@@ -172,6 +240,7 @@ class ChatHub:
 
     def _remove(self, state: _Room, participant: Participant) -> None:
         state.members.pop(participant.id, None)
+        state.room_made.set()  # waiting posters need not wait for a member that left
         if not state.members and self._rooms.get(state.name) is state:
             del self._rooms[state.name]
 

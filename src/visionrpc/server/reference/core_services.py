@@ -54,7 +54,9 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
     def __init__(self, settings: Settings, instance_id: str | None = None) -> None:
         self._settings = settings
         self.instance_id = instance_id or str(uuid.uuid4())
-        self.hub = ChatHub(settings.chat_buffer_size)
+        self.hub = ChatHub(
+            settings.chat_buffer_size, post_wait_s=settings.fairness.chat_post_wait_s
+        )
         self.numbers_produced = 0
         """StreamNumbers values produced since start-up (shows that cancelled streams stop)."""
         self.active_streams = 0
@@ -152,7 +154,7 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
         participant = self.hub.join(first.room, first.sender)
         reader: asyncio.Task[None] | None = None
         try:
-            participant.post(first.text)
+            await participant.send(first.text)
             reader = asyncio.create_task(self._read_chat(requests, participant))
             while (event := await participant.receive()) is not None:
                 yield _chat_message(event)
@@ -177,6 +179,6 @@ class CoreServicesServicer(core_pb2_grpc.CoreServicesServicer):
                         f"to chat in {shorten(message.room)}",
                         field="room",
                     )
-                participant.post(message.text)
+                await participant.send(message.text)
         finally:
             participant.close()
