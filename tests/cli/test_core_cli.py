@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -303,15 +304,19 @@ def test_serve_subprocess_drains_on_sigterm() -> None:
         assert proc.stderr is not None
         with Client(address) as client:
             assert client.health().serving
-            stream = client.stream_numbers(count=3, interval_ms=200)
+            stream = client.stream_numbers(count=1000, interval_ms=200)
             first = next(stream)
             proc.send_signal(signal.SIGTERM)
-            rest = list(stream)  # the in-flight stream completes during the drain
-        assert [first.index] + [n.index for n in rest] == [0, 1, 2]
+            # An open stream is told to finish at once: it ends UNAVAILABLE, saying to go elsewhere
+            with pytest.raises(grpc.RpcError) as info:
+                list(stream)
+        assert first.index == 0
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draining" in (info.value.details() or "")
         assert proc.wait(15) == 0
         log = proc.stderr.read()
         assert "draining" in log and "server stopped" in log
-        assert "/visionrpc.v1.CoreServices/StreamNumbers OK" in log
+        assert "/visionrpc.v1.CoreServices/StreamNumbers UNAVAILABLE" in log
     finally:
         if proc.poll() is None:
             proc.kill()
