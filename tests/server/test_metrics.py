@@ -22,9 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers import RunningServer, StartServer, make_settings
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.metrics import DURATION_BUCKETS, REFUSAL_LIMITS, STAGES, UNKNOWN_MODEL
-from visionrpc.v1 import core_pb2, core_pb2_grpc
+from visionrpc.v1 import core_pb2, core_pb2_grpc, inference_pb2_grpc
 from visionrpc.v1 import inference_pb2 as pb
-from visionrpc.v1 import inference_pb2_grpc
 
 IMAGE = cv2.imencode(".jpg", np.full((48, 64, 3), 120, np.uint8))[1].tobytes()
 INFERENCE = "visionrpc.v1.InferenceMethods"
@@ -192,7 +191,8 @@ async def test_open_streams_and_requests_in_work_are_gauged(
 
     call = infer.InferStream(frames(), timeout=30)
     outbox.put_nowait(pb.InferRequest(image_bytes=IMAGE))
-    assert not (await call.read()).HasField("error")
+    first = await call.read()
+    assert isinstance(first, pb.InferResponse) and not first.HasField("error")
     during = await asyncio.to_thread(scrape, url)
     assert during.value("visionrpc_active_streams", service=INFERENCE, method="InferStream") == 1
     assert during.value("visionrpc_active_clients") == 1  # the stream waits for its next frame
