@@ -7,7 +7,8 @@ and passing an instance to ``VisionServer``/``serve`` – usually by returning i
 1. builds the grpc.aio server with the message-size options from Settings and the interceptors,
 2. calls every service's ``add_to_server`` and registers health + reflection (v1 and v1alpha)
    for all of them,
-3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls);
+3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls),
+   and serves Prometheus metrics when ``settings.metrics.port`` is set (``server.metrics``);
    a port it cannot listen on is a ``StartupError`` that says what to change,
 4. awaits every service's ``start()`` (model loading) in order, then flips health to SERVING;
    if one fails, what was started is stopped and the error raised, for the caller to report once,
