@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -77,7 +76,7 @@ class MethodMeter:
     def __init__(self, metrics: ServerMetrics, service: str, method: str, streams: bool) -> None:
         self._requests = metrics.grpc_requests
         self._labels = (service, method)
-        self._by_code: dict[str, Any] = {}
+        self._by_code: dict[str, Counter] = {}
         self._duration = metrics.grpc_duration.labels(service, method)
         self._streams = metrics.active_streams.labels(service, method) if streams else None
 
@@ -101,14 +100,14 @@ class _ModelSeries:
 
     name: str
     version: str
-    requests: Any
-    images: Any
-    duration: Any
-    stages: tuple[Any, ...]  # in STAGES order
-    queue_seconds: Any
-    compute_seconds: Any
-    executions: Any
-    batch_size: Any
+    requests: Counter
+    images: Counter
+    duration: Histogram
+    stages: tuple[Histogram, ...]  # in STAGES order
+    queue_seconds: Counter
+    compute_seconds: Counter
+    executions: Counter
+    batch_size: Histogram
 
 
 Started = tuple[_ModelSeries, float]
@@ -118,7 +117,8 @@ Started = tuple[_ModelSeries, float]
 class InferenceMeter:
     """Per-model inference metrics, fed by the InferenceMethods servicer and its pipeline.
 
-    All calls come from the server's event loop; the gauges read at scrape time only read.
+    ``begin``, ``answered`` and ``failed`` run on the server's event loop, ``batch`` in the model
+    instances' threads (prometheus-client's metrics are thread-safe); the scrape only reads.
     """
 
     def __init__(self, metrics: ServerMetrics) -> None:
