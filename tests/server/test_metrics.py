@@ -338,3 +338,45 @@ async def test_a_dropped_chat_reader_is_a_refusal(start_server: StartServer) -> 
     assert after.value("visionrpc_grpc_requests_total", code="RESOURCE_EXHAUSTED", **chat) == 1
     assert after.value("visionrpc_grpc_requests_total", code="OK", **chat) == 1
     assert after.value("visionrpc_active_streams", **chat) == 0
+
+
+async def test_an_infer_over_the_clients_in_flight_limit_is_a_refusal(
+    start_server: StartServer,
+) -> None:
+    settings: dict[str, Any] = {
+        "access_log": False,
+        "metrics": {"port": 0},
+        "fairness": {"max_in_flight_per_client": 1},
+    }
+    running = await start_server([InferenceServicer(make_settings(**settings))], **settings)
+    url = running.server.metrics_url
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        infer = inference_pb2_grpc.InferenceMethodsStub(channel)
+        outbox: asyncio.Queue[pb.InferRequest | None] = asyncio.Queue()
+
+        async def frames() -> AsyncIterator[pb.InferRequest]:
+            while (frame := await outbox.get()) is not None:
+                yield frame
+
+        stream = infer.InferStream(frames(), timeout=30)  # holds the slot, waiting for a frame
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await asyncio.to_thread(scrape, url)).value("visionrpc_active_clients") != 1:
+            assert asyncio.get_running_loop().time() < deadline, "the stream never took its slot"
+            await asyncio.sleep(0.02)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await infer.Infer(pb.InferRequest(image_bytes=IMAGE), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fairness.max_in_flight_per_client=1" in (refused.value.details() or "")
+        outbox.put_nowait(None)
+        assert await stream.code() is grpc.StatusCode.OK
+        reply = await infer.Infer(pb.InferRequest(image_bytes=IMAGE), timeout=30)  # still serves
+        assert reply.image_width == 64
+    scraped = scrape(url)
+    limit = "fairness.max_in_flight_per_client"
+    assert scraped.value("visionrpc_refused_total", limit=limit) == 1
+    assert scraped.total("visionrpc_refused_total") == 1
+    failures = "visionrpc_inference_failures_total"
+    assert scraped.value(failures, model=MODEL, reason="RESOURCE_EXHAUSTED") == 1
+    assert scraped.value("visionrpc_inference_requests_total", model=MODEL) == 2
+    assert scraped.value("visionrpc_inference_in_flight", model=MODEL) == 0
+    assert scraped.value("visionrpc_active_clients") == 0
