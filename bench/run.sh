@@ -6,6 +6,8 @@
 #   bench/run.sh --skip-security leave out section f, the cost of TLS and tokens on Infer (plaintext
 #                                vs TLS vs TLS + token servers side by side: images/s at c16, p50 at
 #                                c1); it runs by default and needs trustme (the test extra)
+#   bench/run.sh --skip-metrics  leave out section g, the cost of Prometheus metrics on Infer (servers
+#                                with metrics off and on side by side: images/s at c16, p50 at c1)
 #   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
 #                                images and model, and merge their rows into the same table
 # Extra arguments go to `python -m bench.harness` (run from any folder: PYTHONPATH is set here). Peer rows ($PEER_RESULTS, default

@@ -21,6 +21,7 @@ from visionrpc.server.inference_servicer import InferenceServicer
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"onnxruntime", "onnxruntime-gpu", "opencv-python-headless", "pycocotools", "pyyaml"}
+HEAVY |= {"prometheus-client", "prometheus_client"}  # serve --metrics-port only (server extra)
 
 
 def _names(freeze: str) -> set[str]:
@@ -98,3 +99,4 @@ def test_gpu_extra_resolves_to_onnxruntime_gpu_only(tmp_path: Path) -> None:
     assert "onnxruntime-gpu" in resolved
     assert "onnxruntime" not in resolved
     assert {"opencv-python-headless", "pycocotools", "grpcio-reflection"} <= resolved
+    assert resolved & {"prometheus-client", "prometheus_client"}  # serve --metrics-port

@@ -74,6 +74,10 @@ def bench(
         bool,
         typer.Option("--skip-security", help="No plaintext vs TLS vs TLS + token (section f)."),
     ] = False,
+    skip_metrics: Annotated[
+        bool,
+        typer.Option("--skip-metrics", help="No metrics off vs on (section g)."),
+    ] = False,
     core_concurrency: Annotated[
         int, typer.Option(min=1, help="Ping calls in flight for section d.")
     ] = 16,
@@ -140,6 +144,7 @@ def bench(
             core=not skip_core,
             core_concurrency=core_concurrency,
             security=not skip_security,
+            metrics=not skip_metrics,
             accuracy_count=0
             if skip_accuracy
             else (accuracy_count if accuracy_count is not None else (20 if quick else 200)),

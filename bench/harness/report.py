@@ -13,13 +13,13 @@ Every throughput/latency measurement is one JSON object. Five keys are required:
   send to answer), null when not measured.
 
 Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``,
-``security``;
+``security``, ``metrics``;
 rows read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
 ``method`` (``Infer``, ``InferStream``, ``infer``, ``infer_sync``, ``batch``, or a peer's own
 name such as ``ModelInfer``), ``batch_size``, ``requests``, ``errors``, ``duration_s``,
-``peak_rss_mb``, ``lever``, ``variant`` (security) and ``notes``. Unknown keys are kept. A peer
-file is a JSON list of rows or an object with a ``rows`` list; ``validate_row`` says what is wrong
-with a bad row.
+``peak_rss_mb``, ``lever``, ``variant`` (security, metrics) and ``notes``. Unknown keys are
+kept. A peer file is a JSON list of rows or an object with a ``rows`` list; ``validate_row`` says
+what is wrong with a bad row.
 
 The document (``bench-results.json``) holds ``schema_version``, ``meta`` (machine, settings, image
 set), ``rows`` (sections a, b, levers and peers), ``core`` (section d, ``CoreRow``), ``memory``
@@ -58,6 +58,7 @@ class Section(StrEnum):
     LEVER = "lever"  # visionrpc server with one setting changed
     PAIRED = "paired"  # in-process vs served, interleaved slices (bench/paired.py)
     SECURITY = "security"  # plaintext vs TLS vs TLS + token servers (bench/security.py)
+    METRICS = "metrics"  # metrics off vs on (Prometheus port), alternating slices
 
 
 class ResultRow(TypedDict, total=False):
@@ -559,6 +560,9 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
     secured = [r for r in doc.get("rows", []) if r.get("section") == Section.SECURITY]
     if secured:
         tables.append(_security_table(secured))
+    metered = [r for r in doc.get("rows", []) if r.get("section") == Section.METRICS]
+    if metered:
+        tables.append(_metrics_table(metered, doc.get("meta", {}).get("metrics_scrape")))
 
     tables.append(
         TextTable(
@@ -582,14 +586,44 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
 
 def _security_table(rows: list[ResultRow]) -> TextTable:
     """Section f: one line per variant, images/s at c16 and p50 at c1 against plaintext."""
+    return _variant_table(
+        rows,
+        "plaintext",
+        "f. Cost of TLS and tokens (server Infer)",
+        "three servers up at once, differing only in TLS (server certificate, no client "
+        "certificate) and a bearer token checked per call; measured in alternating slices "
+        f"({rows[0].get('rounds', 1)} rounds, pooled)",
+    )
+
+
+def _metrics_table(rows: list[ResultRow], scrape: Mapping[str, Any] | None) -> TextTable:
+    """Section g: metrics off vs on, images/s at c16 and p50 at c1."""
+    counted = ""
+    if scrape:
+        counted = (
+            f"; the metrics-on server counted {scrape.get('inference_requests', '?')} inference "
+            f"requests, the load sent {scrape.get('sent', '?')} (plus the warm-up)"
+        )
+    return _variant_table(
+        rows,
+        "metrics off",
+        "g. Cost of Prometheus metrics (server Infer)",
+        "two servers up at once, differing only in VISIONRPC_METRICS__PORT; measured in "
+        f"alternating slices ({rows[0].get('rounds', 1)} rounds, pooled){counted}",
+    )
+
+
+def _variant_table(rows: list[ResultRow], reference: str, title: str, caption: str) -> TextTable:
+    """One line per variant: images/s at the widest concurrency and p50 at c1, each against the
+    ``reference`` variant's."""
     by: dict[tuple[str, int], Mapping[str, Any]] = {
         (str(r.get("variant")), r["concurrency"]): r for r in rows
     }
     variants = list(dict.fromkeys(str(r.get("variant")) for r in rows))
     wide = max(r["concurrency"] for r in rows)
     none: Mapping[str, Any] = {}
-    plain_ips = by.get(("plaintext", wide), none).get("images_per_s")
-    plain_p50 = by.get(("plaintext", 1), none).get("p50_ms")
+    plain_ips = by.get((reference, wide), none).get("images_per_s")
+    plain_p50 = by.get((reference, 1), none).get("p50_ms")
     lines = []
     for variant in variants:
         at_wide, at_one = by.get((variant, wide), none), by.get((variant, 1), none)
@@ -607,21 +641,19 @@ def _security_table(rows: list[ResultRow]) -> TextTable:
             ]
         )
     return TextTable(
-        "f. Cost of TLS and tokens (server Infer)",
+        title,
         [
             "variant",
             "model",
             f"img/s @c{wide}",
-            "÷ plaintext",
+            f"÷ {reference}",
             "p50 @c1 ms",
-            "− plaintext p50",
+            f"− {reference} p50",
             f"p99 @c{wide} ms",
             "errors",
         ],
         lines,
-        "three servers up at once, differing only in TLS (server certificate, no client "
-        "certificate) and a bearer token checked per call; measured in alternating slices "
-        f"({rows[0].get('rounds', 1)} rounds, pooled)",
+        caption,
     )
 
 

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +40,13 @@ from bench.harness import security
 from bench.harness.images import BENCH_SEED, BenchImage, describe, make_images, save_images
 from bench.harness.loadgen import grpc_ping, grpc_ping_after_idle, grpc_stream_numbers, row
 from bench.harness.paired import load_pipeline, paired_points
-from bench.harness.procs import ServerProcess, bare_server, run_worker, visionrpc_server
+from bench.harness.procs import (
+    ServerProcess,
+    bare_server,
+    free_port,
+    run_worker,
+    visionrpc_server,
+)
 from bench.harness.report import (
     IDLE_PING,
     REFERENCE_CONCURRENCY,
@@ -70,6 +77,9 @@ LEVERS: dict[str, dict[str, str]] = {
     "access_log=on": {"VISIONRPC_ACCESS_LOG": "true"},
 }
 
+METRICS_OFF, METRICS_ON = "metrics off", "metrics on"
+METRICS_CONCURRENCY = (1, 16)  # section g: p50 at c1, images/s at c16
+
 # Rough seconds per step, so the progress bar's time estimate means something.
 _IMAGE_S = 0.15
 _EVAL_IMAGE_S = 0.3
@@ -98,6 +108,7 @@ class BenchConfig:
     levers: list[str] = field(default_factory=list)  # names of LEVERS
     lever_concurrency: list[int] = field(default_factory=lambda: [1, 16])
     security: bool = True  # section f: plaintext vs TLS vs TLS + token
+    metrics: bool = True  # section g: metrics off vs on
     work_dir: Path | None = None
     keep_work_dir: bool = False
     timeout_s: float = 120.0  # client deadline per call
@@ -125,6 +136,7 @@ def _estimate(config: BenchConfig, n_models: int) -> float:
     points += n_models * 4 if config.paired_rounds else 0
     points += len(config.levers) * len(config.lever_concurrency)
     points += len(security.CONCURRENCY) * 3 if config.security else 0
+    points += len(METRICS_CONCURRENCY) * 2 if config.metrics else 0
     return (
         config.images * _IMAGE_S + points * point + n_models * config.accuracy_count * _EVAL_IMAGE_S
     )
@@ -403,6 +415,9 @@ def run_bench(
             if config.security:
                 _run_security(config, doc, work, models_dir, names[0], data, plan)
                 on_update(doc)
+            if config.metrics:
+                _run_metrics(config, doc, work, models_dir, names[0], data, plan)
+                on_update(doc)
             if config.levers:
                 _run_levers(config, doc, work, models_dir, names[0], data, plan)
                 on_update(doc)
@@ -484,6 +499,63 @@ def _run_security(
         )
         for name, server in servers.items():
             server.check_alive(f"security {name}")
+
+
+def _run_metrics(
+    config: BenchConfig,
+    doc: dict[str, Any],
+    work: Path,
+    models_dir: Path,
+    model: str,
+    data: list[bytes],
+    plan: _Plan,
+) -> None:
+    """Section g: a server without and one with Prometheus metrics, in alternating slices; then
+    the metrics server is scraped once, to show it counted the load it was measured under."""
+    port = free_port()
+    variants = {METRICS_OFF: {}, METRICS_ON: {"VISIONRPC_METRICS__PORT": str(port)}}
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for index, (name, env) in enumerate(variants.items()):
+            plan.label(f"{name}: starting the server")
+            log = work / f"server-metrics-{index}.log"
+            servers[name] = stack.enter_context(visionrpc_server(models_dir, log, env, model))
+        rows = asyncio.run(
+            _alternating_points(
+                servers,
+                model,
+                data,
+                config,
+                plan,
+                list(METRICS_CONCURRENCY),
+                Section.METRICS,
+                "variant",
+            )
+        )
+        doc["rows"] += rows
+        doc["meta"]["metrics_scrape"] = {
+            "inference_requests": _scraped_requests(f"http://127.0.0.1:{port}/metrics"),
+            "sent": sum(r.get("requests", 0) for r in rows if r.get("variant") == METRICS_ON),
+        }
+        for name, server in servers.items():
+            server.check_alive(name)
+
+
+def _scraped_requests(url: str) -> int:
+    """visionrpc_inference_requests_total summed over models, from one scrape of ``url``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        text = reply.read().decode()
+    return round(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "visionrpc_inference_requests"
+            for sample in family.samples
+            if sample.name == "visionrpc_inference_requests_total"
+        )
+    )
 
 
 async def _alternating_points(

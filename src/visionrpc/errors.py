@@ -58,11 +58,16 @@ class ResourceLimitError(VisionRPCError):
 
     ``retry_after_s`` is set when waiting is what helps (a full queue): clients receive it as
     ``RetryInfo``. Unset when only sending less helps (an image over the pixel limit).
+    ``limit`` names the setting that refused (``batching.max_queue_size``), so refusals can be
+    counted per limit (the ``visionrpc_refused_total`` metric) without parsing messages.
     """
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, limit: str = ""
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.limit = limit
 
 
 class ModelNotFoundError(VisionRPCError):

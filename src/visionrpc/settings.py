@@ -228,6 +228,23 @@ class FairnessSettings(BaseModel):
     )
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics on an HTTP port of their own (env ``VISIONRPC_METRICS__<NAME>``)."""
+
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port serving Prometheus metrics at /metrics; unset = no metrics (nothing "
+        "listens, nothing is counted); 0 picks a free one.",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the metrics port listens on; 0.0.0.0 for all interfaces (to let a "
+        "Prometheus on another machine scrape it).",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -293,6 +310,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     drain: DrainSettings = Field(default_factory=DrainSettings)
     fairness: FairnessSettings = Field(default_factory=FairnessSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -53,7 +53,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     rows = [report.validate_row(r) for r in doc["rows"]]
     sections = {r["section"] for r in rows}
-    assert sections == {"baseline", "inprocess", "grpc", "paired", "security"}
+    assert sections == {"baseline", "inprocess", "grpc", "paired", "security", "metrics"}
     for row in rows:
         assert _positive(row["images_per_s"]), row
         p50, p99 = row["p50_ms"], row["p99_ms"]
@@ -82,6 +82,12 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         (variant, c) for variant in ("plaintext", "TLS", "TLS + token") for c in (1, 16)
     }  # served over TLS and with the token, without errors (checked above)
     assert "f. Cost of TLS and tokens" in done.stdout
+    metered = {(r.get("variant"), r["concurrency"]) for r in rows if r["section"] == "metrics"}
+    assert metered == {(v, c) for v in ("metrics off", "metrics on") for c in (1, 16)}
+    assert "g. Cost of Prometheus metrics" in done.stdout
+    scrape = doc["meta"]["metrics_scrape"]  # the metrics server counted at least what it was sent
+    sent = sum(r["requests"] for r in rows if r.get("variant") == "metrics on")
+    assert scrape["sent"] == sent and scrape["inference_requests"] >= sent > 0
 
     core = {(r["server"], r["method"]): r for r in doc["core"]}
     assert set(core) == {

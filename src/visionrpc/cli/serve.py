@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from visionrpc.errors import VisionRPCError
 from visionrpc.settings import LogFormat, LogLevel, Settings
 
-SERVER_EXTRA_MODULES = frozenset({"onnxruntime", "grpc_reflection", "yaml", "cv2", "pycocotools"})
+SERVER_EXTRA_MODULES = frozenset(
+    {"onnxruntime", "grpc_reflection", "yaml", "cv2", "pycocotools", "prometheus_client"}
+)
 """Top-level modules that only the ``server`` extra installs."""
 SERVER_EXTRA_HINT = 'pip install "visionrpc[server]"'
 
@@ -35,6 +37,8 @@ FLAG_FIELDS: dict[str, str] = {
     "tls_cert": "tls.cert_file",
     "tls_key": "tls.key_file",
     "tls_client_ca": "tls.client_ca_file",
+    "metrics_port": "metrics.port",
+    "metrics_host": "metrics.host",
 }
 """serve()'s parameters and the Settings fields they set (``group.field`` for nested ones)."""
 _FIELDS = Settings.model_fields
@@ -93,6 +97,8 @@ def serve(
     tls_cert: Annotated[Path | None, _option("tls.cert_file", "--tls-cert")] = None,
     tls_key: Annotated[Path | None, _option("tls.key_file", "--tls-key")] = None,
     tls_client_ca: Annotated[Path | None, _option("tls.client_ca_file", "--tls-client-ca")] = None,
+    metrics_port: Annotated[int | None, _option("metrics.port", "--metrics-port")] = None,
+    metrics_host: Annotated[str, _option("metrics.host", "--metrics-host")] = "127.0.0.1",
 ) -> None:
     """Run the server until SIGTERM/SIGINT (flags override VISIONRPC_* environment variables)."""
     given: dict[str, Any] = {

@@ -198,6 +198,11 @@ class DynamicBatcher(Generic[T, R]):
         return self._admitted + self._queued + self._in_hand
 
     @property
+    def busy(self) -> int:
+        """Instances running a batch or a lone request now."""
+        return self.instances - len(self._idle)
+
+    @property
     def queued(self) -> int:
         """Requests submitted and waiting to run."""
         return self._queued + self._in_hand
@@ -237,6 +242,7 @@ class DynamicBatcher(Generic[T, R]):
                 f"model {self.name!r} has {self.depth} requests queued (max_queue_size="
                 f"{self.max_queue_size}); retry later or send fewer concurrent requests",
                 retry_after_s=RETRY_AFTER_S,
+                limit="batching.max_queue_size",
             )
         held = self._held.get(client, 0)
         if held >= self.max_queue_per_client:
@@ -245,6 +251,7 @@ class DynamicBatcher(Generic[T, R]):
                 f"(max_queue_per_client={self.max_queue_per_client}); other clients get the "
                 "rest of the queue: wait for answers before sending more",
                 retry_after_s=RETRY_AFTER_S,
+                limit="fairness.max_queue_per_client",
             )
         self._held[client] = held + 1
         self._admitted += 1

@@ -70,7 +70,8 @@ class Deadline:
                 ResourceLimitError(
                     f"the request took longer than the server's time budget of {self.budget_s:g} "
                     f"s ({BUDGET_SETTING}) and was stopped {stage}; send a smaller image, fewer "
-                    "detections or no masks, or retry when the server is less busy"
+                    "detections or no masks, or retry when the server is less busy",
+                    limit="limits.max_request_seconds",
                 ),
             )
 

@@ -24,6 +24,11 @@ class ClientSlots:
         self._held: dict[str, int] = {}
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
+    @property
+    def clients(self) -> int:
+        """Clients holding at least one slot now."""
+        return len(self._held)
+
     def held(self, client: str) -> int:
         """Slots ``client`` holds now."""
         return self._held.get(client, 0)

@@ -100,7 +100,8 @@ def check_dimensions(width: int, height: int, *, max_pixels: int, max_side: int,
     if width * height > max_pixels:
         raise ResourceLimitError(
             f"{what} is {width}x{height} = {width * height} pixels, more than the server's "
-            f"limit of {max_pixels} pixels; downscale it before sending"
+            f"limit of {max_pixels} pixels; downscale it before sending",
+            limit="max_image_pixels",
         )
     if width > max_side or height > max_side:
         raise InvalidInputError(

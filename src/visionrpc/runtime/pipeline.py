@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -94,6 +94,15 @@ class Job:
 JobOutcome = InferenceResult | Exception  # per job, so one bad result fails only its request
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """How busy one model's scheduler is right now (plain data for metrics read at scrape time)."""
+
+    queue_depth: int  # admitted or queued, not yet running (what batching.max_queue_size bounds)
+    instances_busy: int
+    instances: int
+
+
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
@@ -158,7 +167,8 @@ def check_limits(options: ResolvedOptions, limits: LimitsSettings) -> None:
         raise ResourceLimitError(
             f"return_masks with max_detections={n} asks for more masks than the server's limit of "
             f"{cap} ({MASK_DETECTIONS_SETTING}); send max_detections of at most {cap} with "
-            "return_masks, or unset return_masks"
+            "return_masks, or unset return_masks",
+            limit="limits.max_mask_detections",
         )
 
 
@@ -212,6 +222,9 @@ class InferencePipeline:
         self._decoding = ClientSlots(settings.fairness.decodes_per_client)
         self._closed = False
         self.stops: Counter[str] = Counter()  # requests stopped early, per stage boundary
+        self.on_batch: Callable[[str, int], None] | None = None
+        """Told (model, images) after each model call, in the instance's thread (so it must be
+        thread-safe); set before serving."""
         self._trim_pending = False  # a large image was decoded: trim the heap after it
 
     @classmethod
@@ -261,6 +274,8 @@ class InferencePipeline:
         t0 = time.perf_counter()
         outputs = model.onnx.run(to_chw_float(prepared.canvas)[None], all_cores=all_cores)
         inference_ms = _ms_since(t0)
+        if self.on_batch is not None:
+            self.on_batch(model.name, 1)
         return self._finish(
             item, model, options, prepared, [o[0] for o in outputs], inference_ms, queue_ms, start
         )
@@ -307,6 +322,19 @@ class InferencePipeline:
             raise batched.value
         batched.value.timings.queue_ms = batched.queue_ms
         return batched.value
+
+    def load(self) -> dict[str, ModelLoad]:
+        """Each model's queue depth and busy instances now; safe to call from another thread
+        (it only reads counters, so a value may be a moment old)."""
+        out = {}
+        for name in self.repository.names:
+            batcher = self._batchers.get(name)
+            instances = self.repository.get(name).instances
+            if batcher is None:  # no request yet
+                out[name] = ModelLoad(0, 0, instances)
+            else:
+                out[name] = ModelLoad(batcher.depth, batcher.busy, instances)
+        return out
 
     async def close(self) -> None:
         """Stop the batchers and the thread pools; requests not yet answered, and any later
@@ -384,6 +412,8 @@ class InferencePipeline:
             t0 = time.perf_counter()
             outputs = runner([jobs[i].prepared for i in live])
             run_ms = _ms_since(t0)
+            if self.on_batch is not None:
+                self.on_batch(model.name, len(live))
             for i, out in zip(live, outputs, strict=True):
                 job = jobs[i]
                 try:
@@ -486,7 +516,8 @@ class InferencePipeline:
                         f"the masks of the {len(raw)} detections would cover {pixels} pixels, more "
                         f"than the server's limit of {budget} ({MASK_PIXELS_SETTING}); send a "
                         "smaller image, a higher confidence_threshold or a lower max_detections, "
-                        "or unset return_masks"
+                        "or unset return_masks",
+                        limit="limits.max_mask_pixels",
                     )
                 step = math.ceil(math.sqrt(pixels / budget))  # areas only: a coarser grid
             masks = instance_masks(raw.coeffs, outputs[1], raw.boxes, boxes, transform, step=step)

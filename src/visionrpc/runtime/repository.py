@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -140,6 +141,7 @@ class LoadedModel:
     class_names: tuple[str, ...]
     batching: BatchingSettings
     instances: int = 1  # batches of this model that may run at once
+    load_seconds: float = 0.0  # how long reading the file and creating its sessions took
 
     @property
     def max_batch_size(self) -> int:
@@ -253,6 +255,7 @@ class ModelRepository:
 
     def _load(self, source: ModelSource) -> LoadedModel:
         name, onnx_path, config = source.name, source.onnx, source.config
+        started = time.perf_counter()
         base = self._settings.batching
         plan = plan_instances(
             self._settings.runtime, config.instances, config.max_batch_size or base.max_batch_size
@@ -276,7 +279,16 @@ class ModelRepository:
             plan.max_batch_size,
             f", lone requests on {plan.lone_threads} threads" if plan.lone_threads else "",
         )
-        return LoadedModel(name, onnx_path, model, config, class_names, batching, plan.instances)
+        return LoadedModel(
+            name,
+            onnx_path,
+            model,
+            config,
+            class_names,
+            batching,
+            plan.instances,
+            time.perf_counter() - started,
+        )
 
     def _pick_default(self, configured: str, names: list[str]) -> str:
         """Settings' default_model, else repository.yaml's, else the only model, else none."""

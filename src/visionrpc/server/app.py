@@ -7,7 +7,8 @@ and passing an instance to ``VisionServer``/``serve`` – usually by returning i
 1. builds the grpc.aio server with the message-size options from Settings and the interceptors,
 2. calls every service's ``add_to_server`` and registers health + reflection (v1 and v1alpha)
    for all of them,
-3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls);
+3. starts listening with health NOT_SERVING (the readiness gate answers UNAVAILABLE to calls),
+   and serves Prometheus metrics when ``settings.metrics.port`` is set (``server.metrics``);
    a port it cannot listen on is a ``StartupError`` that says what to change,
 4. awaits every service's ``start()`` (model loading) in order, then flips health to SERVING;
    if one fails, what was started is stopped and the error raised, for the caller to report once,
@@ -29,7 +30,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,10 +43,14 @@ from visionrpc.server.drain import Drains
 from visionrpc.server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from visionrpc.server.health import HealthServicer
 from visionrpc.server.interceptors import CallInterceptor
+from visionrpc.server.reference.chat import CHAT_LIMIT
 from visionrpc.server.reference.core_services import CoreServicesServicer
 from visionrpc.server.tls import server_credentials
 from visionrpc.settings import Settings
 from visionrpc.tls import TlsFileError
+
+if TYPE_CHECKING:  # prometheus-client is imported only when metrics are on
+    from visionrpc.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,14 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """A service that counts its own metrics (beyond its calls), given the server's before
+    ``start``."""
+
+    def use_metrics(self, metrics: ServerMetrics) -> None: ...
 
 
 def default_services(settings: Settings) -> list[Service]:
@@ -181,6 +194,58 @@ class VisionServer:
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
         self._port = 0
+        self.metrics: ServerMetrics | None = None
+        """The server's metrics when ``settings.metrics.port`` is set (None: nothing counted)."""
+        self._metrics_port = 0
+        if settings.metrics.port is not None:
+            self._use_metrics()
+
+    def _use_metrics(self) -> None:
+        from visionrpc.server.metrics import ServerMetrics
+
+        metrics = self.metrics = ServerMetrics()
+        self._gate.metrics = metrics
+        hub = self.core.hub
+        metrics.refusal_sources.append(lambda: {CHAT_LIMIT: hub.dropped_total})
+        for service in self.services:
+            if isinstance(service, Metered):
+                service.use_metrics(metrics)
+
+    @property
+    def metrics_port(self) -> int:
+        """The metrics HTTP port (the real one when settings.metrics.port is 0); 0 when off."""
+        return self._metrics_port
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://host:port/metrics`` a client on this machine can fetch; "" when off."""
+        if not self._metrics_port:
+            return ""
+        host = self.settings.metrics.host
+        if host in _ALL_INTERFACES:
+            host = "127.0.0.1"
+        return f"http://{_bracketed(host)}:{self._metrics_port}/metrics"
+
+    def _serve_metrics(self) -> None:
+        """Listen for scrapes; a port that cannot be listened on is a StartupError."""
+        if self.metrics is None:
+            return
+        host, port = self.settings.metrics.host, self.settings.metrics.port or 0
+        try:
+            self._metrics_port = self.metrics.serve(host, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                problem = (
+                    f"metrics port {port} on {host} is in use; stop the other server or choose "
+                    "another with --metrics-port"
+                )
+            else:
+                problem = (
+                    f"cannot serve metrics on {_bracketed(host)}:{port}: "
+                    f"{exc.strerror or exc}; choose another --metrics-host or --metrics-port"
+                )
+            raise StartupError(problem) from None
+        log.info("metrics on %s", self.metrics_url)
 
     @property
     def port(self) -> int:
@@ -280,6 +345,7 @@ class VisionServer:
         server = self._server = self._build()
         try:
             self._port = self._bind(server)
+            self._serve_metrics()
             await server.start()
             self._listening = True
             log.info("listening on %s; starting services", self.listen_address)
@@ -333,6 +399,8 @@ class VisionServer:
             except Exception:
                 log.exception("stopping %s failed", service.name)
         self._started.clear()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         log.log(level, "server stopped")
 
     async def wait_for_termination(self) -> None:

@@ -31,4 +31,5 @@ def in_flight_refusal(held: int, limit: int) -> ResourceLimitError:
         f"this client already has {held} calls and stream frames in flight "
         f"(fairness.max_in_flight_per_client={limit}); wait for answers before sending more",
         retry_after_s=RETRY_AFTER_S,
+        limit="fairness.max_in_flight_per_client",
     )

@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -36,6 +36,10 @@ from visionrpc.wire.converters import (
     InferResponseConverter,
     ModelInfoConverter,
 )
+
+if TYPE_CHECKING:  # prometheus-client is imported only when metrics are on
+    from visionrpc.runtime.pipeline import ModelLoad
+    from visionrpc.server.metrics import InferenceMeter, ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +177,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self._draining = asyncio.Event()
         # Per client: Infer calls and InferStream frames in work (max_in_flight_per_client)
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
+        self._meter: InferenceMeter | None = None
+
+    def use_metrics(self, metrics: ServerMetrics) -> None:
+        """Count this service's requests per model in ``metrics`` (before ``start``)."""
+        self._meter = metrics.inference_meter()
+        metrics.load_sources.append(self._model_load)
+        metrics.client_sources.append(lambda: self._in_flight.clients)
+
+    def _model_load(self) -> dict[str, ModelLoad]:
+        pipeline = self._pipeline
+        return {} if pipeline is None else pipeline.load()
 
     # -- lifecycle (server.app.Service) --------------------------------------------------------
 
@@ -197,6 +212,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             self._repository = pipeline.repository
         else:
             pipeline = InferencePipeline(self._repository, self.settings)
+        repository = self._repository
+        if self._meter is not None:
+            self._meter.models_loaded(
+                (repository.get(name) for name in repository.names), repository.default_name
+            )
+            pipeline.on_batch = self._meter.batch
         self._pipeline = pipeline
         for info in self._repository.describe_all():
             log.info(
@@ -224,8 +245,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     async def _infer(
         self, request: pb.InferRequest, deadline: Deadline, client: str
     ) -> pb.InferResponse:
-        item = InferRequestConverter.to_types(request)
-        result = await self.pipeline.infer(item, deadline, client)
+        meter = self._meter
+        if meter is None:
+            item = InferRequestConverter.to_types(request)
+            result = await self.pipeline.infer(item, deadline, client)
+            return InferResponseConverter.from_types(result)
+        started = meter.begin(request.model)
+        try:
+            item = InferRequestConverter.to_types(request)
+            result = await self.pipeline.infer(item, deadline, client)
+        except BaseException as exc:
+            meter.failed(started, exc)
+            raise
+        meter.answered(started, result)
         return InferResponseConverter.from_types(result)
 
     @staticmethod
@@ -240,7 +272,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
         client = client_key(context)
         if not self._in_flight.try_acquire(client):
-            raise in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+            refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+            if self._meter is not None:
+                self._meter.failed(self._meter.begin(request.model), refusal)
+            raise refusal
         try:
             return await self._infer(request, self._deadline(context), client)
         finally:

@@ -1,5 +1,5 @@
-"""The server interceptor: token check, readiness gate (start-up, drain), an in-flight count and
-one access-log line per call.
+"""The server interceptor: token check, readiness gate (start-up, drain), an in-flight count,
+request metrics and one access-log line per call.
 
 The token check and the gate decide from the call's details alone and answer a refusal with a
 handler of their own. An allowed application call runs its servicer wrapped once per method (cached)
@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -73,16 +73,30 @@ def _wrap_handler(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) 
 OnEnd = Callable[[grpc.aio.ServicerContext[Any, Any], float, str, BaseException | None], None]
 
 
-def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
-    """Wrap an aio behaviour (coroutine or async generator) to call ``on_end`` exactly once.
+def _nothing() -> None:
+    pass
+
+
+def _observe(
+    behavior: Behavior,
+    streaming: bool,
+    on_end: OnEnd,
+    *,
+    on_start: Callable[[], None] = _nothing,
+    read_peer: bool = True,
+) -> Behavior:
+    """Wrap an aio behaviour (coroutine or async generator) to call ``on_start`` when the call
+    starts and ``on_end`` exactly once when it ends.
 
     ``on_end(context, started, peer, error)``. The peer is read when the call starts: asking a
     cancelled call for its peer from a ``finally`` block crashes grpcio 1.85 (SIGSEGV in cygrpc).
+    Without ``read_peer`` it is "".
     """
     if streaming and inspect.isasyncgenfunction(behavior):
 
         async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            started, peer = time.perf_counter(), context.peer()
+            started, peer = time.perf_counter(), context.peer() if read_peer else ""
+            on_start()
             error: BaseException | None = None
             try:
                 async for item in behavior(request, context):
@@ -96,7 +110,8 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
         return stream_behavior
 
     async def unary_behavior(request: Any, context: Any) -> Any:
-        started, peer = time.perf_counter(), context.peer()
+        started, peer = time.perf_counter(), context.peer() if read_peer else ""
+        on_start()
         error: BaseException | None = None
         try:
             result = behavior(request, context)
@@ -108,6 +123,43 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
             on_end(context, started, peer, error)
 
     return unary_behavior
+
+
+class MethodMeter(Protocol):
+    """What the metrics record of one method's calls (``server.metrics``), bound to its labels."""
+
+    def start(self) -> None: ...
+
+    def end(self, code: str, seconds: float) -> None: ...
+
+
+class CallMeters(Protocol):
+    """Hands out a :class:`MethodMeter` per method (``server.metrics.ServerMetrics``)."""
+
+    def meter(self, service: str, method: str, streams: bool) -> MethodMeter: ...
+
+
+def _metered(meter: MethodMeter) -> Callable[[Behavior, bool], Behavior]:
+    """Wrap a behaviour so that ``meter`` sees the call start and end with its final code."""
+
+    def on_end(
+        context: grpc.aio.ServicerContext[Any, Any], started: float, _peer: str, exc: Any
+    ) -> None:
+        meter.end(_final_code(context, exc), time.perf_counter() - started)
+
+    def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+        return _observe(behavior, streaming, on_end, on_start=meter.start, read_peer=False)
+
+    return wrap
+
+
+def _metered_handler(handler: Handler, meters: CallMeters | None, method: str) -> Handler:
+    """``handler`` counted by ``meters`` (unchanged without metrics)."""
+    if meters is None:
+        return handler
+    service, _, name = method.lstrip("/").rpartition("/")
+    streams = bool(handler.request_streaming or handler.response_streaming)
+    return _wrap_handler(handler, _metered(meters.meter(service, name, streams)))
 
 
 class CallInterceptor(ServerInterceptor):
@@ -126,6 +178,9 @@ class CallInterceptor(ServerInterceptor):
       server drains.
     - ``in_flight`` counts the application calls in progress (a drain waits for them). Counting
       wraps each handler once (cached), a coroutine frame per call.
+    - With ``metrics`` (set before the server starts), each call, refused ones and health and
+      reflection included, is counted by method and final code, timed, and streams are counted
+      while open.
     - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms`` and
       ``peer``. The wrapped handler of each method is built once and reused.
     """
@@ -143,6 +198,7 @@ class CallInterceptor(ServerInterceptor):
         self.ready = False
         self.draining = False
         self.in_flight = InFlight()
+        self.metrics: CallMeters | None = None
         self._access_log = access_log
         self._log = logger or logging.getLogger(ACCESS_LOGGER)
         self._wrapped: dict[str, tuple[Handler, Handler, bool, str]] = {}
@@ -178,13 +234,14 @@ class CallInterceptor(ServerInterceptor):
         always_open = service in self._always_open
         if not always_open:
             handler = _wrap_handler(handler, _counting(self.in_flight))
+        handler = _metered_handler(handler, self.metrics, method)
         if self._access_log:
             handler = _wrap_handler(handler, self._wrapper(method))
         return handler, always_open, service
 
     def _refusal(self, handler: Handler, method: str, refusal: Refusal) -> Handler:
         """A handler of ``handler``'s streaming kind that answers ``refusal`` (access-logged)."""
-        refused = _wrap_handler(handler, _refuse(refusal))
+        refused = _metered_handler(_wrap_handler(handler, _refuse(refusal)), self.metrics, method)
         return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
 
     def _wrapper(self, method: str) -> Callable[[Behavior, bool], Behavior]:

@@ -32,6 +32,9 @@ from datetime import UTC, datetime
 
 from visionrpc.errors import InvalidInputError, ResourceLimitError, shorten
 
+CHAT_LIMIT = "fairness.chat_post_wait_s"
+"""The limit a dropped chat participant hit (its buffer stayed full for that long)."""
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -89,7 +92,7 @@ class Participant:
             if self._ended is not None:
                 raise self._ended()
             if self._dropped is not None:
-                raise ResourceLimitError(self._dropped)
+                raise ResourceLimitError(self._dropped, limit=CHAT_LIMIT)
             if self._inbox:
                 if self._full_since is not None:
                     self._full_since = None
@@ -177,7 +180,7 @@ class ChatHub:
         if participant._ended is not None:
             raise participant._ended()
         if participant._dropped is not None:
-            raise ResourceLimitError(participant._dropped)
+            raise ResourceLimitError(participant._dropped, limit=CHAT_LIMIT)
         state = self._rooms.get(participant.room)
         if state is None or participant.id not in state.members:
             raise InvalidInputError(
