@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,6 +25,7 @@ from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
+from visionrpc.server.correlation import REQUEST_ID, new_request_id
 from visionrpc.server.decoding import UndecodableMessageError
 from visionrpc.server.drain import DrainingError
 from visionrpc.server.fairness import client_key, in_flight_refusal
@@ -36,6 +38,9 @@ from visionrpc.wire.converters import (
     InferResponseConverter,
     ModelInfoConverter,
 )
+
+if TYPE_CHECKING:
+    from visionrpc.server.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +178,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self._draining = asyncio.Event()
         # Per client: Infer calls and InferStream frames in work (max_in_flight_per_client)
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
+        self._tracing: Tracing | None = None
+
+    def trace_with(self, tracing: Tracing) -> None:
+        """Add stage spans to each call and a span per stream frame (``server.tracing.Traced``)."""
+        self._tracing = tracing
 
     # -- lifecycle (server.app.Service) --------------------------------------------------------
 
@@ -224,8 +234,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     async def _infer(
         self, request: pb.InferRequest, deadline: Deadline, client: str
     ) -> pb.InferResponse:
+        """One image; a request without a ``request_id`` gets one (echoed in the response)."""
+        if not request.request_id:
+            request.request_id = new_request_id()
+        REQUEST_ID.set(request.request_id)  # for the access log and error lines of this task
         item = InferRequestConverter.to_types(request)
-        result = await self.pipeline.infer(item, deadline, client)
+        tracing = self._tracing
+        if tracing is None:
+            result = await self.pipeline.infer(item, deadline, client)
+        else:
+            started_ns = time.time_ns()
+            result = await self.pipeline.infer(item, deadline, client)
+            tracing.add_stages(result, started_ns)
         return InferResponseConverter.from_types(result)
 
     @staticmethod
@@ -279,9 +299,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         """
         stream_deadline = self._deadline(context)
         client = client_key(context)
+        answer = (
+            self._infer_frame if self._tracing is None else self._tracing.frame(self._infer_frame)
+        )
         reader = _FrameReader(
             request_iterator,
-            functools.partial(self._infer_frame, stream=stream_deadline, client=client),
+            functools.partial(answer, stream=stream_deadline, client=client),
             self.settings.stream_window,
             self._in_flight,
             client,

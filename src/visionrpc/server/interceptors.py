@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from visionrpc.server.auth import Authenticator, Refusal
+from visionrpc.server.correlation import REQUEST_ID, REQUEST_ID_HEADER, log_fields
 from visionrpc.server.drain import DRAINING_MESSAGE, InFlight
 from visionrpc.server.identity import CALLER
 from visionrpc.wire.codes import code_name
@@ -26,6 +27,8 @@ from visionrpc.wire.codes import code_name
 ACCESS_LOGGER = "visionrpc.access"
 
 if TYPE_CHECKING:  # generic in grpc-stubs only; at run time these classes take no parameters
+    from visionrpc.server.otel import Tracing
+
     Handler = grpc.RpcMethodHandler[Any, Any]
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -78,11 +81,13 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
 
     ``on_end(context, started, peer, error)``. The peer is read when the call starts: asking a
     cancelled call for its peer from a ``finally`` block crashes grpcio 1.85 (SIGSEGV in cygrpc).
+    So is the ``x-request-id`` metadata, the request id of calls whose messages carry none.
     """
     if streaming and inspect.isasyncgenfunction(behavior):
 
         async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
             started, peer = time.perf_counter(), context.peer()
+            _adopt_request_id_header(context)
             error: BaseException | None = None
             try:
                 async for item in behavior(request, context):
@@ -97,6 +102,7 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
 
     async def unary_behavior(request: Any, context: Any) -> Any:
         started, peer = time.perf_counter(), context.peer()
+        _adopt_request_id_header(context)
         error: BaseException | None = None
         try:
             result = behavior(request, context)
@@ -108,6 +114,15 @@ def _observe(behavior: Behavior, streaming: bool, on_end: OnEnd) -> Behavior:
             on_end(context, started, peer, error)
 
     return unary_behavior
+
+
+def _adopt_request_id_header(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Take the call's ``x-request-id`` metadata, if any, as its request id (an Infer call or
+    stream frame replaces it with the id its message carries)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            REQUEST_ID.set(value)
+            return
 
 
 class CallInterceptor(ServerInterceptor):
@@ -126,8 +141,11 @@ class CallInterceptor(ServerInterceptor):
       server drains.
     - ``in_flight`` counts the application calls in progress (a drain waits for them). Counting
       wraps each handler once (cached), a coroutine frame per call.
-    - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms`` and
-      ``peer``. The wrapped handler of each method is built once and reused.
+    - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms``,
+      ``peer``, and the ``request_id`` and ``trace_id`` when known (``server.correlation``).
+      The wrapped handler of each method is built once and reused.
+    - With ``tracing`` (set before the first call), each call runs in a server span
+      (``server.otel``); without it there is no tracing wrapper at all.
     """
 
     def __init__(
@@ -137,9 +155,11 @@ class CallInterceptor(ServerInterceptor):
         access_log: bool = True,
         logger: logging.Logger | None = None,
         auth: Authenticator | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._always_open = frozenset(always_open)
         self.auth = auth
+        self.tracing = tracing
         self.ready = False
         self.draining = False
         self.in_flight = InFlight()
@@ -180,12 +200,18 @@ class CallInterceptor(ServerInterceptor):
             handler = _wrap_handler(handler, _counting(self.in_flight))
         if self._access_log:
             handler = _wrap_handler(handler, self._wrapper(method))
+        if self.tracing is not None:  # outermost: the access log line sees the trace id
+            handler = _wrap_handler(handler, self.tracing.wrapper(method))
         return handler, always_open, service
 
     def _refusal(self, handler: Handler, method: str, refusal: Refusal) -> Handler:
         """A handler of ``handler``'s streaming kind that answers ``refusal`` (access-logged)."""
         refused = _wrap_handler(handler, _refuse(refusal))
-        return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
+        if self._access_log:
+            refused = _wrap_handler(refused, self._wrapper(method))
+        if self.tracing is not None:
+            refused = _wrap_handler(refused, self.tracing.wrapper(method))
+        return refused
 
     def _wrapper(self, method: str) -> Callable[[Behavior, bool], Behavior]:
         log = self._log
@@ -209,6 +235,7 @@ class CallInterceptor(ServerInterceptor):
             identity = CALLER.get()
             if identity is not None:
                 fields["identity"] = identity
+            fields.update(log_fields())
             log.info("%s %s %.1fms", method, code, duration_ms, extra={"fields": fields})
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
