@@ -279,6 +279,23 @@ async def test_with_tracing_off_there_is_no_span_and_no_wrapper(
         assert behavior is not None and behavior.__module__ == "visionrpc.server.interceptors"
 
 
+async def test_a_call_refused_before_it_runs_has_an_error_span(
+    models: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    tokens = '[{"name": "station", "token": "right-token", "scopes": ["core"]}]'
+    async for server in start(models, provider, auth={"tokens": tokens}):
+        async with AsyncClient(server.address, token="wrong-token") as client:
+            with pytest.raises(grpc.RpcError) as err:
+                await client.ping()
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        async with AsyncClient(server.address, token="right-token") as client:
+            await client.ping()  # the server goes on
+    refused, served = named(exporter.get_finished_spans(), "visionrpc.v1.CoreServices/Ping")
+    assert refused.status.status_code is StatusCode.ERROR
+    assert (refused.status.description or "").startswith("UNAUTHENTICATED: ")
+    assert served.status.status_code is StatusCode.UNSET
+
+
 # -- logs ------------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,9 @@ OTLP exporter to a throwaway OTLP/gRPC receiver (the collector's TraceService) o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,25 @@ def test_when_tracing_is_configured(environ: dict[str, str], on: bool) -> None:
 def test_the_server_imports_no_opentelemetry() -> None:
     """Not configured costs nothing: not even the import."""
     assert modules_imported_by("visionrpc.server.app", ("opentelemetry",)) == []
+
+
+def test_configured_without_opentelemetry_warns_and_runs_without_traces() -> None:
+    """As on an install without the tracing extra (OpenTelemetry made unimportable)."""
+    code = (
+        "import logging, sys; sys.modules['opentelemetry'] = None; logging.basicConfig(); "
+        "from visionrpc.server.tracing import load; print(load())"
+    )
+    environ = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    assert (
+        "WARNING:visionrpc.server.tracing:the OTEL_* variables ask for traces but OpenTelemetry "
+        "is not installed (no module 'opentelemetry'): tracing is off; install "
+        "visionrpc[tracing], or unset them"
+    ) in done.stderr
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
