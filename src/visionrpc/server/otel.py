@@ -107,7 +107,9 @@ class Tracing:
                     span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
                 if code != "OK":
                     details = context.details() if hasattr(context, "details") else None
-                    span.set_status(Status(StatusCode.ERROR, f"{code}: {details or ''}"))
+                    span.set_status(
+                        Status(StatusCode.ERROR, f"{code}: {details}" if details else code)
+                    )
                 if error is not None and not isinstance(error, _NOT_ERRORS):
                     span.record_exception(error)
             finally:
