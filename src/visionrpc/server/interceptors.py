@@ -3,8 +3,9 @@ one access-log line per call.
 
 The token check and the gate decide from the call's details alone and answer a refusal with a
 handler of their own. An allowed application call runs its servicer wrapped once per method (cached)
-to count it in flight, plus the access log when on; that wrapper sees the call from start to end –
-for streaming calls the log line is written when the stream ends, with the final status.
+to count it in flight, plus the access log and a tracing span when they are on; each wrapper sees
+the call from start to end – for streaming calls the log line is written when the stream ends,
+with the final status.
 """
 
 from __future__ import annotations
