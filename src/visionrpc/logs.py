@@ -133,8 +133,10 @@ class ThrottledLog:
         msg: str,
         *args: object,
         exc_info: BaseException | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Log ``msg % args`` unless this kind is over its rate; True when it was logged."""
+        """Log ``msg % args`` (with structured ``fields``) unless this kind is over its rate;
+        True when it was logged."""
         if not self.logger.isEnabledFor(level):
             return False
         allowed, suppressed, span = self._admit(kind)
@@ -148,13 +150,19 @@ class ThrottledLog:
                 extra={"fields": {"suppressed": suppressed, "kind": kind}},
             )
         if allowed:
-            self.logger.log(level, msg, *args, exc_info=exc_info)
+            extra = {FIELDS_ATTR: fields} if fields else None
+            self.logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return allowed
 
     def warning(self, kind: str, msg: str, *args: object) -> bool:
         return self.log(logging.WARNING, kind, msg, *args)
 
     def error(
-        self, kind: str, msg: str, *args: object, exc_info: BaseException | None = None
+        self,
+        kind: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> bool:
-        return self.log(logging.ERROR, kind, msg, *args, exc_info=exc_info)
+        return self.log(logging.ERROR, kind, msg, *args, exc_info=exc_info, fields=fields)

@@ -17,6 +17,7 @@ from typing import Any, Final
 import grpc
 
 from visionrpc.client.settings import ClientSettings
+from visionrpc.client.tracing import trace_metadata
 from visionrpc.tls import channel_credentials
 
 MiB = 1024 * 1024
@@ -132,9 +133,10 @@ class ClientBase:
         self._options = channel_options([*tls_options, *options])
 
     def _call_options(self, timeout: Timeout, metadata: Metadata = ()) -> dict[str, Any]:
-        """Keyword arguments for a stub call: deadline, metadata and wait_for_ready."""
+        """Keyword arguments for a stub call: deadline, metadata (with the current trace context,
+        see ``client.tracing``) and wait_for_ready."""
         return {
             "timeout": self.timeout if isinstance(timeout, UseClientDefault) else timeout,
-            "metadata": (*self._metadata, *metadata) or None,
+            "metadata": (*self._metadata, *metadata, *trace_metadata()) or None,
             "wait_for_ready": self._wait_for_ready or None,
         }

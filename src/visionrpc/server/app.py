@@ -46,10 +46,14 @@ from visionrpc.server.interceptors import CallInterceptor
 from visionrpc.server.reference.chat import CHAT_LIMIT
 from visionrpc.server.reference.core_services import CoreServicesServicer
 from visionrpc.server.tls import server_credentials
+from visionrpc.server.tracing import Traced, TracingConfigError
+from visionrpc.server.tracing import load as load_tracing
 from visionrpc.settings import Settings
 from visionrpc.tls import TlsFileError
 
-if TYPE_CHECKING:  # prometheus-client is imported only when metrics are on
+if TYPE_CHECKING:  # prometheus-client and OpenTelemetry are imported only when they are on
+    from opentelemetry.trace import TracerProvider
+
     from visionrpc.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -177,9 +181,19 @@ def _bind_problem(host: str, port: int) -> str | None:
 
 
 class VisionServer:
-    """One server process: CoreServices + the given services, with health and reflection."""
+    """One server process: CoreServices + the given services, with health and reflection.
 
-    def __init__(self, settings: Settings, services: Sequence[Service] = ()) -> None:
+    Traces go to ``tracer_provider`` when one is given (an application that set up OpenTelemetry
+    itself, or a test), else where the OTEL_* variables say (``server.tracing``), if anywhere.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: Sequence[Service] = (),
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.settings = settings
         self.core = CoreServicesServicer(settings)
         self.services: list[Service] = [self.core, *services]
@@ -194,6 +208,7 @@ class VisionServer:
         self._started: list[Service] = []
         self._stopping: asyncio.Task[None] | None = None
         self._port = 0
+        self._tracer_provider = tracer_provider
         self.metrics: ServerMetrics | None = None
         """The server's metrics when ``settings.metrics.port`` is set (None: nothing counted)."""
         self._metrics_port = 0
@@ -317,6 +332,20 @@ class VisionServer:
                 host,
             )
 
+    def _load_tracing(self) -> None:
+        """Trace calls when asked to (before the first call: handlers are wrapped once)."""
+        try:
+            tracing = load_tracing(self._tracer_provider)
+        except TracingConfigError as exc:
+            raise StartupError(str(exc)) from None
+        if tracing is None:
+            return
+        self._gate.tracing = tracing
+        for service in self.services:
+            if isinstance(service, Traced):
+                service.trace_with(tracing)
+        log.info("tracing on")
+
     def _bind(self, server: grpc.aio.Server) -> int:
         host, port = self.settings.host, self.settings.port
         problem = _bind_problem(host, port)
@@ -341,6 +370,7 @@ class VisionServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         self._load_security()
+        self._load_tracing()
         await self._set_health(NOT_SERVING)
         server = self._server = self._build()
         try:
@@ -401,6 +431,8 @@ class VisionServer:
         self._started.clear()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
+        if self._gate.tracing is not None:  # send the spans still buffered
+            await asyncio.to_thread(self._gate.tracing.shutdown)
         log.log(level, "server stopped")
 
     async def wait_for_termination(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
+from visionrpc.server.correlation import REQUEST_ID, new_request_id
 from visionrpc.server.decoding import UndecodableMessageError
 from visionrpc.server.drain import DrainingError
 from visionrpc.server.fairness import client_key, in_flight_refusal
@@ -37,9 +39,10 @@ from visionrpc.wire.converters import (
     ModelInfoConverter,
 )
 
-if TYPE_CHECKING:  # prometheus-client is imported only when metrics are on
+if TYPE_CHECKING:  # prometheus-client and OpenTelemetry are imported only when they are on
     from visionrpc.runtime.pipeline import ModelLoad
     from visionrpc.server.metrics import InferenceMeter, ServerMetrics
+    from visionrpc.server.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +192,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         pipeline = self._pipeline
         return {} if pipeline is None else pipeline.load()
 
+        self._tracing: Tracing | None = None
+
+    def trace_with(self, tracing: Tracing) -> None:
+        """Add stage spans to each call and a span per stream frame (``server.tracing.Traced``)."""
+        self._tracing = tracing
+
     # -- lifecycle (server.app.Service) --------------------------------------------------------
 
     @property
@@ -245,19 +254,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     async def _infer(
         self, request: pb.InferRequest, deadline: Deadline, client: str
     ) -> pb.InferResponse:
-        meter = self._meter
-        if meter is None:
+        """One image; a request without a ``request_id`` gets one (echoed in the response)."""
+        if not request.request_id:
+            request.request_id = new_request_id()
+        REQUEST_ID.set(request.request_id)  # for the access log and error lines of this task
+        meter, tracing = self._meter, self._tracing
+        if meter is None and tracing is None:
             item = InferRequestConverter.to_types(request)
             result = await self.pipeline.infer(item, deadline, client)
             return InferResponseConverter.from_types(result)
-        started = meter.begin(request.model)
+        started = meter.begin(request.model) if meter is not None else None
+        started_ns = time.time_ns()
         try:
             item = InferRequestConverter.to_types(request)
             result = await self.pipeline.infer(item, deadline, client)
         except BaseException as exc:
-            meter.failed(started, exc)
+            if meter is not None and started is not None:
+                meter.failed(started, exc)
             raise
-        meter.answered(started, result)
+        if meter is not None and started is not None:
+            meter.answered(started, result)
+        if tracing is not None:
+            tracing.add_stages(result, started_ns)
         return InferResponseConverter.from_types(result)
 
     @staticmethod
@@ -314,9 +332,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         """
         stream_deadline = self._deadline(context)
         client = client_key(context)
+        answer = (
+            self._infer_frame if self._tracing is None else self._tracing.frame(self._infer_frame)
+        )
         reader = _FrameReader(
             request_iterator,
-            functools.partial(self._infer_frame, stream=stream_deadline, client=client),
+            functools.partial(answer, stream=stream_deadline, client=client),
             self.settings.stream_window,
             self._in_flight,
             client,

@@ -3,8 +3,9 @@ request metrics and one access-log line per call.
 
 The token check and the gate decide from the call's details alone and answer a refusal with a
 handler of their own. An allowed application call runs its servicer wrapped once per method (cached)
-to count it in flight, plus the access log when on; that wrapper sees the call from start to end –
-for streaming calls the log line is written when the stream ends, with the final status.
+to count it in flight, plus the access log and a tracing span when they are on; each wrapper sees
+the call from start to end – for streaming calls the log line is written when the stream ends,
+with the final status.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from visionrpc.server.auth import Authenticator, Refusal
+from visionrpc.server.correlation import REQUEST_ID, REQUEST_ID_HEADER, log_fields
 from visionrpc.server.drain import DRAINING_MESSAGE, InFlight
 from visionrpc.server.identity import CALLER
 from visionrpc.wire.codes import code_name
@@ -26,6 +28,8 @@ from visionrpc.wire.codes import code_name
 ACCESS_LOGGER = "visionrpc.access"
 
 if TYPE_CHECKING:  # generic in grpc-stubs only; at run time these classes take no parameters
+    from visionrpc.server.otel import Tracing
+
     Handler = grpc.RpcMethodHandler[Any, Any]
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -90,12 +94,15 @@ def _observe(
 
     ``on_end(context, started, peer, error)``. The peer is read when the call starts: asking a
     cancelled call for its peer from a ``finally`` block crashes grpcio 1.85 (SIGSEGV in cygrpc).
-    Without ``read_peer`` it is "".
+    So is the ``x-request-id`` metadata, the request id of calls whose messages carry none.
+    Without ``read_peer`` (the metrics' use) neither is read and the peer is "".
     """
     if streaming and inspect.isasyncgenfunction(behavior):
 
         async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
             started, peer = time.perf_counter(), context.peer() if read_peer else ""
+            if read_peer:
+                _adopt_request_id_header(context)
             on_start()
             error: BaseException | None = None
             try:
@@ -111,6 +118,8 @@ def _observe(
 
     async def unary_behavior(request: Any, context: Any) -> Any:
         started, peer = time.perf_counter(), context.peer() if read_peer else ""
+        if read_peer:
+            _adopt_request_id_header(context)
         on_start()
         error: BaseException | None = None
         try:
@@ -162,6 +171,15 @@ def _metered_handler(handler: Handler, meters: CallMeters | None, method: str) -
     return _wrap_handler(handler, _metered(meters.meter(service, name, streams)))
 
 
+def _adopt_request_id_header(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Take the call's ``x-request-id`` metadata, if any, as its request id (an Infer call or
+    stream frame replaces it with the id its message carries)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            REQUEST_ID.set(value)
+            return
+
+
 class CallInterceptor(ServerInterceptor):
     """The server's one interceptor: tokens, a readiness gate, then one access-log line per call.
 
@@ -181,8 +199,11 @@ class CallInterceptor(ServerInterceptor):
     - With ``metrics`` (set before the server starts), each call, refused ones and health and
       reflection included, is counted by method and final code, timed, and streams are counted
       while open.
-    - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms`` and
-      ``peer``. The wrapped handler of each method is built once and reused.
+    - With ``access_log``, each call logs ``method``, final ``code``, ``duration_ms``,
+      ``peer``, and the ``request_id`` and ``trace_id`` when known (``server.correlation``).
+      The wrapped handler of each method is built once and reused.
+    - With ``tracing`` (set before the first call), each call runs in a server span
+      (``server.otel``); without it there is no tracing wrapper at all.
     """
 
     def __init__(
@@ -192,9 +213,11 @@ class CallInterceptor(ServerInterceptor):
         access_log: bool = True,
         logger: logging.Logger | None = None,
         auth: Authenticator | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._always_open = frozenset(always_open)
         self.auth = auth
+        self.tracing = tracing
         self.ready = False
         self.draining = False
         self.in_flight = InFlight()
@@ -237,12 +260,18 @@ class CallInterceptor(ServerInterceptor):
         handler = _metered_handler(handler, self.metrics, method)
         if self._access_log:
             handler = _wrap_handler(handler, self._wrapper(method))
+        if self.tracing is not None:  # outermost: the access log line sees the trace id
+            handler = _wrap_handler(handler, self.tracing.wrapper(method))
         return handler, always_open, service
 
     def _refusal(self, handler: Handler, method: str, refusal: Refusal) -> Handler:
         """A handler of ``handler``'s streaming kind that answers ``refusal`` (access-logged)."""
         refused = _metered_handler(_wrap_handler(handler, _refuse(refusal)), self.metrics, method)
-        return _wrap_handler(refused, self._wrapper(method)) if self._access_log else refused
+        if self._access_log:
+            refused = _wrap_handler(refused, self._wrapper(method))
+        if self.tracing is not None:
+            refused = _wrap_handler(refused, self.tracing.wrapper(method))
+        return refused
 
     def _wrapper(self, method: str) -> Callable[[Behavior, bool], Behavior]:
         log = self._log
@@ -266,6 +295,7 @@ class CallInterceptor(ServerInterceptor):
             identity = CALLER.get()
             if identity is not None:
                 fields["identity"] = identity
+            fields.update(log_fields())
             log.info("%s %s %.1fms", method, code, duration_ms, extra={"fields": fields})
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:

@@ -32,6 +32,7 @@ from visionrpc.errors import (
     VisionRPCError,
 )
 from visionrpc.logs import ThrottledLog
+from visionrpc.server.correlation import log_fields
 from visionrpc.wire.codes import code_value, status_code
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,18 @@ def log_unexpected(exc: BaseException, what: str = "unexpected error") -> None:
     """Domain errors are the caller's business; anything else is a bug worth a traceback.
 
     Rate-limited per exception class (a client that triggers the same bug in a loop must not fill
-    the disk): past the limit the lines are counted and reported as "suppressed N".
+    the disk): past the limit the lines are counted and reported as "suppressed N". The line
+    carries the call's request id and trace id when they are known.
     """
     if not isinstance(exc, VisionRPCError):
-        UNEXPECTED.error(type(exc).__qualname__, "%s: %s", what, type(exc).__name__, exc_info=exc)
+        UNEXPECTED.error(
+            type(exc).__qualname__,
+            "%s: %s",
+            what,
+            type(exc).__name__,
+            exc_info=exc,
+            fields=log_fields(),
+        )
 
 
 def map_errors(method: F) -> F:
