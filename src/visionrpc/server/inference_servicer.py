@@ -181,6 +181,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         # Per client: Infer calls and InferStream frames in work (max_in_flight_per_client)
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
         self._meter: InferenceMeter | None = None
+        self._tracing: Tracing | None = None
 
     def use_metrics(self, metrics: ServerMetrics) -> None:
         """Count this service's requests per model in ``metrics`` (before ``start``)."""
@@ -191,8 +192,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     def _model_load(self) -> dict[str, ModelLoad]:
         pipeline = self._pipeline
         return {} if pipeline is None else pipeline.load()
-
-        self._tracing: Tracing | None = None
 
     def trace_with(self, tracing: Tracing) -> None:
         """Add stage spans to each call and a span per stream frame (``server.tracing.Traced``)."""
