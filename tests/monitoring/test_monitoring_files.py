@@ -140,13 +140,13 @@ def test_dashboard_variables_and_data_source() -> None:
 
 def test_dashboard_has_the_panels_asked_for_laid_out_without_overlap() -> None:
     board_panels = dashboard()["panels"]
-    assert PANELS_ASKED_FOR <= {p["title"] for p in board_panels}
+    assert {p["title"] for p in board_panels} >= PANELS_ASKED_FOR
     ids = [p["id"] for p in board_panels]
     assert len(ids) == len(set(ids))
     cells: set[tuple[int, int]] = set()
     for panel in board_panels:
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         area = {
             (x, y)
             for x in range(pos["x"], pos["x"] + pos["w"])
