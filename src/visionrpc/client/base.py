@@ -47,9 +47,20 @@ PathLike = str | os.PathLike[str]
 
 
 def service_config(max_attempts: int = 5) -> str:
-    """gRPC service config JSON with a retry policy for UNAVAILABLE."""
+    """gRPC service config JSON: ``round_robin`` over the target's addresses and a retry policy
+    for UNAVAILABLE.
+
+    ``round_robin`` keeps a connection to every address the target resolves to
+    (``dns:///headless-svc:50051``, ``ipv4:10.0.0.1:50051,10.0.0.2:50051``) and spreads calls over
+    the ready ones; with one address it behaves like gRPC's default ``pick_first``. A replica that
+    drains refuses new calls with UNAVAILABLE, which the retry policy sends to the next replica;
+    once it closes its connections, round_robin leaves it out. (Client-side health checking is
+    not on: it would turn a starting server's own "server is starting" into a bare "backend
+    unhealthy".)
+    """
     return json.dumps(
         {
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": name} for name in RETRIED_SERVICES],
@@ -61,7 +72,7 @@ def service_config(max_attempts: int = 5) -> str:
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
                 }
-            ]
+            ],
         }
     )
 

@@ -102,7 +102,24 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         # for a handler that is not reading); with it, windows grow and a client with many
         # paused streams makes the server buffer far more than the frames in work.
         options.append(("grpc.http2.bdp_probe", 0))
+    options.extend(connection_options(settings))
     return options
+
+
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments for connection age and keepalive (``settings.connections``); an unset
+    setting leaves gRPC's default."""
+    c = settings.connections
+    chosen: dict[str, int | None] = {
+        "grpc.max_connection_age_ms": c.max_connection_age_ms,
+        "grpc.max_connection_age_grace_ms": c.max_connection_age_grace_ms,
+        "grpc.max_connection_idle_ms": c.max_connection_idle_ms,
+        "grpc.keepalive_time_ms": c.keepalive_time_ms,
+        "grpc.keepalive_timeout_ms": c.keepalive_timeout_ms,
+        "grpc.keepalive_permit_without_calls": int(c.keepalive_permit_without_calls),
+        "grpc.http2.min_recv_ping_interval_without_data_ms": c.min_recv_ping_interval_ms,
+    }
+    return [(name, value) for name, value in chosen.items() if value is not None]
 
 
 def is_loopback(host: str) -> bool:
