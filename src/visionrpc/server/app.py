@@ -54,6 +54,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ALWAYS_OPEN: tuple[str, ...] = (HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
 """Services that answer while the server starts, so probes and tools work during model loading."""
 _ALL_INTERFACES = ("0.0.0.0", "::", "[::]", "")
+FLUSH_S = 1.0
+"""After a drain's in-flight calls are done, the most time left for their answers to be sent."""
 
 
 class StartupError(VisionRPCError):
@@ -342,8 +344,11 @@ class VisionServer:
                     in_flight.count,
                     grace,
                 )
-            # Only health and reflection are left (a health Watch never ends by itself).
-            await self._server.stop(0)
+            # Only health and reflection are left (a health Watch never ends by itself), plus
+            # answers handlers have returned but gRPC has not yet written: a short flush grace
+            # lets those reach their clients (stop(0) would cancel them: CANCELLED, or a
+            # retried duplicate) without waiting the whole grace for open health Watches.
+            await self._server.stop(min(grace, FLUSH_S))
         for service in reversed(self._started):
             try:
                 await service.stop()
