@@ -5,7 +5,8 @@ as an L7 gRPC proxy (``grpc_pass``). For each: a bounded load of Infer calls spr
 replicas within ±25% of the mean, SIGTERM to one replica in the middle of a load fails no call,
 and a replica started again later gets traffic. (c) behind a connection-level (L4) balancer, as
 a plain Kubernetes Service is, a client stays on one replica until the server's maximum
-connection age closes its connection: a replica started later then gets its share.
+connection age closes its connection: a replica started later then gets its share (and without
+an age it gets nothing).
 
 Calls per replica are counted from each server's access log (one line per call).
 """
@@ -373,3 +374,24 @@ def test_behind_a_connection_balancer_a_late_replica_gets_traffic_after_the_age(
             calls, failures = until_replica_gets_traffic(client, late)
             report("L4 late replica", calls_until_it_got_traffic=calls, failures=failures)
             assert failures == 0
+
+
+def test_behind_a_connection_balancer_without_an_age_a_client_stays_on_one_replica(
+    models: Path, tmp_path: Path
+) -> None:
+    """The contrast: the same setup without a maximum connection age; the client's one connection
+    (and every call on it) stays on the replica it first reached, the late one gets nothing."""
+    with replicas(3, models, tmp_path) as pool:
+        late = pool.pop()
+        with (
+            ConnectionBalancer([r.port for r in pool]) as balancer,
+            Client(f"127.0.0.1:{balancer.port}", timeout=30) as client,
+        ):
+            balancer.backends.append(late.port)
+            for replica in [*pool, late]:
+                replica.infer_calls()
+            load = drive(client, 1600)
+            spread = [r.infer_calls() for r in [*pool, late]]
+            report("L4 no age", ok=load.ok, failures=len(load.failures), per_replica=spread)
+            assert load.failures == []
+            assert sorted(spread) == [0, 0, 1600] and spread[-1] == 0
