@@ -44,6 +44,7 @@ AGE_MS = 1000
 """The servers' maximum connection age (short, so the L4 test takes seconds)."""
 GRACE_S = 10.0
 INFER_OK = re.compile(r"/visionrpc\.v1\.InferenceMethods/Infer OK ")
+INFER_REFUSED = re.compile(r"/visionrpc\.v1\.InferenceMethods/Infer UNAVAILABLE ")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,6 +92,10 @@ class Replica:
         total = len(INFER_OK.findall(self.log.read_text(errors="replace")))
         new, self._counted = total - self._counted, total
         return new
+
+    def refused(self) -> int:
+        """Infer calls refused with UNAVAILABLE (draining) so far: each was retried elsewhere."""
+        return len(INFER_REFUSED.findall(self.log.read_text(errors="replace")))
 
     def terminate(self) -> int:
         """SIGTERM; the exit code once the drain is over."""
@@ -189,7 +194,13 @@ def balance_failover_restart(name: str, client: Client, pool: list[Replica]) -> 
     exit_codes: list[int] = []
     load = drive(client, CALLS, at_half=lambda: exit_codes.append(pool[2].terminate()))
     during = [r.infer_calls() for r in pool]
-    report(f"{name} SIGTERM", ok=load.ok, failures=len(load.failures), per_replica=during)
+    report(
+        f"{name} SIGTERM",
+        ok=load.ok,
+        failures=len(load.failures),
+        per_replica=during,
+        refused_while_draining=pool[2].refused(),
+    )
     assert load.failures == [], load.failures[:5]
     assert load.ok == CALLS and exit_codes == [0]
     # A call the stopping replica answered as its connection closed may be answered again by
