@@ -245,6 +245,57 @@ class MetricsSettings(BaseModel):
     )
 
 
+class ConnectionSettings(BaseModel):
+    """How long client connections live and how dead ones are found, so that load spreads over
+    replicas (env ``VISIONRPC_CONNECTIONS__<NAME>``). HTTP/2 keeps one connection per client; a
+    maximum age makes clients reconnect and re-resolve, so new replicas get their share."""
+
+    max_connection_age_ms: int | None = Field(
+        None,
+        ge=1,
+        description="Close a connection this long after it opened (gRPC sends GOAWAY: calls on it "
+        "finish, new ones go to a new connection, after the client re-resolves the target). "
+        "None = connections live for ever (one replica keeps its clients).",
+    )
+    max_connection_age_grace_ms: int | None = Field(
+        None,
+        ge=0,
+        description="After max_connection_age_ms, how long calls still open on the connection may "
+        "run before it is closed; None = until they end. Long InferStream and Chat streams are "
+        "ended with UNAVAILABLE when it passes.",
+    )
+    max_connection_idle_ms: int | None = Field(
+        None,
+        ge=1,
+        description="Close a connection with no calls for this long; None = never.",
+    )
+    keepalive_time_ms: int | None = Field(
+        None,
+        ge=1,
+        description="Ping each client after this long without activity, to find connections "
+        "whose peer vanished (a node lost, a NAT entry expired); None = gRPC's default (2 hours).",
+    )
+    keepalive_timeout_ms: int | None = Field(
+        None,
+        ge=1,
+        description="Close the connection when a keepalive ping is not answered within this; "
+        "None = gRPC's default (20 s).",
+    )
+    keepalive_permit_without_calls: bool = Field(
+        False,
+        description="Allow clients to send keepalive pings on connections with no calls (and "
+        "ping such connections too); off, a client that does so is disconnected.",
+    )
+    min_recv_ping_interval_ms: int | None = Field(
+        None,
+        ge=0,
+        description="Shortest interval between a client's pings without data that the server "
+        "accepts (more often is a 'ping strike' and the connection is closed with GOAWAY "
+        "too_many_pings); set it at or below the clients' keepalive time. None = gRPC's "
+        "default (5 minutes).",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -311,6 +362,7 @@ class Settings(BaseSettings):
     drain: DrainSettings = Field(default_factory=DrainSettings)
     fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

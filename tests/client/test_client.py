@@ -146,9 +146,11 @@ def test_channel_options_match_the_server_limits() -> None:
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     assert options["grpc.max_send_message_length"] == 64 * 1024 * 1024
     assert options["grpc.enable_retries"] == 1
-    policy = json.loads(service_config())["methodConfig"][0]
+    config = json.loads(service_config())
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    policy = config["methodConfig"][0]
     assert {"service": "visionrpc.v1.CoreServices"} in policy["name"]
-    assert policy["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert policy["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
 
 
 # -- AsyncClient -----------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def connection_options(command: F) -> F:
 
 
 _NO_SERVER = re.compile(
-    r"failed to connect to all addresses|connection refused|errors resolving|dns resolution failed",
+    r"failed to connect to all addresses|connections to all backends failing|connection refused|"
+    r"errors resolving|dns resolution failed",
     re.IGNORECASE,
 )
 """How gRPC words UNAVAILABLE when nothing answers at the address (the server's own UNAVAILABLE,
@@ -210,7 +211,11 @@ def rpc_status(exc: grpc.RpcError) -> tuple[str, str]:
 
 
 _TLS_FAILED = re.compile(r"(?:tls|ssl) handshake failed", re.IGNORECASE)
-_CLOSED = re.compile(r"failed to connect to all addresses.*socket closed", re.IGNORECASE)
+_CLOSED = re.compile(
+    r"(?:failed to connect to all addresses|connections to all backends failing).*socket closed",
+    re.IGNORECASE,
+)
+"""pick_first and round_robin (the client's policy) word it differently."""
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: str | None = None, local: bool = False) -> str:

@@ -29,7 +29,8 @@ RETRIED_SERVICES: tuple[str, ...] = (
     "visionrpc.v1.InferenceMethods",
     "grpc.health.v1.Health",
 )
-"""Services whose calls gRPC retries on UNAVAILABLE (before any response has arrived)."""
+"""Services whose calls gRPC retries on UNAVAILABLE or a server's CANCELLED (before any response
+has arrived)."""
 
 
 class UseClientDefault(enum.Enum):
@@ -48,9 +49,22 @@ PathLike = str | os.PathLike[str]
 
 
 def service_config(max_attempts: int = 5) -> str:
-    """gRPC service config JSON with a retry policy for UNAVAILABLE."""
+    """gRPC service config JSON: ``round_robin`` over the target's addresses and a retry policy
+    for UNAVAILABLE and for CANCELLED sent by the server (a server that stops cancels the calls
+    that reached it too late to be handled; the caller's own cancel is never retried). gRPC
+    retries only calls that have had no response yet.
+
+    ``round_robin`` keeps a connection to every address the target resolves to
+    (``dns:///headless-svc:50051``, ``ipv4:10.0.0.1:50051,10.0.0.2:50051``) and spreads calls over
+    the ready ones; with one address it behaves like gRPC's default ``pick_first``. A replica that
+    drains refuses new calls with UNAVAILABLE, which the retry policy sends to the next replica;
+    once it closes its connections, round_robin leaves it out. (Client-side health checking is
+    not on: it would turn a starting server's own "server is starting" into a bare "backend
+    unhealthy".)
+    """
     return json.dumps(
         {
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": name} for name in RETRIED_SERVICES],
@@ -59,10 +73,10 @@ def service_config(max_attempts: int = 5) -> str:
                         "initialBackoff": "0.1s",
                         "maxBackoff": "2s",
                         "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                     },
                 }
-            ]
+            ],
         }
     )
 

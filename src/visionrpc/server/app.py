@@ -63,6 +63,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ALWAYS_OPEN: tuple[str, ...] = (HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
 """Services that answer while the server starts, so probes and tools work during model loading."""
 _ALL_INTERFACES = ("0.0.0.0", "::", "[::]", "")
+FLUSH_S = 1.0
+"""After a drain's in-flight calls are done, the most time left for their answers to be sent."""
 
 
 class StartupError(VisionRPCError):
@@ -119,7 +121,24 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         # for a handler that is not reading); with it, windows grow and a client with many
         # paused streams makes the server buffer far more than the frames in work.
         options.append(("grpc.http2.bdp_probe", 0))
+    options.extend(connection_options(settings))
     return options
+
+
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments for connection age and keepalive (``settings.connections``); an unset
+    setting leaves gRPC's default."""
+    c = settings.connections
+    chosen: dict[str, int | None] = {
+        "grpc.max_connection_age_ms": c.max_connection_age_ms,
+        "grpc.max_connection_age_grace_ms": c.max_connection_age_grace_ms,
+        "grpc.max_connection_idle_ms": c.max_connection_idle_ms,
+        "grpc.keepalive_time_ms": c.keepalive_time_ms,
+        "grpc.keepalive_timeout_ms": c.keepalive_timeout_ms,
+        "grpc.keepalive_permit_without_calls": int(c.keepalive_permit_without_calls),
+        "grpc.http2.min_recv_ping_interval_without_data_ms": c.min_recv_ping_interval_ms,
+    }
+    return [(name, value) for name, value in chosen.items() if value is not None]
 
 
 def is_loopback(host: str) -> bool:
@@ -421,8 +440,11 @@ class VisionServer:
                     in_flight.count,
                     grace,
                 )
-            # Only health and reflection are left (a health Watch never ends by itself).
-            await self._server.stop(0)
+            # Only health and reflection are left (a health Watch never ends by itself), plus
+            # answers handlers have returned but gRPC has not yet written: a short flush grace
+            # lets those reach their clients (stop(0) would cancel them: CANCELLED, or a
+            # retried duplicate) without waiting the whole grace for open health Watches.
+            await self._server.stop(min(grace, FLUSH_S))
         for service in reversed(self._started):
             try:
                 await service.stop()
