@@ -22,7 +22,7 @@ ARG EXTRA=server
 ENV PIP_CONFIG_FILE=/tmp/pip.conf PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 COPY wheelhouse/ /tmp/wheelhouse/
-COPY tools/extra_requirements.py pyproject.toml README.md LICENSE /tmp/src/
+COPY tools/extra_requirements.py pyproject.toml /tmp/src/
 # The dependencies first, in a layer of their own: it is rebuilt only when pyproject.toml or the
 # wheelhouse change, not on every source change.
 RUN set -eu; \
@@ -36,6 +36,7 @@ RUN set -eu; \
     python3 -m venv /opt/visionrpc; \
     cd /tmp/src && python3 extra_requirements.py "$EXTRA" > /tmp/requirements.txt; \
     /opt/visionrpc/bin/pip install --quiet -r /tmp/requirements.txt
+COPY README.md LICENSE /tmp/src/
 COPY src /tmp/src/src
 # The package itself (the models are its package data); then pip and setuptools leave the venv.
 RUN /opt/visionrpc/bin/pip install --quiet --no-deps /tmp/src \
