@@ -285,6 +285,10 @@ def test_compose_profiles_gpu_and_monitoring_render(image: str) -> None:
         "/var/lib/grafana/dashboards": str(monitoring / "grafana" / "dashboards"),
     }
     assert all(services[s]["network_mode"] == "host" for s in ("prometheus", "grafana"))
+    hosts = services["grafana"]["extra_hosts"]  # its data source is http://prometheus:9090
+    if isinstance(hosts, list):  # "name:ip" or "name=ip", as the compose version renders it
+        hosts = dict(h.replace("=", ":", 1).split(":", 1) for h in hosts)
+    assert hosts == {"prometheus": "127.0.0.1"}
     # The server serves metrics on the port Prometheus scrapes (127.0.0.1:9464, published).
     env = services["server"]["environment"]
     assert (env["VISIONRPC_METRICS__PORT"], env["VISIONRPC_METRICS__HOST"]) == ("9464", "0.0.0.0")
