@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,12 +135,13 @@ StartServer = Callable[..., int]
 def start_server(image: str, containers: list[str]) -> StartServer:
     """Run the image's server on the host network on a free loopback port; wait until healthy."""
 
-    def start(name: str) -> int:
+    def start(name: str, *env: str) -> int:
         port = free_port()
         containers.append(name)
+        settings = [f"VISIONRPC_PORT={port}", f"VISIONRPC_GRACE_PERIOD_S={GRACE_S}", *env]
         docker(
             "run", "--detach", "--name", name, "--network", "host",
-            "--env", f"VISIONRPC_PORT={port}", "--env", f"VISIONRPC_GRACE_PERIOD_S={GRACE_S}",
+            *(arg for setting in settings for arg in ("--env", setting)),
             image, "visionrpc", "serve", "--host", "127.0.0.1",
         )  # fmt: skip
         wait_healthy(name)
@@ -183,6 +185,36 @@ def test_demo_from_a_second_container_against_the_healthy_server(
     for section in ("== Ping", "== StreamNumbers", "== UploadNumbers", "== Chat", "== Infer"):
         assert section in out, out
     assert "found (" in out and "model defects" in out
+
+
+def test_metrics_port_from_the_environment_serves_prometheus_text(
+    image: str, start_server: StartServer
+) -> None:
+    """VISIONRPC_METRICS__PORT, as compose sets it (9464 there; a free port here)."""
+    has_metrics = docker(
+        "run", "--rm", "--network", "host", image, "python", "-c",
+        "from visionrpc.settings import Settings; print('metrics' in Settings.model_fields)",
+    )  # fmt: skip
+    if has_metrics.stdout.strip() != "True":
+        pytest.skip("this tree's server has no metrics settings yet (the observability work)")
+    metrics_port = free_port()
+    port = start_server(
+        unique("visionrpc-test-metrics"),
+        f"VISIONRPC_METRICS__PORT={metrics_port}",
+        "VISIONRPC_METRICS__HOST=127.0.0.1",
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        core_pb2_grpc.CoreServicesStub(channel).Ping(core_pb2.PingRequest(), timeout=10)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    pings = [
+        line
+        for line in text.splitlines()
+        if line.startswith("visionrpc_grpc_requests_total{")
+        and 'method="Ping"' in line
+        and 'code="OK"' in line
+    ]
+    assert pings and float(pings[0].rsplit(" ", 1)[1]) >= 1, text[:3000]
 
 
 def test_docker_stop_drains_an_open_stream_and_exits_0(start_server: StartServer) -> None:
