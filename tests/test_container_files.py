@@ -47,7 +47,7 @@ def test_test_override_puts_every_service_of_the_test_path_on_the_host_network()
         services = yaml.safe_load((ROOT / name).read_text())["services"]
         assert not any("ports" in spec for spec in services.values()), name
     override = yaml.safe_load((ROOT / "compose.override.yaml").read_text())["services"]
-    assert override["server"]["ports"] == ["50051:50051", "9464:9464"]
+    assert override["server"]["ports"] == ["50051:50051", "127.0.0.1:9464:9464"]
 
 
 def test_images_use_the_light_probe_exec_form_and_a_non_root_user() -> None:

@@ -66,6 +66,8 @@ def why_docker_cannot_run() -> str | None:
 
 def compose_command() -> list[str] | None:
     """Compose v2 (`docker compose`) where present, else v1 (`docker-compose`, Debian 12's)."""
+    if shutil.which("docker") is None:
+        return None
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
     return ["docker-compose"] if shutil.which("docker-compose") else None
