@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from tests.runtime.onnx_builders import dent_model
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
 
@@ -29,8 +29,7 @@ def _command(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "dent.onnx", [out], input_size=(64, 64), names={0: "dent"})
+    dent_model(root / "dent.onnx")
     return root
 
 

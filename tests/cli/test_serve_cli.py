@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
+from tests.runtime.onnx_builders import broken_model_file, constant_model, dent_model
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
 SERVER_EXTRA_HINT = 'pip install "visionrpc[server]"'
@@ -35,17 +35,12 @@ def serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _good(path: Path) -> Path:
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    return constant_model(path, [out], input_size=(64, 64), names={0: "dent"})
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """good/ (one valid model), broken/ (+ a file that is not ONNX), odd/ (+ a non-YOLO ONNX)."""
     root = tmp_path_factory.mktemp("models")
     for name in ("good", "broken", "odd"):
-        _good(root / name / "a_good.onnx")
+        dent_model(root / name / "a_good.onnx")
     broken_model_file(root / "broken" / "bad.onnx")
     constant_model(root / "odd" / "odd.onnx", [np.zeros((50, 10))], names={0: "a"})
     return root

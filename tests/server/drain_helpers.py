@@ -16,7 +16,6 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
 from visionrpc.v1 import inference_pb2 as pb
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
@@ -43,13 +42,6 @@ JPEG = _jpeg()
 def frame(request_id: str) -> pb.InferRequest:
     """A small JPEG frame (well under a kilobyte: many fit in the transport's buffers)."""
     return pb.InferRequest(image_bytes=JPEG, request_id=request_id)
-
-
-def tiny_models(root: Path) -> Path:
-    """A model directory with one tiny constant model (64x64 input, one 'dent' box)."""
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "tiny.onnx", [out], input_size=(64, 64), names={0: "dent"})
-    return root
 
 
 def start_serve(port: int, models: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -26,7 +26,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import EOF, ChatSession, RunningServer, StartServer, make_settings, wait_until
-from tests.server.drain_helpers import frame, stream_drained, tiny_models
+from tests.runtime.onnx_builders import tiny_models
+from tests.server.drain_helpers import frame, stream_drained
 from visionrpc.client import AsyncClient, StreamInterruptedError
 from visionrpc.runtime.model import OnnxModel
 from visionrpc.server.drain import DRAINING_MESSAGE, DrainingError

@@ -22,12 +22,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import EOF, ChatSession, free_port
+from tests.runtime.onnx_builders import tiny_models
 from tests.server.drain_helpers import (
     frame,
     killed_at_exit,
     start_serve,
     stream_drained,
-    tiny_models,
     wait_serving,
 )
 from visionrpc.client import AsyncClient, Client, StreamInterruptedError
