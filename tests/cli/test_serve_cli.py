@@ -6,11 +6,9 @@ Every case runs the real CLI in a subprocess and checks the exact stderr and the
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +42,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     broken_model_file(root / "broken" / "bad.onnx")
     constant_model(root / "odd" / "odd.onnx", [np.zeros((50, 10))], names={0: "a"})
     return root
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    """A loopback port another process (this test) listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 def in_use(port: int) -> str:
