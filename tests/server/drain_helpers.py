@@ -1,5 +1,5 @@
-"""Helpers of the drain and chaos tests: frames, the draining message of a stream, and a real
-``visionrpc serve`` in a subprocess for the tests that signal or kill it."""
+"""Helpers of the drain and chaos tests: frames, the rest of a stream, the draining message of a
+stream, and a real ``visionrpc serve`` in a subprocess for the tests that signal or kill it."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.helpers import EOF
 from visionrpc.v1 import inference_pb2 as pb
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
@@ -37,6 +39,15 @@ def _jpeg() -> bytes:
 
 
 JPEG = _jpeg()
+
+
+async def read_rest(call: Any) -> list[Any]:
+    """The rest of a stream, up to its end or its error (then in ``call.code()``)."""
+    out = []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        while (reply := await call.read()) is not EOF:
+            out.append(reply)
+    return out
 
 
 def frame(request_id: str) -> pb.InferRequest:
