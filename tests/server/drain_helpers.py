@@ -1,5 +1,6 @@
-"""Helpers of the drain and chaos tests: frames, the rest of a stream, the draining message of a
-stream, and a real ``visionrpc serve`` in a subprocess for the tests that signal or kill it."""
+"""Helpers of the stream, drain and chaos tests: frames, the rest of a stream, the draining
+message of a stream, and a real ``visionrpc serve`` in a subprocess for the tests that signal or
+kill it."""
 
 from __future__ import annotations
 
