@@ -26,17 +26,9 @@ import cv2
 import grpc
 import numpy as np
 
+from bench.harness.procs import free_port, stop_process
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -163,12 +155,7 @@ async def probe(args: argparse.Namespace) -> dict[str, object]:
             "server_peak_rss_mb": round(peak),
         }
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, 20)
 
 
 def main() -> None:

@@ -5,14 +5,13 @@ Starts ``visionrpc serve`` in a subprocess on a free loopback port, sends a 1638
 and prints per call: status, wall time, and the server's VmHWM / VmRSS (from /proc). Also sends
 calls with a short deadline and reports the server CPU time they cost.
 
-    python bench/probe_budget.py [--env VISIONRPC_LIMITS__...=...]
+    PYTHONPATH=src:. python -m bench.probe_budget [--env VISIONRPC_LIMITS__...=...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ import cv2
 import grpc
 import numpy as np
 
+from bench.harness.procs import free_port, stop_process
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -145,11 +139,7 @@ def main() -> None:
         )
         print("server still serves; final", proc_status(server.pid))
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 15)
 
 
 if __name__ == "__main__":

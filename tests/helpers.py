@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from visionrpc.server.app import VisionServer
+from visionrpc.server.reference.chat import ChatHub
 from visionrpc.server.reference.core_services import CoreServicesServicer
 from visionrpc.settings import Settings
 from visionrpc.v1 import core_pb2, core_pb2_grpc
@@ -99,6 +101,37 @@ class ChatSession:
             out.append(message)
         assert message is EOF
         return out
+
+
+@asynccontextmanager
+async def reader_and_non_reader(
+    address: str, room: str
+) -> AsyncIterator[tuple[ChatSession, ChatSession]]:
+    """Two members of chat ``room`` on channels of their own, both joined (the first has read
+    the second's join): ``fast`` reads, ``slow`` never will. Without BDP probing the slow one's
+    flow-control window stays small, so the server-side buffer fills instead of gRPC's."""
+    async with (
+        grpc.aio.insecure_channel(address) as fast_channel,
+        grpc.aio.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as slow_channel,
+    ):
+        fast = ChatSession(core_pb2_grpc.CoreServicesStub(fast_channel), room, "fast")
+        slow = ChatSession(core_pb2_grpc.CoreServicesStub(slow_channel), room, "slow")
+        await fast.join()
+        await slow.join()
+        await fast.read()  # slow's join
+        yield fast, slow
+
+
+async def post_until_dropped(fast: ChatSession, hub: ChatHub) -> None:
+    """``fast`` posts large messages, reading each back (it keeps up and is never blocked), until
+    ``hub`` has dropped a reader; at most 500."""
+    big = "x" * 64 * 1024  # large messages fill the never-reading client's windows quickly
+    posted = 0
+    while hub.dropped_total == 0:
+        assert posted < 500, "the reader that never reads was never dropped"
+        fast.send(big)
+        await fast.read()
+        posted += 1
 
 
 def free_port() -> int:

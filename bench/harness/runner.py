@@ -447,21 +447,13 @@ def _run_levers(
 ) -> None:
     """Every lever's server up at once (idle ones cost nothing), measured in alternating slices,
     so that a lever's ratio to the default is not the machine's drift between two minutes."""
-    with contextlib.ExitStack() as stack:
-        servers: dict[str, ServerProcess] = {}
-        for index, lever in enumerate(config.levers):
-            plan.label(f"lever {lever}: starting the server")
-            log = work / f"server-lever-{index}.log"
-            servers[lever] = stack.enter_context(
-                visionrpc_server(models_dir, log, LEVERS[lever], model)
-            )
+    variants = [security.Variant(lever, LEVERS[lever]) for lever in config.levers]
+    with _servers(variants, "lever {}", "lever", work, models_dir, model, plan) as servers:
         doc["rows"] += asyncio.run(
             _alternating_points(
                 servers, model, data, config, plan, config.lever_concurrency, Section.LEVER, "lever"
             )
         )
-        for lever, server in servers.items():
-            server.check_alive(f"lever {lever}")
 
 
 def _run_security(
@@ -474,16 +466,9 @@ def _run_security(
     plan: _Plan,
 ) -> None:
     """Section f: plaintext, TLS and TLS + token servers, measured in alternating slices."""
-    with contextlib.ExitStack() as stack:
-        servers: dict[str, ServerProcess] = {}
-        clients: dict[str, dict[str, Any]] = {}
-        for index, variant in enumerate(security.variants(work)):
-            plan.label(f"security {variant.name}: starting the server")
-            log = work / f"server-security-{index}.log"
-            servers[variant.name] = stack.enter_context(
-                visionrpc_server(models_dir, log, variant.env, model, variant.credentials)
-            )
-            clients[variant.name] = variant.client
+    variants = security.variants(work)
+    clients = {variant.name: variant.client for variant in variants}
+    with _servers(variants, "security {}", "security", work, models_dir, model, plan) as servers:
         doc["rows"] += asyncio.run(
             _alternating_points(
                 servers,
@@ -497,8 +482,6 @@ def _run_security(
                 clients,
             )
         )
-        for name, server in servers.items():
-            server.check_alive(f"security {name}")
 
 
 def _run_metrics(
@@ -513,13 +496,11 @@ def _run_metrics(
     """Section g: a server without and one with Prometheus metrics, in alternating slices; then
     the metrics server is scraped once, to show it counted the load it was measured under."""
     port = free_port()
-    variants = {METRICS_OFF: {}, METRICS_ON: {"VISIONRPC_METRICS__PORT": str(port)}}
-    with contextlib.ExitStack() as stack:
-        servers: dict[str, ServerProcess] = {}
-        for index, (name, env) in enumerate(variants.items()):
-            plan.label(f"{name}: starting the server")
-            log = work / f"server-metrics-{index}.log"
-            servers[name] = stack.enter_context(visionrpc_server(models_dir, log, env, model))
+    variants = [
+        security.Variant(METRICS_OFF),
+        security.Variant(METRICS_ON, {"VISIONRPC_METRICS__PORT": str(port)}),
+    ]
+    with _servers(variants, "{}", "metrics", work, models_dir, model, plan) as servers:
         rows = asyncio.run(
             _alternating_points(
                 servers,
@@ -537,8 +518,32 @@ def _run_metrics(
             "inference_requests": _scraped_requests(f"http://127.0.0.1:{port}/metrics"),
             "sent": sum(r.get("requests", 0) for r in rows if r.get("variant") == METRICS_ON),
         }
+
+
+@contextlib.contextmanager
+def _servers(
+    variants: Iterable[security.Variant],
+    called: str,
+    logs: str,
+    work: Path,
+    models_dir: Path,
+    model: str,
+    plan: _Plan,
+) -> Iterator[dict[str, ServerProcess]]:
+    """A server per variant (name -> server), all up at once: idle ones cost nothing. Each is
+    checked to be still alive when the block ends without an error. ``called`` formats a
+    variant's name for the progress bar and errors; the logs are work/server-``logs``-N.log."""
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for index, variant in enumerate(variants):
+            plan.label(f"{called.format(variant.name)}: starting the server")
+            log = work / f"server-{logs}-{index}.log"
+            servers[variant.name] = stack.enter_context(
+                visionrpc_server(models_dir, log, variant.env, model, variant.credentials)
+            )
+        yield servers
         for name, server in servers.items():
-            server.check_alive(name)
+            server.check_alive(called.format(name))
 
 
 def _scraped_requests(url: str) -> int:

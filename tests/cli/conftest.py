@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,15 @@ import pytest
 from tests.helpers import RunningServer, make_settings
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.local import ServerThread
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another process (this test) listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,20 @@ cannot listen on is a one-line start-up error."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
-
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
+from tests.cli.test_serve_cli import CLEAN_ENV, serve
+from tests.helpers import free_port
+from tests.runtime.onnx_builders import dent_model
 
 
 def _command(*args: str) -> list[str]:
@@ -29,24 +26,8 @@ def _command(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "dent.onnx", [out], input_size=(64, 64), names={0: "dent"})
+    dent_model(root / "dent.onnx")
     return root
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    """A loopback port this test listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _in_use(port: int) -> str:
@@ -57,7 +38,7 @@ def _in_use(port: int) -> str:
 
 
 def test_serve_metrics_port_serves_metrics(models: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     server = subprocess.Popen(
         _command("--port", "0", "--models", str(models), "--metrics-port", str(port)),
@@ -93,26 +74,15 @@ def test_serve_metrics_port_serves_metrics(models: Path) -> None:
     assert server.returncode == 0
 
 
-def _serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        _command(*args),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**CLEAN_ENV, "COLUMNS": "200", **env},
-        check=False,
-    )
-
-
 def test_metrics_port_in_use_is_one_line(busy_port: int, models: Path) -> None:
-    flag = _serve("--port", "0", "--models", str(models), "--metrics-port", str(busy_port))
+    flag = serve("--port", "0", "--models", str(models), "--metrics-port", str(busy_port))
     assert (flag.returncode, flag.stderr) == (1, _in_use(busy_port))
-    env = _serve("--port", "0", "--models", str(models), VISIONRPC_METRICS__PORT=str(busy_port))
+    env = serve("--port", "0", "--models", str(models), VISIONRPC_METRICS__PORT=str(busy_port))
     assert (env.returncode, env.stderr) == (1, _in_use(busy_port))
 
 
 def test_metrics_host_that_is_not_an_address_is_one_line(models: Path) -> None:
-    result = _serve(
+    result = serve(
         "--port", "0", "--models", str(models), "--metrics-port", "0", "--metrics-host", "192.0.2.1"
     )
     assert result.returncode == 1
@@ -122,20 +92,13 @@ def test_metrics_host_that_is_not_an_address_is_one_line(models: Path) -> None:
 
 
 def test_bad_metrics_port_setting_is_named() -> None:
-    result = _serve("--metrics-port", "70000")
+    result = serve("--metrics-port", "70000")
     assert result.returncode == 1
     assert result.stderr.startswith("error: invalid setting --metrics-port=70000: ")
 
 
 def test_help_lists_the_metrics_flags() -> None:
-    result = subprocess.run(
-        [*_command("--help")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**CLEAN_ENV, "COLUMNS": "200"},
-        check=False,
-    )
+    result = serve("--help")
     assert result.returncode == 0
     assert "--metrics-port" in result.stdout and "VISIONRPC_METRICS__PORT" in result.stdout
     assert "--metrics-host" in result.stdout

@@ -6,18 +6,16 @@ Every case runs the real CLI in a subprocess and checks the exact stderr and the
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.runtime.onnx_builders import broken_model_file, constant_model, yolov8_detect_outputs
+from tests.runtime.onnx_builders import broken_model_file, constant_model, dent_model
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
 SERVER_EXTRA_HINT = 'pip install "visionrpc[server]"'
@@ -35,29 +33,15 @@ def serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _good(path: Path) -> Path:
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    return constant_model(path, [out], input_size=(64, 64), names={0: "dent"})
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """good/ (one valid model), broken/ (+ a file that is not ONNX), odd/ (+ a non-YOLO ONNX)."""
     root = tmp_path_factory.mktemp("models")
     for name in ("good", "broken", "odd"):
-        _good(root / name / "a_good.onnx")
+        dent_model(root / name / "a_good.onnx")
     broken_model_file(root / "broken" / "bad.onnx")
     constant_model(root / "odd" / "odd.onnx", [np.zeros((50, 10))], names={0: "a"})
     return root
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    """A loopback port another process (this test) listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 def in_use(port: int) -> str:

@@ -33,7 +33,8 @@ import grpc
 import pytest
 
 from tests.helpers import free_port
-from tests.server.drain_helpers import CLEAN_ENV, JPEG, tiny_models, wait_serving
+from tests.runtime.onnx_builders import tiny_models
+from tests.server.drain_helpers import CLEAN_ENV, JPEG, wait_serving
 from visionrpc.client import Client
 
 CALLS = 2400

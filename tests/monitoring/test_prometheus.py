@@ -50,7 +50,8 @@ from tests.monitoring.monitoring_files import (
     rule_exprs,
     variable_queries,
 )
-from tests.server.drain_helpers import frame, killed_at_exit, start_serve, tiny_models, wait_serving
+from tests.runtime.onnx_builders import tiny_models
+from tests.server.drain_helpers import frame, killed_at_exit, start_serve, wait_serving
 from visionrpc.settings import Settings
 from visionrpc.v1 import inference_pb2_grpc
 

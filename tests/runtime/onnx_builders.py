@@ -152,6 +152,18 @@ def yolov8_detect_outputs(
     return out
 
 
+def dent_model(path: Path) -> Path:
+    """A 64x64 constant model that finds one 'dent' (score 0.9) in every image."""
+    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
+    return constant_model(path, [out], input_size=(64, 64), names={0: "dent"})
+
+
+def tiny_models(root: Path) -> Path:
+    """A model directory with one tiny constant model (``tiny``: a :func:`dent_model`)."""
+    dent_model(root / "tiny.onnx")
+    return root
+
+
 def broken_model_file(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"this is not an onnx protobuf \x00\x01\x02")

@@ -1,5 +1,6 @@
-"""Helpers of the drain and chaos tests: frames, the draining message of a stream, and a real
-``visionrpc serve`` in a subprocess for the tests that signal or kill it."""
+"""Helpers of the stream, drain and chaos tests: frames, the rest of a stream, the draining
+message of a stream, and a real ``visionrpc serve`` in a subprocess for the tests that signal or
+kill it."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from tests.helpers import EOF
 from visionrpc.v1 import inference_pb2 as pb
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("VISIONRPC_")}
@@ -40,16 +42,18 @@ def _jpeg() -> bytes:
 JPEG = _jpeg()
 
 
+async def read_rest(call: Any) -> list[Any]:
+    """The rest of a stream, up to its end or its error (then in ``call.code()``)."""
+    out = []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        while (reply := await call.read()) is not EOF:
+            out.append(reply)
+    return out
+
+
 def frame(request_id: str) -> pb.InferRequest:
     """A small JPEG frame (well under a kilobyte: many fit in the transport's buffers)."""
     return pb.InferRequest(image_bytes=JPEG, request_id=request_id)
-
-
-def tiny_models(root: Path) -> Path:
-    """A model directory with one tiny constant model (64x64 input, one 'dent' box)."""
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "tiny.onnx", [out], input_size=(64, 64), names={0: "dent"})
-    return root
 
 
 def start_serve(port: int, models: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import StartServer, free_port, make_settings, wait_until
-from tests.server.drain_helpers import killed_at_exit, start_serve, tiny_models, wait_serving
+from tests.runtime.onnx_builders import tiny_models
+from tests.server.drain_helpers import killed_at_exit, start_serve, wait_serving
 from visionrpc.client import AsyncClient, Client
 from visionrpc.server.inference_servicer import InferenceServicer
 

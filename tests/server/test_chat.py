@@ -7,7 +7,14 @@ import asyncio
 import grpc
 import pytest
 
-from tests.helpers import ChatSession, RunningServer, StartServer, wait_until
+from tests.helpers import (
+    ChatSession,
+    RunningServer,
+    StartServer,
+    post_until_dropped,
+    reader_and_non_reader,
+    wait_until,
+)
 from visionrpc.errors import InvalidInputError, ResourceLimitError
 from visionrpc.server.reference.chat import ChatHub
 from visionrpc.v1 import core_pb2_grpc
@@ -143,25 +150,8 @@ async def test_late_joiner_sees_messages_from_its_join_on(
 async def test_slow_reader_is_dropped_while_others_continue(start_server: StartServer) -> None:
     running = await start_server(chat_buffer_size=4)
     hub = running.core.hub
-    big = "x" * 64 * 1024  # large messages fill the transport windows quickly
-    # The slow client never reads; without BDP probing its flow-control window stays small, so the
-    # server-side buffer fills instead of gRPC's.
-    slow_opts = [("grpc.http2.bdp_probe", 0)]
-    async with (
-        grpc.aio.insecure_channel(running.address) as fast_channel,
-        grpc.aio.insecure_channel(running.address, options=slow_opts) as slow_channel,
-    ):
-        fast = ChatSession(core_pb2_grpc.CoreServicesStub(fast_channel), "busy", "fast")
-        slow = ChatSession(core_pb2_grpc.CoreServicesStub(slow_channel), "busy", "slow")
-        await fast.join()
-        await slow.join()
-        await fast.read()  # slow's join
-        posted = 0
-        while hub.dropped_total == 0:
-            assert posted < 500, "the slow reader was never dropped"
-            fast.send(big)
-            await fast.read()  # the fast reader keeps up and is never blocked
-            posted += 1
+    async with reader_and_non_reader(running.address, "busy") as (fast, slow):
+        await post_until_dropped(fast, hub)
         assert hub.members("busy") == ["fast"]
         fast.send("still going")
         assert (await fast.read()).text == "still going"

@@ -11,7 +11,13 @@ import asyncio
 import grpc
 import pytest
 
-from tests.helpers import ChatSession, StartServer, wait_until
+from tests.helpers import (
+    ChatSession,
+    StartServer,
+    post_until_dropped,
+    reader_and_non_reader,
+    wait_until,
+)
 from visionrpc.errors import ResourceLimitError
 from visionrpc.server.reference.chat import ChatHub, Participant
 from visionrpc.v1 import core_pb2, core_pb2_grpc
@@ -68,23 +74,8 @@ async def test_a_reader_that_stops_reading_is_dropped_with_resource_exhausted(
 ) -> None:
     running = await start_server(chat_buffer_size=4, fairness={"chat_post_wait_s": 0.2})
     hub = running.core.hub
-    big = "x" * 64 * 1024  # large messages fill the transport windows quickly
-    slow_opts = [("grpc.http2.bdp_probe", 0)]  # keep the slow client's window small
-    async with (
-        grpc.aio.insecure_channel(running.address) as fast_channel,
-        grpc.aio.insecure_channel(running.address, options=slow_opts) as slow_channel,
-    ):
-        fast = ChatSession(core_pb2_grpc.CoreServicesStub(fast_channel), "r", "fast")
-        slow = ChatSession(core_pb2_grpc.CoreServicesStub(slow_channel), "r", "slow")
-        await fast.join()
-        await slow.join()
-        await fast.read()  # slow's join
-        posted = 0
-        while hub.dropped_total == 0:
-            assert posted < 500, "the reader that never reads was never dropped"
-            fast.send(big)
-            await fast.read()
-            posted += 1
+    async with reader_and_non_reader(running.address, "r") as (fast, slow):
+        await post_until_dropped(fast, hub)
         assert hub.members("r") == ["fast"]
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await slow.read_rest()

@@ -14,7 +14,6 @@ it, so each stop is bounded by half of it (a generous bound, far above schedulin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,8 +24,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.helpers import EOF, ChatSession, RunningServer, StartServer, make_settings, wait_until
-from tests.server.drain_helpers import frame, stream_drained, tiny_models
+from tests.helpers import ChatSession, RunningServer, StartServer, make_settings, wait_until
+from tests.runtime.onnx_builders import tiny_models
+from tests.server.drain_helpers import frame, read_rest, stream_drained
 from visionrpc.client import AsyncClient, StreamInterruptedError
 from visionrpc.runtime.model import OnnxModel
 from visionrpc.server.drain import DRAINING_MESSAGE, DrainingError
@@ -109,15 +109,6 @@ async def _stop(running: RunningServer) -> float:
     return loop.time() - started
 
 
-async def _read_rest(call: Any) -> list[Any]:
-    """The rest of a stream, up to its end or its error (then in ``call.code()``)."""
-    out = []
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        while (reply := await call.read()) is not EOF:
-            out.append(reply)
-    return out
-
-
 async def test_idle_streams_end_at_once_with_the_draining_status(
     start_server: StartServer, models: Path
 ) -> None:
@@ -143,9 +134,9 @@ async def test_idle_streams_end_at_once_with_the_draining_status(
 
         await _stop(running)
 
-        assert await _read_rest(numbers) == []
-        assert await _read_rest(chat.call) == []
-        assert await _read_rest(stream) == []
+        assert await read_rest(numbers) == []
+        assert await read_rest(chat.call) == []
+        assert await read_rest(stream) == []
         assert (await numbers.code(), await numbers.details()) == (
             grpc.StatusCode.UNAVAILABLE,
             DRAINING_MESSAGE,
@@ -226,7 +217,7 @@ async def test_every_frame_sent_before_the_drain_is_answered(
         stopping = asyncio.create_task(running.server.stop())
         await wait_until(lambda: not running.server.ready)
         held_model.set()  # the server has read at most a window of frames; the rest wait
-        answers = await _read_rest(stream)
+        answers = await read_rest(stream)
         assert [a.request_id for a in answers] == [str(i) for i in range(count)]
         assert all(not a.HasField("error") for a in answers)
         assert (await stream.code(), await stream.details()) == (

@@ -9,7 +9,6 @@ not a timing test)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -21,13 +20,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.helpers import EOF, ChatSession, free_port
+from tests.helpers import ChatSession, free_port
+from tests.runtime.onnx_builders import tiny_models
 from tests.server.drain_helpers import (
     frame,
     killed_at_exit,
+    read_rest,
     start_serve,
     stream_drained,
-    tiny_models,
     wait_serving,
 )
 from visionrpc.client import AsyncClient, Client, StreamInterruptedError
@@ -44,14 +44,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_models(tmp_path_factory.mktemp("models"))
-
-
-async def _read_rest(call: Any) -> list[Any]:
-    out = []
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        while (reply := await call.read()) is not EOF:
-            out.append(reply)
-    return out
 
 
 async def _status(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -100,11 +92,11 @@ async def test_sigterm_answers_every_frame_ends_idle_streams_and_exits_early(
             started = loop.time()
             process.send_signal(signal.SIGTERM)
             assert (await watch.read()).status == NOT_SERVING
-            answers = await _read_rest(busy)
+            answers = await read_rest(busy)
             assert [a.request_id for a in answers] == [str(i) for i in range(FRAMES)]
             assert await _status(busy) == (grpc.StatusCode.UNAVAILABLE, stream_drained(FRAMES))
             for call in (numbers, chat.call, idle):
-                assert await _read_rest(call) == []
+                assert await read_rest(call) == []
             assert await _status(idle) == (grpc.StatusCode.UNAVAILABLE, stream_drained(1))
             for call in (numbers, chat.call):
                 assert await _status(call) == (grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)

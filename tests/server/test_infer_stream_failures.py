@@ -12,12 +12,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import cv2
 import grpc
-import numpy as np
 import pytest
 
 from tests.helpers import RunningServer, StartServer, StartThreadedServer, make_settings
+from tests.server.drain_helpers import JPEG, frame
 from visionrpc.client import Client
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.settings import Settings
@@ -27,19 +26,6 @@ from visionrpc.v1 import inference_pb2_grpc
 DEADLINE_S = 60.0
 PROMPT_S = 20.0  # "promptly": far below the deadline, far above any scheduling noise
 INFER_STREAM = "/visionrpc.v1.InferenceMethods/InferStream"
-
-
-def _jpeg() -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.full((48, 64, 3), 120, np.uint8))
-    assert ok
-    return buf.tobytes()
-
-
-GOOD = _jpeg()
-
-
-def frame(request_id: str) -> pb.InferRequest:
-    return pb.InferRequest(image_bytes=GOOD, request_id=request_id)
 
 
 class BrokenReader(InferenceServicer):
@@ -140,8 +126,8 @@ def test_a_client_whose_iterator_raises_gets_its_own_error_and_the_server_goes_o
     running = start_threaded_server([InferenceServicer(settings)], access_log=False)
 
     def frames() -> Iterator[bytes]:
-        yield GOOD
-        yield GOOD
+        yield JPEG
+        yield JPEG
         raise OSError("camera disconnected")
 
     started = time.monotonic()
@@ -153,5 +139,5 @@ def test_a_client_whose_iterator_raises_gets_its_own_error_and_the_server_goes_o
         assert time.monotonic() - started < PROMPT_S
         assert answered == ["0", "1"][: len(answered)]  # in order, as far as it got
         # the server ended that call and serves the next one
-        again = list(client.infer_stream([GOOD, GOOD], timeout=DEADLINE_S))
+        again = list(client.infer_stream([JPEG, JPEG], timeout=DEADLINE_S))
         assert [r.request_id for r in again] == ["0", "1"] and all(r.ok for r in again)

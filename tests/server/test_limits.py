@@ -6,6 +6,8 @@ expired call stops early, and the server keeps serving after each case.
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import cv2
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import RunningServer, StartServer, make_settings, wait_until
+from tests.helpers import StartServer, make_settings, wait_until
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
@@ -25,10 +27,15 @@ WIDE_PNG = cv2.imencode(".png", np.zeros((3000, 16384, 3), np.uint8))[1].tobytes
 GREEDY: dict[str, Any] = {"confidence_threshold": 1e-6, "max_detections": 300}
 
 
-async def serve(start_server: StartServer, **overrides: Any) -> tuple[RunningServer, Any]:
+@asynccontextmanager
+async def serving(
+    start_server: StartServer, **overrides: Any
+) -> AsyncIterator[tuple[inference_pb2_grpc.InferenceMethodsAsyncStub, InferenceServicer]]:
+    """A stub of a server with the shipped model (and ``overrides``), and its servicer."""
     servicer = InferenceServicer(make_settings(access_log=False, **overrides))
     running = await start_server([servicer], access_log=False, **overrides)
-    return running, servicer
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        yield inference_pb2_grpc.InferenceMethodsStub(channel), servicer
 
 
 async def assert_still_serves(stub: inference_pb2_grpc.InferenceMethodsAsyncStub) -> None:
@@ -56,44 +63,44 @@ async def expect_error(
     await assert_still_serves(stub)
 
 
-async def test_huge_png_with_many_masks_is_refused_up_front(start_server: StartServer) -> None:
-    running, _ = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+@pytest.mark.parametrize(
+    ("max_detections", "words"),
+    [
+        pytest.param(
+            300,
+            (
+                "max_detections=300",
+                "limits.max_mask_detections",
+                "VISIONRPC_LIMITS__MAX_MASK_DETECTIONS",
+            ),
+            id="many-masks-refused-up-front",
+        ),
+        pytest.param(
+            100,
+            ("limits.max_mask_pixels", "VISIONRPC_LIMITS__MAX_MASK_PIXELS"),
+            id="masks-over-the-pixel-budget",
+        ),
+    ],
+)
+async def test_huge_png_with_masks_is_refused_naming_the_limit(
+    start_server: StartServer, max_detections: int, words: tuple[str, ...]
+) -> None:
+    async with serving(start_server) as (stub, _):
         await expect_error(
             stub,
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "max_detections=300",
-            "limits.max_mask_detections",
-            "VISIONRPC_LIMITS__MAX_MASK_DETECTIONS",
-            image_bytes=WIDE_PNG,
-            return_masks=True,
-            **GREEDY,
-        )
-
-
-async def test_huge_png_masks_over_the_pixel_budget_are_refused(start_server: StartServer) -> None:
-    running, _ = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
-        await expect_error(
-            stub,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "limits.max_mask_pixels",
-            "VISIONRPC_LIMITS__MAX_MASK_PIXELS",
+            *words,
             image_bytes=WIDE_PNG,
             return_masks=True,
             confidence_threshold=1e-6,
-            max_detections=100,
+            max_detections=max_detections,
         )
 
 
 async def test_huge_png_without_masks_is_answered_with_estimated_areas(
     start_server: StartServer,
 ) -> None:
-    running, _ = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+    async with serving(start_server) as (stub, _):
         reply = await call(stub, image_bytes=WIDE_PNG, **GREEDY)
         assert (reply.image_width, reply.image_height) == (16384, 3000)
         assert 0 < len(reply.detections) <= 300
@@ -107,9 +114,7 @@ async def test_huge_png_without_masks_is_answered_with_estimated_areas(
 
 async def test_server_time_budget_names_its_setting(start_server: StartServer) -> None:
     # a budget far below one decode of the PNG: the request stops at the next stage boundary
-    running, servicer = await serve(start_server, limits={"max_request_seconds": 0.001})
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+    async with serving(start_server, limits={"max_request_seconds": 0.001}) as (stub, servicer):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call(stub, image_bytes=WIDE_PNG, **GREEDY)
         assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -122,9 +127,7 @@ async def test_server_time_budget_names_its_setting(start_server: StartServer) -
 async def test_expired_call_stops_before_the_model(start_server: StartServer) -> None:
     """The client gives up while the server decodes: the work stops at the next boundary (after
     decode), and the model never runs for it."""
-    running, servicer = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+    async with serving(start_server) as (stub, servicer):
         await assert_still_serves(stub)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call(stub, timeout=0.05, image_bytes=WIDE_PNG, **GREEDY)
@@ -140,9 +143,7 @@ async def test_jpeg_with_data_after_its_end_marker_is_accepted(
     start_server: StartServer, trailer: bytes
 ) -> None:
     """Motion Photos append a video after the JPEG's end marker."""
-    running, _ = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+    async with serving(start_server) as (stub, _):
         reply = await call(stub, image_bytes=SMALL + trailer)
         assert (reply.image_width, reply.image_height) == (64, 48)
 
@@ -155,9 +156,7 @@ def _photo() -> bytes:
 
 async def test_half_a_jpeg_with_an_end_marker_is_refused(start_server: StartServer) -> None:
     photo = _photo()
-    running, _ = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+    async with serving(start_server) as (stub, _):
         await expect_error(
             stub,
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -171,9 +170,7 @@ async def test_half_a_jpeg_with_an_end_marker_is_refused(start_server: StartServ
 async def test_float_tiff_is_unsupported_not_corrupt(start_server: StartServer) -> None:
     buf = io.BytesIO()
     Image.fromarray(np.zeros((20, 30), np.float32), mode="F").save(buf, "TIFF")
-    running, _ = await serve(start_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = inference_pb2_grpc.InferenceMethodsStub(channel)
+    async with serving(start_server) as (stub, _):
         await expect_error(
             stub,
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -19,7 +19,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ChatSession, RunningServer, StartServer, make_settings
+from tests.helpers import (
+    RunningServer,
+    StartServer,
+    make_settings,
+    post_until_dropped,
+    reader_and_non_reader,
+)
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.metrics import DURATION_BUCKETS, REFUSAL_LIMITS, STAGES, UNKNOWN_MODEL
 from visionrpc.v1 import core_pb2, core_pb2_grpc, inference_pb2_grpc
@@ -309,24 +315,10 @@ async def test_a_dropped_chat_reader_is_a_refusal(start_server: StartServer) -> 
         fairness={"chat_post_wait_s": 0.2},
     )
     hub = running.core.hub
-    big = "x" * 64 * 1024  # large messages fill the never-reading client's windows quickly
-    async with (
-        grpc.aio.insecure_channel(running.address) as fast_channel,
-        grpc.aio.insecure_channel(running.address, options=[("grpc.http2.bdp_probe", 0)]) as slow,
-    ):
-        fast = ChatSession(core_pb2_grpc.CoreServicesStub(fast_channel), "busy", "fast")
-        never_reads = ChatSession(core_pb2_grpc.CoreServicesStub(slow), "busy", "slow")
-        await fast.join()
-        await never_reads.join()
-        await fast.read()  # slow's join
+    async with reader_and_non_reader(running.address, "busy") as (fast, never_reads):
         during = await asyncio.to_thread(scrape, running.server.metrics_url)
         assert during.value("visionrpc_active_streams", service=CORE, method="Chat") == 2
-        posted = 0
-        while hub.dropped_total == 0:
-            assert posted < 500, "the slow reader was never dropped"
-            fast.send(big)
-            await fast.read()
-            posted += 1
+        await post_until_dropped(fast, hub)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await never_reads.read_rest()
         assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -17,7 +17,7 @@ import pytest
 
 from tests.certs import Pki, make_pki, write_leaf
 from tests.helpers import RunningServer, StartServer, make_settings
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from tests.runtime.onnx_builders import tiny_models
 from visionrpc.client import AsyncClient
 from visionrpc.server.app import StartupError, VisionServer
 from visionrpc.server.inference_servicer import InferenceServicer
@@ -37,10 +37,7 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "tiny.onnx", [out], input_size=(64, 64), names={0: "dent"})
-    return root
+    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 async def start(start_server: StartServer, models_dir: Path, **overrides: Any) -> RunningServer:

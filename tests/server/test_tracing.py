@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from PIL import Image
 
 from tests.helpers import make_settings, wait_until
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from tests.runtime.onnx_builders import tiny_models
 from visionrpc.client import AsyncClient, Client
 from visionrpc.logs import JsonFormatter
 from visionrpc.server.app import VisionServer
@@ -46,10 +46,7 @@ IMAGE = png()
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "tiny.onnx", [out], input_size=(64, 64), names={0: "dent"})
-    return root
+    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tests.helpers import make_settings, modules_imported_by
-from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from tests.runtime.onnx_builders import tiny_models
 from tests.server.test_tracing import IMAGE, INFER
 from visionrpc.client import AsyncClient
 from visionrpc.server.app import StartupError, VisionServer
@@ -112,10 +112,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
-    constant_model(root / "tiny.onnx", [out], input_size=(64, 64), names={0: "dent"})
-    return root
+    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 async def test_spans_go_to_the_otlp_endpoint_of_the_environment(

@@ -78,30 +78,23 @@ def undecodable_message(type_name: str, exc: DecodeError, *, streamed: bool) -> 
     )
 
 
-def _marking(method: str, deserializer: Deserializer, throttled: ThrottledLog) -> Deserializer:
+def _guarded(
+    method: str, deserializer: Deserializer, throttled: ThrottledLog, *, streamed: bool
+) -> Deserializer:
+    """``deserializer`` logging (throttled) a message that does not parse: as a unary request it
+    becomes an :class:`Undecodable` marker, in a request stream it raises
+    :class:`UndecodableMessageError`."""
     type_name = _type_name(deserializer)
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except DecodeError as exc:
-            message = undecodable_message(type_name, exc, streamed=False)
+            message = undecodable_message(type_name, exc, streamed=streamed)
             throttled.warning(method, "undecodable request on %s: %s", method, message)
+            if streamed:
+                raise UndecodableMessageError(message) from None
             return Undecodable(message)
-
-    return deserialize
-
-
-def _raising(method: str, deserializer: Deserializer, throttled: ThrottledLog) -> Deserializer:
-    type_name = _type_name(deserializer)
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except DecodeError as exc:
-            message = undecodable_message(type_name, exc, streamed=True)
-            throttled.warning(method, "undecodable request on %s: %s", method, message)
-            raise UndecodableMessageError(message) from None
 
     return deserialize
 
@@ -136,7 +129,7 @@ def guard_handler(method: str, handler: Handler, throttled: ThrottledLog) -> Han
     serializer = handler.response_serializer
     if handler.request_streaming:
         kwargs = {
-            "request_deserializer": _raising(method, deserializer, throttled),
+            "request_deserializer": _guarded(method, deserializer, throttled, streamed=True),
             "response_serializer": serializer,
         }
         if handler.stream_stream:
@@ -147,7 +140,7 @@ def guard_handler(method: str, handler: Handler, throttled: ThrottledLog) -> Han
     if refusing is None:  # a sync behaviour (not used by this server): leave it as grpc has it
         return handler
     kwargs = {
-        "request_deserializer": _marking(method, deserializer, throttled),
+        "request_deserializer": _guarded(method, deserializer, throttled, streamed=False),
         "response_serializer": serializer,
     }
     if handler.unary_stream:

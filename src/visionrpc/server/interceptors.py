@@ -15,7 +15,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
@@ -74,36 +74,27 @@ def _wrap_handler(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) 
     return handler
 
 
-OnEnd = Callable[[grpc.aio.ServicerContext[Any, Any], float, str, BaseException | None], None]
-
-
-def _nothing() -> None:
-    pass
+Context = grpc.aio.ServicerContext[Any, Any]
+State = TypeVar("State")
 
 
 def _observe(
     behavior: Behavior,
     streaming: bool,
-    on_end: OnEnd,
-    *,
-    on_start: Callable[[], None] = _nothing,
-    read_peer: bool = True,
+    on_start: Callable[[Context], State],
+    on_end: Callable[[Context, State, BaseException | None], None],
 ) -> Behavior:
-    """Wrap an aio behaviour (coroutine or async generator) to call ``on_start`` when the call
-    starts and ``on_end`` exactly once when it ends.
+    """Wrap an aio behaviour (coroutine or async generator) to call ``on_start(context)`` when the
+    call starts and ``on_end(context, state, error)`` exactly once when it ends, with the state
+    ``on_start`` returned and the exception that ended the call (None if it returned).
 
-    ``on_end(context, started, peer, error)``. The peer is read when the call starts: asking a
-    cancelled call for its peer from a ``finally`` block crashes grpcio 1.85 (SIGSEGV in cygrpc).
-    So is the ``x-request-id`` metadata, the request id of calls whose messages carry none.
-    Without ``read_peer`` (the metrics' use) neither is read and the peer is "".
+    What ``on_end`` needs of the call's peer or metadata, ``on_start`` reads: asking a cancelled
+    call for its peer from a ``finally`` block crashes grpcio 1.85 (SIGSEGV in cygrpc).
     """
     if streaming and inspect.isasyncgenfunction(behavior):
 
         async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            started, peer = time.perf_counter(), context.peer() if read_peer else ""
-            if read_peer:
-                _adopt_request_id_header(context)
-            on_start()
+            state = on_start(context)
             error: BaseException | None = None
             try:
                 async for item in behavior(request, context):
@@ -112,15 +103,12 @@ def _observe(
                 error = exc
                 raise
             finally:
-                on_end(context, started, peer, error)
+                on_end(context, state, error)
 
         return stream_behavior
 
     async def unary_behavior(request: Any, context: Any) -> Any:
-        started, peer = time.perf_counter(), context.peer() if read_peer else ""
-        if read_peer:
-            _adopt_request_id_header(context)
-        on_start()
+        state = on_start(context)
         error: BaseException | None = None
         try:
             result = behavior(request, context)
@@ -129,7 +117,7 @@ def _observe(
             error = exc
             raise
         finally:
-            on_end(context, started, peer, error)
+            on_end(context, state, error)
 
     return unary_behavior
 
@@ -151,13 +139,16 @@ class CallMeters(Protocol):
 def _metered(meter: MethodMeter) -> Callable[[Behavior, bool], Behavior]:
     """Wrap a behaviour so that ``meter`` sees the call start and end with its final code."""
 
-    def on_end(
-        context: grpc.aio.ServicerContext[Any, Any], started: float, _peer: str, exc: Any
-    ) -> None:
+    def on_start(_context: Context) -> float:
+        started = time.perf_counter()
+        meter.start()
+        return started
+
+    def on_end(context: Context, started: float, exc: BaseException | None) -> None:
         meter.end(_final_code(context, exc), time.perf_counter() - started)
 
     def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-        return _observe(behavior, streaming, on_end, on_start=meter.start, read_peer=False)
+        return _observe(behavior, streaming, on_start, on_end)
 
     return wrap
 
@@ -169,6 +160,15 @@ def _metered_handler(handler: Handler, meters: CallMeters | None, method: str) -
     service, _, name = method.lstrip("/").rpartition("/")
     streams = bool(handler.request_streaming or handler.response_streaming)
     return _wrap_handler(handler, _metered(meters.meter(service, name, streams)))
+
+
+def _call_start(context: Context) -> tuple[float, str]:
+    """The call's start time and peer, for its access-log line, read when it starts (see
+    :func:`_observe`); and its ``x-request-id`` metadata, the request id of calls whose messages
+    carry none."""
+    started, peer = time.perf_counter(), context.peer()
+    _adopt_request_id_header(context)
+    return started, peer
 
 
 def _adopt_request_id_header(context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -277,13 +277,11 @@ class CallInterceptor(ServerInterceptor):
         log = self._log
 
         def on_end(
-            context: grpc.aio.ServicerContext[Any, Any],
-            started: float,
-            peer: str,
-            exc: BaseException | None,
+            context: Context, started_peer: tuple[float, str], exc: BaseException | None
         ) -> None:
             if not log.isEnabledFor(logging.INFO):
                 return
+            started, peer = started_peer
             code = _final_code(context, exc)
             duration_ms = round((time.perf_counter() - started) * 1000, 3)
             fields: dict[str, Any] = {
@@ -299,7 +297,7 @@ class CallInterceptor(ServerInterceptor):
             log.info("%s %s %.1fms", method, code, duration_ms, extra={"fields": fields})
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-            return _observe(behavior, streaming, on_end)
+            return _observe(behavior, streaming, _call_start, on_end)
 
         return wrap
 

@@ -20,9 +20,8 @@ decode rather than after preprocess.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from importlib.metadata import entry_points
 from typing import Any, ParamSpec
 
@@ -36,7 +35,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 
 from visionrpc import __version__
 from visionrpc.server.correlation import REQUEST_ID, TRACE_ID
-from visionrpc.server.interceptors import Behavior, _final_code
+from visionrpc.server.interceptors import Behavior, _final_code, _observe
 from visionrpc.server.tracing import TracingConfigError
 from visionrpc.types import InferenceResult
 from visionrpc.v1 import inference_pb2 as pb
@@ -92,11 +91,11 @@ class Tracing:
             return span, token
 
         def end(
-            span: Span,
-            token: object,
             context: grpc.aio.ServicerContext[Any, Any],
+            span_token: tuple[Span, object],
             error: BaseException | None,
         ) -> None:
+            span, token = span_token
             try:
                 code = _final_code(context, error)
                 status = grpc.StatusCode.__members__.get(code)
@@ -117,35 +116,7 @@ class Tracing:
                 otel_context.detach(token)  # type: ignore[arg-type]  # the token attach gave
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-            if streaming and inspect.isasyncgenfunction(behavior):
-
-                async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-                    span, token = start(context)
-                    error: BaseException | None = None
-                    try:
-                        async for item in behavior(request, context):
-                            yield item
-                    except BaseException as exc:
-                        error = exc
-                        raise
-                    finally:
-                        end(span, token, context, error)
-
-                return stream_behavior
-
-            async def unary_behavior(request: Any, context: Any) -> Any:
-                span, token = start(context)
-                error: BaseException | None = None
-                try:
-                    result = behavior(request, context)
-                    return await result if inspect.isawaitable(result) else result
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    end(span, token, context, error)
-
-            return unary_behavior
+            return _observe(behavior, streaming, start, end)
 
         return wrap
 
