@@ -18,6 +18,7 @@ from tests.helpers import StartServer, make_settings
 from tests.server.test_inference_service import FOUND_SAMPLES, LOW_CONF, encode
 from visionrpc import __version__
 from visionrpc.runtime.repository import ModelRepository
+from visionrpc.server import auth
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.oip_servicer import OpenInferenceServicer
 from visionrpc.synthetic import generate_sample
@@ -252,3 +253,10 @@ async def test_rpcs_outside_the_slice_are_unimplemented(stubs: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(b"")
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_every_rpc_of_the_service_needs_the_inference_scope() -> None:
+    methods = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+    assert {auth.required_scope(f"/inference.GRPCInferenceService/{m.name}") for m in methods} == {
+        "inference"
+    }
