@@ -6,9 +6,11 @@ INVALID_ARGUMENT naming the input, unknown models NOT_FOUND, and the server keep
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 
 from tests.helpers import StartServer, make_settings
 from tests.server.test_inference_service import FOUND_SAMPLES, LOW_CONF, encode
+from tests.server.test_metrics import scrape
 from visionrpc import __version__
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server import auth
@@ -260,3 +263,25 @@ def test_every_rpc_of_the_service_needs_the_inference_scope() -> None:
     assert {auth.required_scope(f"/inference.GRPCInferenceService/{m.name}") for m in methods} == {
         "inference"
     }
+
+
+async def test_each_image_is_counted_like_one_infer(
+    start_server: StartServer, shipped: ModelRepository
+) -> None:
+    settings: dict[str, Any] = {"access_log": False, "metrics": {"port": 0}}
+    inference = InferenceServicer(make_settings(**settings), shipped)
+    running = await start_server([inference, OpenInferenceServicer(inference)], **settings)
+    model = shipped.describe().name
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        await stub.ModelInfer(infer_request(model, JPEG_A, JPEG_B))
+    scraped = await asyncio.to_thread(scrape, running.server.metrics_url)
+    assert scraped.value("visionrpc_inference_requests_total", model=model) == 2
+    assert scraped.value("visionrpc_inference_images_total", model=model) == 2
+    calls = scraped.value(
+        "visionrpc_grpc_requests_total",
+        service="inference.GRPCInferenceService",
+        method="ModelInfer",
+        code="OK",
+    )
+    assert calls == 1

@@ -10,7 +10,6 @@ RPC of Triton's service answers UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 import grpc
@@ -18,8 +17,6 @@ import numpy as np
 
 from visionrpc import __version__
 from visionrpc.errors import InvalidInputError, ModelNotFoundError, NotReadyError
-from visionrpc.runtime.budget import Deadline
-from visionrpc.server.fairness import client_key
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.status import Context, map_errors
 from visionrpc.types import InferenceInput, InferenceOptions, InferenceResult
@@ -124,15 +121,8 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         images = _images(request)
         wanted = _requested_outputs(request)
         options = _options(request, name)
-        deadline = Deadline.after(context.time_remaining())
-        context.add_done_callback(lambda _: deadline.cancel())  # type: ignore[arg-type]
-        client = client_key(context)
-        pipeline = self._inference.pipeline
-        results = await asyncio.gather(
-            *(
-                pipeline.infer(InferenceInput(options=options, image_bytes=image), deadline, client)
-                for image in images
-            )
+        results = await self._inference.infer_all(
+            [InferenceInput(options=options, image_bytes=image) for image in images], context
         )
         tensors = _output_tensors(results)
         response = oip.ModelInferResponse(model_name=name, model_version=version, id=request.id)
