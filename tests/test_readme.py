@@ -16,7 +16,7 @@ import cv2
 import pytest
 
 from tests.helpers import RunningServer, StartThreadedServer, make_settings
-from visionrpc.server.inference_servicer import InferenceServicer
+from visionrpc.server.app import default_services
 from visionrpc.synthetic import generate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_snippet_runs_as_written(
     index: int, inputs: Path, start_threaded_server: StartThreadedServer
 ) -> None:
     settings = make_settings(access_log=False)
-    running: RunningServer = start_threaded_server([InferenceServicer(settings)], access_log=False)
+    running: RunningServer = start_threaded_server(default_services(settings), access_log=False)
     code = SNIPPETS[index].replace(README_ADDRESS, running.address)
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=inputs, capture_output=True, text=True, timeout=120

@@ -21,6 +21,7 @@ from tests.helpers import make_settings
 from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.local import ServerThread
+from visionrpc.server.oip_servicer import OpenInferenceServicer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
@@ -30,7 +31,8 @@ NO_PROXY_ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
 
 @pytest.fixture(scope="module")
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One server (CoreServices + InferenceMethods on a tiny model) for the module's tests."""
+    """One server (CoreServices, InferenceMethods and the Open Inference Protocol on a tiny
+    model) for the module's tests."""
     assert GRPCURL.is_file(), f"{GRPCURL} missing: pip install -e '.[test]'"
     models = tmp_path_factory.mktemp("models")
     out = yolov8_detect_outputs([(40, 40, 20, 20)], [0], [0.9], num_classes=1)
@@ -38,7 +40,8 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = make_settings(models_dir=models)
     thread = ServerThread()
     try:
-        yield thread.start(settings, [InferenceServicer(settings)]).address
+        inference = InferenceServicer(settings)
+        yield thread.start(settings, [inference, OpenInferenceServicer(inference)]).address
     finally:
         thread.close()
 
@@ -65,6 +68,7 @@ def test_list_services(address: str) -> None:
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
+        "inference.GRPCInferenceService",
         "visionrpc.v1.CoreServices",
         "visionrpc.v1.InferenceMethods",
     ]

@@ -102,8 +102,10 @@ class Metered(Protocol):
 def default_services(settings: Settings) -> list[Service]:
     """Extra services ``visionrpc serve`` runs next to CoreServices (always included)."""
     from visionrpc.server.inference_servicer import InferenceServicer
+    from visionrpc.server.oip_servicer import OpenInferenceServicer
 
-    return [InferenceServicer(settings)]
+    inference = InferenceServicer(settings)
+    return [inference, OpenInferenceServicer(inference)]
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:

@@ -41,6 +41,7 @@ SCOPES: tuple[str, ...] = get_args(Scope)
 SERVICE_SCOPES: dict[str, Scope] = {
     "visionrpc.v1.InferenceMethods": "inference",
     "visionrpc.v1.CoreServices": "core",
+    "inference.GRPCInferenceService": "inference",  # all of it, ServerLive/Ready included
 }
 """The scope a token needs for every method of a service."""
 

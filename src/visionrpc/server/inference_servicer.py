@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from visionrpc.server.drain import DrainingError
 from visionrpc.server.fairness import client_key, in_flight_refusal
 from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, rich_status
 from visionrpc.settings import DrainSettings, Settings
+from visionrpc.types import InferenceInput, InferenceResult
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
 from visionrpc.wire.converters import (
@@ -168,6 +169,11 @@ class _FrameReader:
         )
 
 
+def _given(item: InferenceInput) -> Callable[[], InferenceInput]:
+    """An input that needs no conversion, in the form ``InferenceServicer._run`` takes."""
+    return lambda: item
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     """``visionrpc.v1.InferenceMethods`` over an :class:`InferencePipeline`."""
 
@@ -262,11 +268,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             item = InferRequestConverter.to_types(request)
             result = await self.pipeline.infer(item, deadline, client)
             return InferResponseConverter.from_types(result)
-        started = meter.begin(request.model) if meter is not None else None
+        result = await self._run(
+            request.model, lambda: InferRequestConverter.to_types(request), deadline, client
+        )
+        return InferResponseConverter.from_types(result)
+
+    async def _run(
+        self,
+        model: str,
+        item: Callable[[], InferenceInput],
+        deadline: Deadline,
+        client: str,
+    ) -> InferenceResult:
+        """One input through the pipeline, counted in the meter and traced with stage spans.
+
+        ``item`` is called inside the metered span, so a conversion error counts as a failure.
+        """
+        meter, tracing = self._meter, self._tracing
+        started = meter.begin(model) if meter is not None else None
         started_ns = time.time_ns()
         try:
-            item = InferRequestConverter.to_types(request)
-            result = await self.pipeline.infer(item, deadline, client)
+            result = await self.pipeline.infer(item(), deadline, client)
         except BaseException as exc:
             if meter is not None and started is not None:
                 meter.failed(started, exc)
@@ -275,7 +297,32 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             meter.answered(started, result)
         if tracing is not None:
             tracing.add_stages(result, started_ns)
-        return InferResponseConverter.from_types(result)
+        return result
+
+    async def infer_all(
+        self, items: Sequence[InferenceInput], context: Context
+    ) -> list[InferenceResult]:
+        """Several inputs of one call (the Open Inference Protocol's ModelInfer), side by side.
+
+        The call takes one of its client's in-flight slots, as an Infer call does; each input is
+        counted in the metrics and traced like one Infer.
+        """
+        client = client_key(context)
+        model = items[0].options.model if items else ""
+        if not self._in_flight.try_acquire(client):
+            refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+            if self._meter is not None:
+                self._meter.failed(self._meter.begin(model), refusal)
+            raise refusal
+        try:
+            deadline = self._deadline(context)
+            return list(
+                await asyncio.gather(
+                    *(self._run(i.options.model, _given(i), deadline, client) for i in items)
+                )
+            )
+        finally:
+            self._in_flight.release(client)
 
     @staticmethod
     def _deadline(context: Context) -> Deadline:
