@@ -158,11 +158,22 @@ async def test_log_says_where_it_listens(
 
 
 async def test_graceful_shutdown_ends_streams_and_stops_services() -> None:
-    """The drain itself is tested in test_drain.py; here: its order around the services."""
+    """The drain itself is tested in test_drain.py; here: its order around the services.
+
+    An upload in flight keeps the drain waiting while the test checks the refusal of a new call
+    (once nothing is in flight the gRPC server stops, and a call arriving then is CANCELLED by
+    gRPC's core instead; our client retries both).
+    """
     slow = SlowService()
     slow.release.set()
     server = VisionServer(make_settings(grace_period_s=5), [slow])
     await server.start()
+    uploaded = asyncio.Event()
+
+    async def numbers() -> AsyncIterator[core_pb2.NumberRequest]:
+        yield core_pb2.NumberRequest(value=7)
+        await uploaded.wait()
+
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = core_pb2_grpc.CoreServicesStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
@@ -170,15 +181,20 @@ async def test_graceful_shutdown_ends_streams_and_stops_services() -> None:
         in_flight = stub.StreamNumbers(core_pb2.StreamNumbersRequest(count=5, interval_ms=100))
         first = await in_flight.read()
         assert isinstance(first, core_pb2.NumberReply) and first.index == 0
+        upload = stub.UploadNumbers(numbers())
+        await wait_until(lambda: server.in_flight == 2)
 
         stopping = asyncio.create_task(server.stop())  # grace from settings: 5 s
         assert (await watch.read()).status == NOT_SERVING  # health flips first
         with pytest.raises(grpc.aio.AioRpcError) as err:  # new calls are refused
             await stub.Ping(core_pb2.PingRequest(), timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draining" in (err.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as err:  # the stream is told to end
             await _read_all(in_flight)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        uploaded.set()  # the call in flight finishes normally
+        assert (await upload).count == 1
         await asyncio.wait_for(stopping, 5)  # the open Watch does not hold the drain
     assert slow.stopped
 
