@@ -128,7 +128,7 @@ def replicas(count: int, models: Path, logs: Path, **env: str) -> Iterator[list[
             replica.start()
         for replica in started:
             replica.wait_serving()
-        yield started
+        yield list(started)  # a copy: a test may take replicas out of it, all are stopped here
     finally:
         for replica in started:
             replica.kill()
