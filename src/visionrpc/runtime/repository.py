@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 MAX_DETECTIONS_LIMIT = 10_000  # per image; more is refused as a request error
 CONFIG_FILE = "model.yaml"
 REPOSITORY_FILE = "repository.yaml"
+RAW_SUFFIX = ".raw"
+"""Ends the Open Inference Protocol's name of a model's raw view, so no model's own name may."""
 
 
 class ModelConfig(BaseModel):
@@ -116,6 +118,11 @@ def scan_repository(directory: Path) -> dict[str, ModelSource]:
             config_path = config if config.is_file() else None
         else:
             continue
+        if name.endswith(RAW_SUFFIX):
+            raise ModelLoadError(
+                f"model {name!r} ({entry}) ends in {RAW_SUFFIX!r}, which names a model's raw view "
+                "over the Open Inference Protocol; rename it"
+            )
         if name in found:
             raise ModelLoadError(
                 f"model {name!r} is defined twice in {directory} ({found[name].onnx} and "
