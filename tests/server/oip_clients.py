@@ -37,7 +37,7 @@ def needs_python(variable: str, install: str) -> pytest.MarkDecorator:
     if not python:
         reason = f"set {variable} to a Python that has {install} (.ci/run makes one)"
     elif not Path(python).is_file():
-        reason = f"{variable}={python} does not exist (its venv could not be made?)"
+        reason = f"{variable}={python} does not exist (see .ci/run's /tmp/visionrpc-ci-*.log)"
     else:
         reason = ""
     return pytest.mark.skipif(bool(reason), reason=reason)
