@@ -2,7 +2,9 @@
 
 Each ```python block runs in a fresh interpreter in a folder that holds what the snippets name
 (part.jpg, frames/*.jpg), with the README's address replaced by the test server's; nothing else
-is changed. The README's two set-up commands are checked to be the ones CI runs.
+is changed. Snippets that import tritonclient or kserve run under those clients' own interpreters
+(tests/server/oip_clients.py), and skip without them. The README's two set-up commands are
+checked to be the ones CI runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import cv2
 import pytest
 
 from tests.helpers import RunningServer, StartThreadedServer, make_settings
+from tests.server.oip_clients import KSERVE_PYTHON, TRITONCLIENT_PYTHON
 from visionrpc.server.app import default_services
 from visionrpc.synthetic import generate_sample
 
@@ -23,6 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
 README_ADDRESS = "localhost:50051"
+CLIENT_PYTHONS = {
+    "tritonclient": ("VISIONRPC_TRITONCLIENT_PYTHON", TRITONCLIENT_PYTHON),
+    "kserve": ("VISIONRPC_KSERVE_PYTHON", KSERVE_PYTHON),
+}
+
+
+def interpreter(snippet: str) -> str:
+    """The Python a snippet needs: a protocol client's own one where it imports that client."""
+    for module, (variable, python) in CLIENT_PYTHONS.items():
+        if re.search(rf"^(import|from) {module}\b", snippet, flags=re.MULTILINE):
+            if not python or not Path(python).is_file():
+                pytest.skip(f"the snippet imports {module}: set {variable} to a Python with it")
+            return python
+    return sys.executable
 
 
 def _jpeg(path: Path, seed: int, index: int) -> None:
@@ -49,11 +66,12 @@ def test_the_readme_has_python_snippets() -> None:
 def test_snippet_runs_as_written(
     index: int, inputs: Path, start_threaded_server: StartThreadedServer
 ) -> None:
+    python = interpreter(SNIPPETS[index])
     settings = make_settings(access_log=False)
     running: RunningServer = start_threaded_server(default_services(settings), access_log=False)
     code = SNIPPETS[index].replace(README_ADDRESS, running.address)
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=inputs, capture_output=True, text=True, timeout=120
+        [python, "-c", code], cwd=inputs, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, f"snippet {index} failed:\n{SNIPPETS[index]}\n{done.stderr}"
     assert done.stdout.strip(), "a README snippet should show something"
