@@ -197,7 +197,9 @@ async def test_a_frame_that_does_not_parse_ends_the_stream_after_the_ones_before
         assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "frame 2 of the stream is not a ModelInferRequest" in (await call.details() or "")
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)  # still serving
-        answers_after, code = await stream_all(stub, [request(shipped.describe().name, "x", JPEG_A)])
+        answers_after, code = await stream_all(
+            stub, [request(shipped.describe().name, "x", JPEG_A)]
+        )
         assert (code, answers_after[0].error_message) == (grpc.StatusCode.OK, "")
 
 
@@ -248,7 +250,8 @@ async def test_stream_requests_get_spans_with_their_stages(
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             answers, _ = await stream_all(
-                stub, [request(model, "0", JPEG_A), not_an_image(model), request(model, "2", JPEG_B)]
+                stub,
+                [request(model, "0", JPEG_A), not_an_image(model), request(model, "2", JPEG_B)],
             )
     finally:
         await server.stop(0)
@@ -291,13 +294,22 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_models(tmp_path_factory.mktemp("models"))
 
 
+class Held(threading.Event):
+    """Set it to let model calls run; ``entered`` is set once one is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+
+
 @pytest.fixture
-def held_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+def held_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
     """Model calls wait until the returned event is set (so requests pile up unread)."""
-    gate = threading.Event()
+    gate = Held()
     run_model = OnnxModel.run
 
     def held(self: OnnxModel, batch: np.ndarray, all_cores: bool = False) -> list[np.ndarray]:
+        gate.entered.set()
         gate.wait(60)
         return run_model(self, batch, all_cores=all_cores)
 
@@ -306,12 +318,15 @@ def held_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     gate.set()
 
 
-async def _serve(start_server: StartServer, models: Path) -> tuple[RunningServer, str]:
+async def _serve(
+    start_server: StartServer, models: Path, **overrides: Any
+) -> tuple[RunningServer, str]:
     settings: dict[str, Any] = {
         "models_dir": models,
         "runtime": {"instances": 1},
         "grace_period_s": 30.0,
         "access_log": False,
+        **overrides,
     }
     inference = InferenceServicer(make_settings(**settings))
     running = await start_server([inference, OpenInferenceServicer(inference)], **settings)
@@ -319,7 +334,7 @@ async def _serve(start_server: StartServer, models: Path) -> tuple[RunningServer
 
 
 async def test_the_drain_answers_every_request_read_then_ends_unavailable(
-    start_server: StartServer, models: Path, held_model: threading.Event
+    start_server: StartServer, models: Path, held_model: Held
 ) -> None:
     count = 30  # small requests: all fit in the transport's buffers while the model is held
     running, model = await _serve(start_server, models)
@@ -374,3 +389,31 @@ async def test_an_idle_stream_ends_at_once_when_the_server_drains(
             grpc.StatusCode.UNAVAILABLE,
             stream_drained(1),
         )
+
+
+async def test_stream_requests_hold_the_clients_in_flight_slots(
+    start_server: StartServer, models: Path, held_model: Held
+) -> None:
+    """A request read from the stream holds one of its client's in-flight slots until answered,
+    as an InferStream frame does: with a limit of 1, a ModelInfer beside it is refused."""
+    running, model = await _serve(start_server, models, fairness={"max_in_flight_per_client": 1})
+    outbox: asyncio.Queue[oip.ModelInferRequest] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[oip.ModelInferRequest]:
+        while True:
+            yield await outbox.get()
+
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stream = stub.ModelStreamInfer(requests())
+        outbox.put_nowait(request(model, "held", JPEG))
+        assert await asyncio.to_thread(held_model.entered.wait, 15)  # in the model now
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ModelInfer(request(model, "beside", JPEG), timeout=15)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fairness.max_in_flight_per_client=1" in (refused.value.details() or "")
+        held_model.set()
+        answer = await stream.read()
+        assert answer is not EOF and answer.infer_response.id == "held"
+        assert answer.error_message == ""
+        stream.cancel()
