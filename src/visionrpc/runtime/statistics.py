@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from visionrpc.types import Timings
 
@@ -68,19 +68,41 @@ class ModelStatistics:
     """By batch size, smallest first."""
 
 
-@dataclass
 class _Counters:
-    """Mutable totals of one model version (only touched under the lock)."""
+    """Mutable totals of one model version (only touched under the lock). Durations are summed
+    as they come (milliseconds or seconds, floats) and turned into nanoseconds when read, so
+    recording a request is a handful of additions."""
 
-    last_inference_ms: int = 0
-    success: list[int] = field(default_factory=lambda: [0, 0])  # count, ns
-    fail: list[int] = field(default_factory=lambda: [0, 0])
-    queue_ns: int = 0
-    input_ns: int = 0
-    infer_ns: int = 0
-    output_ns: int = 0
-    executions: int = 0
-    batches: dict[int, list[int]] = field(default_factory=dict)  # size: count, in, infer, out ns
+    __slots__ = (
+        "batches",
+        "executions",
+        "fail_s",
+        "failures",
+        "infer_ms",
+        "input_ms",
+        "last_inference_ms",
+        "output_ms",
+        "queue_ms",
+        "success_ms",
+        "successes",
+    )
+
+    def __init__(self) -> None:
+        self.last_inference_ms = 0
+        self.successes = 0
+        self.success_ms = 0.0
+        self.failures = 0
+        self.fail_s = 0.0
+        self.queue_ms = 0.0
+        self.input_ms = 0.0
+        self.infer_ms = 0.0
+        self.output_ms = 0.0
+        self.executions = 0
+        self.batches: dict[int, list[float]] = {}  # size: [count, input s, infer s, output s]
+
+
+def _ns(value: float, per_second: float) -> int:
+    return round(value * per_second)
 
 
 class InferenceStatistics:
@@ -100,30 +122,24 @@ class InferenceStatistics:
     def succeeded(self, name: str, version: str, timings: Timings) -> None:
         """One image was answered; ``timings`` are its stage times (milliseconds)."""
         now_ms = time.time_ns() // _NS_PER_MS
-        total_ns = round(timings.total_ms * _NS_PER_MS)
-        queue_ns = round(timings.queue_ms * _NS_PER_MS)
-        input_ns = round((timings.decode_ms + timings.preprocess_ms) * _NS_PER_MS)
-        infer_ns = round(timings.inference_ms * _NS_PER_MS)
-        output_ns = round(timings.postprocess_ms * _NS_PER_MS)
         with self._lock:
             c = self._counters(name, version)
             c.last_inference_ms = now_ms
-            c.success[0] += 1
-            c.success[1] += total_ns
-            c.queue_ns += queue_ns
-            c.input_ns += input_ns
-            c.infer_ns += infer_ns
-            c.output_ns += output_ns
+            c.successes += 1
+            c.success_ms += timings.total_ms
+            c.queue_ms += timings.queue_ms
+            c.input_ms += timings.decode_ms + timings.preprocess_ms
+            c.infer_ms += timings.inference_ms
+            c.output_ms += timings.postprocess_ms
 
     def failed(self, name: str, version: str, seconds: float) -> None:
         """One image failed after ``seconds`` in the pipeline."""
         now_ms = time.time_ns() // _NS_PER_MS
-        ns = round(seconds * 1e9)
         with self._lock:
             c = self._counters(name, version)
             c.last_inference_ms = now_ms
-            c.fail[0] += 1
-            c.fail[1] += ns
+            c.failures += 1
+            c.fail_s += seconds
 
     def executed(
         self, name: str, version: str, size: int, input_s: float, infer_s: float, output_s: float
@@ -134,11 +150,11 @@ class InferenceStatistics:
             c.executions += 1
             batch = c.batches.get(size)
             if batch is None:
-                batch = c.batches[size] = [0, 0, 0, 0]
+                batch = c.batches[size] = [0, 0.0, 0.0, 0.0]
             batch[0] += 1
-            batch[1] += round(input_s * 1e9)
-            batch[2] += round(infer_s * 1e9)
-            batch[3] += round(output_s * 1e9)
+            batch[1] += input_s
+            batch[2] += infer_s
+            batch[3] += output_s
 
     def snapshot(self, name: str, version: str) -> ModelStatistics:
         """The counters of one model version now (zeros for one that has served nothing)."""
@@ -146,13 +162,13 @@ class InferenceStatistics:
             c = self._models.get((name, version))
             if c is None:
                 return ModelStatistics(name, version)
-            success_count = c.success[0]
+            n = c.successes
             batches = tuple(
                 BatchStatistics(
                     size,
-                    Duration(b[0], b[1]),
-                    Duration(b[0], b[2]),
-                    Duration(b[0], b[3]),
+                    Duration(int(b[0]), _ns(b[1], 1e9)),
+                    Duration(int(b[0]), _ns(b[2], 1e9)),
+                    Duration(int(b[0]), _ns(b[3], 1e9)),
                 )
                 for size, b in sorted(c.batches.items())
             )
@@ -160,13 +176,13 @@ class InferenceStatistics:
                 name=name,
                 version=version,
                 last_inference_ms=c.last_inference_ms,
-                inference_count=success_count,
+                inference_count=n,
                 execution_count=c.executions,
-                success=Duration(success_count, c.success[1]),
-                fail=Duration(c.fail[0], c.fail[1]),
-                queue=Duration(success_count, c.queue_ns),
-                compute_input=Duration(success_count, c.input_ns),
-                compute_infer=Duration(success_count, c.infer_ns),
-                compute_output=Duration(success_count, c.output_ns),
+                success=Duration(n, _ns(c.success_ms, 1e6)),
+                fail=Duration(c.failures, _ns(c.fail_s, 1e9)),
+                queue=Duration(n, _ns(c.queue_ms, 1e6)),
+                compute_input=Duration(n, _ns(c.input_ms, 1e6)),
+                compute_infer=Duration(n, _ns(c.infer_ms, 1e6)),
+                compute_output=Duration(n, _ns(c.output_ms, 1e6)),
                 batches=batches,
             )
