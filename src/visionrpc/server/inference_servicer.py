@@ -67,6 +67,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
         self._meter: InferenceMeter | None = None
         self._tracing: Tracing | None = None
+        self._frames: FrameHandler[pb.InferRequest, pb.InferResponse] = FrameHandler(
+            request_type="InferRequest",
+            span_name="InferStream frame",
+            answer=self._infer,
+            failed=lambda request, exc: pb.InferResponse(
+                request_id=request.request_id, error=rich_status(exc)
+            ),
+            request_id=lambda response: response.request_id,
+        )
+        """How InferStream answers a frame: its error travels in the frame's ``error``."""
 
     def use_metrics(self, metrics: ServerMetrics) -> None:
         """Count this service's requests per model in ``metrics`` (before ``start``)."""
@@ -256,18 +266,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         and the drain."""
         async for response in self.serve_stream(request_iterator, context, self._frames):
             yield response
-
-    @property
-    def _frames(self) -> FrameHandler[pb.InferRequest, pb.InferResponse]:
-        return FrameHandler(
-            request_type="InferRequest",
-            span_name="InferStream frame",
-            answer=self._infer,
-            failed=lambda request, exc: pb.InferResponse(
-                request_id=request.request_id, error=rich_status(exc)
-            ),
-            request_id=lambda response: response.request_id,
-        )
 
     @map_errors
     async def ListModels(

@@ -26,6 +26,8 @@ from visionrpc.v1 import grpc_service_pb2 as oip
 from visionrpc.v1 import grpc_service_pb2_grpc
 
 RunInputs = Callable[[Sequence[InferenceInput]], Awaitable[list[InferenceResult]]]
+"""How a request's images run: a ModelInfer call takes an in-flight slot for them, a stream
+request already holds one."""
 
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -148,10 +150,10 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ModelInferResponse:
         name, version = self._version(request.model_name, request.model_version)
         task = self._inference.repository.describe(name).task
-        read = vision.read(request, name, task)
-        results = await run(read.inputs())
+        wanted = vision.read(request, name, task)
+        results = await run(wanted.inputs())
         response = oip.ModelInferResponse(model_name=name, model_version=version, id=request.id)
-        for out_name, datatype, shape, raw in vision.output_tensors(results, read.outputs):
+        for out_name, datatype, shape, raw in vision.output_tensors(results, wanted.outputs):
             response.outputs.add(name=out_name, datatype=datatype, shape=shape)
             response.raw_output_contents.append(raw)
         return response
