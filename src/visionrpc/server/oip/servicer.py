@@ -177,9 +177,13 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         else:
             models = [(d.name, d.version) for d in repository.describe_all()]
         counted = self._inference.pipeline.statistics
-        return oip.ModelStatisticsResponse(
-            model_stats=[statistics.to_message(counted.snapshot(n, v)) for n, v in models]
-        )
+        response = oip.ModelStatisticsResponse()
+        for name, version in models:
+            # a model's views share its loaded model, so they report the same figures
+            message = statistics.to_message(counted.snapshot(parse_view(name).model, version))
+            message.name = name
+            response.model_stats.append(message)
+        return response
 
     def _version(self, name: str, version: str) -> tuple[str, str]:
         """The model's (name, version); ModelNotFoundError when this server does not hold it."""
