@@ -13,11 +13,11 @@ Every throughput/latency measurement is one JSON object. Five keys are required:
   send to answer), null when not measured.
 
 Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``,
-``security``, ``metrics``;
+``security``, ``metrics``, ``oip``;
 rows read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
 ``method`` (``Infer``, ``InferStream``, ``infer``, ``infer_sync``, ``batch``, or a peer's own
 name such as ``ModelInfer``), ``batch_size``, ``requests``, ``errors``, ``duration_s``,
-``peak_rss_mb``, ``lever``, ``variant`` (security, metrics) and ``notes``. Unknown keys are
+``peak_rss_mb``, ``lever``, ``variant`` (security, metrics, oip) and ``notes``. Unknown keys are
 kept. A peer file is a JSON list of rows or an object with a ``rows`` list; ``validate_row`` says
 what is wrong with a bad row.
 
@@ -33,7 +33,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,6 +47,8 @@ SCHEMA_VERSION = 1
 REQUIRED_ROW_FIELDS = ("name", "concurrency", "images_per_s", "p50_ms", "p99_ms")
 REFERENCE_CONCURRENCY = 16  # the project's targets are stated at concurrency 16
 IDLE_PING = "Ping after 10 ms idle"  # section d: the wake-up cost of a call to an idle server
+OIP_TYPED = "typed Infer"  # section h's variants: the reference ...
+OIP_PROTOCOL = "Open Inference Protocol ModelInfer"  # ... and the protocol path
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
 
@@ -59,6 +61,7 @@ class Section(StrEnum):
     PAIRED = "paired"  # in-process vs served, interleaved slices (bench/paired.py)
     SECURITY = "security"  # plaintext vs TLS vs TLS + token servers (bench/security.py)
     METRICS = "metrics"  # metrics off vs on (Prometheus port), alternating slices
+    OIP = "oip"  # typed Infer vs Open Inference Protocol ModelInfer, one server (bench/oip.py)
 
 
 class ResultRow(TypedDict, total=False):
@@ -272,12 +275,37 @@ def analyse(doc: dict[str, Any]) -> None:
     ping = core_ratio(doc, "Ping")
     if ping is not None:
         target("Ping calls/s ÷ bare grpc.aio", "", ping, 0.9, ">=")
+    _oip_targets(doc, target)
     memory = doc.get("memory", {})
     rss = _div(memory.get("server_peak_rss_mb"), memory.get("inprocess_peak_rss_mb"))
     if rss is not None:
         target("server peak RSS ÷ in-process peak RSS", "", rss, 2.0, "<=")
     doc["ratios"] = ratios
     doc["targets"] = targets
+
+
+def _oip_targets(
+    doc: Mapping[str, Any], target: Callable[[str, str, float | None, float, str], None]
+) -> None:
+    """Section h: the protocol path within a few percent of the typed one, and equal answers."""
+    rows = _rows(doc, Section.OIP)
+    if not rows:
+        return
+    model = rows[0].get("model", "")
+    typed = [r for r in rows if r.get("method") == "Infer"]
+    protocol = [r for r in rows if r.get("method") == "ModelInfer"]
+    wide = max(r["concurrency"] for r in rows)
+    none: Mapping[str, Any] = {}
+    t_wide, p_wide = _at(typed, wide) or none, _at(protocol, wide) or none
+    t_one, p_one = _at(typed, 1) or none, _at(protocol, 1) or none
+    ips = _div(p_wide.get("images_per_s"), t_wide.get("images_per_s"))
+    target(f"ModelInfer images/s @c{wide} ÷ typed Infer", model, ips, 0.95, ">=")
+    p50 = _div(p_one.get("p50_ms"), t_one.get("p50_ms"))
+    target("ModelInfer p50 @c1 ÷ typed Infer p50", model, p50, 1.05, "<=")
+    check = doc.get("meta", {}).get("oip_check")
+    if check:
+        differing = float(len(check.get("mismatched_images", [])))
+        target("images whose ModelInfer detections differ from Infer's", model, differing, 0, "<=")
 
 
 def _paired(rows: Sequence[ResultRow], method: str, concurrency: int) -> ResultRow | None:
@@ -563,6 +591,9 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
     metered = [r for r in doc.get("rows", []) if r.get("section") == Section.METRICS]
     if metered:
         tables.append(_metrics_table(metered, doc.get("meta", {}).get("metrics_scrape")))
+    protocol = [r for r in doc.get("rows", []) if r.get("section") == Section.OIP]
+    if protocol:
+        tables.append(_oip_table(protocol, doc.get("meta", {}).get("oip_check")))
 
     tables.append(
         TextTable(
@@ -611,6 +642,34 @@ def _metrics_table(rows: list[ResultRow], scrape: Mapping[str, Any] | None) -> T
         "two servers up at once, differing only in VISIONRPC_METRICS__PORT; measured in "
         f"alternating slices ({rows[0].get('rounds', 1)} rounds, pooled){counted}",
     )
+
+
+def _oip_table(rows: list[ResultRow], check: Mapping[str, Any] | None) -> TextTable:
+    """Section h: typed Infer vs ModelInfer on one server, plus the server's CPU per image."""
+    checked = ""
+    if check:
+        verdict = "equal" if check.get("equal") else f"DIFFERENT: {check.get('mismatched_images')}"
+        checked = (
+            f"; answers checked once before the load: {check.get('detections', '?')} detections "
+            f"in {check.get('images', '?')} images, {verdict} (max box difference "
+            f"{fmt(check.get('max_box_diff_px'), 3)} px, "
+            f"score {fmt(check.get('max_score_diff'), 5)})"
+        )
+    table = _variant_table(
+        rows,
+        OIP_TYPED,
+        "h. Open Inference Protocol vs typed Infer (same server)",
+        "one server, the same JPEGs; ModelInfer sends each as a BYTES tensor IMAGE of shape [1] "
+        "in raw_input_contents (Triton's 4-byte length framing) and asks for the detection "
+        "tensors; the two methods take turns in short slices "
+        f"({rows[0].get('rounds', 1)} rounds, pooled); CPU = the server process{checked}",
+    )
+    wide = max(r["concurrency"] for r in rows)
+    cpu = {(str(r.get("variant")), r["concurrency"]): r.get("cpu_ms_per_image") for r in rows}
+    table.headers += [f"server CPU ms/image @c{wide}", "server CPU ms/image @c1"]
+    for line in table.rows:
+        line += [fmt(cpu.get((line[0], wide)), 2), fmt(cpu.get((line[0], 1)), 2)]
+    return table
 
 
 def _variant_table(rows: list[ResultRow], reference: str, title: str, caption: str) -> TextTable:

@@ -53,7 +53,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     rows = [report.validate_row(r) for r in doc["rows"]]
     sections = {r["section"] for r in rows}
-    assert sections == {"baseline", "inprocess", "grpc", "paired", "security", "metrics"}
+    assert sections == {"baseline", "inprocess", "grpc", "paired", "security", "metrics", "oip"}
     for row in rows:
         assert _positive(row["images_per_s"]), row
         p50, p99 = row["p50_ms"], row["p99_ms"]
@@ -88,6 +88,15 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     scrape = doc["meta"]["metrics_scrape"]  # the metrics server counted at least what it was sent
     sent = sum(r["requests"] for r in rows if r.get("variant") == "metrics on")
     assert scrape["sent"] == sent and scrape["inference_requests"] >= sent > 0
+
+    protocol = {(r.get("variant"), r["concurrency"]) for r in rows if r["section"] == "oip"}
+    assert protocol == {
+        (variant, c)
+        for variant in ("typed Infer", "Open Inference Protocol ModelInfer")
+        for c in (1, 16)
+    }
+    assert doc["meta"]["oip_check"]["equal"], doc["meta"]["oip_check"]
+    assert "h. Open Inference Protocol vs typed Infer" in done.stdout
 
     core = {(r["server"], r["method"]): r for r in doc["core"]}
     assert set(core) == {
