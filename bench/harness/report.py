@@ -422,6 +422,10 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
         )
     )
 
+    best_peers = peers_at_best(doc)
+    if best_peers:
+        tables.append(_peers_best_table(best_peers))
+
     paired = [r for r in doc.get("rows", []) if r.get("section") == Section.PAIRED]
     if paired:
         tables.append(
@@ -641,6 +645,60 @@ def _metrics_table(rows: list[ResultRow], scrape: Mapping[str, Any] | None) -> T
         "g. Cost of Prometheus metrics (server Infer)",
         "two servers up at once, differing only in VISIONRPC_METRICS__PORT; measured in "
         f"alternating slices ({rows[0].get('rounds', 1)} rounds, pooled){counted}",
+    )
+
+
+def peers_at_best(doc: Mapping[str, Any]) -> list[tuple[ResultRow, ResultRow | None]]:
+    """Per server of the peers' run (the rows' ``peer``, else their name), the configuration
+    with the most images/s at the reference concurrency: its row there and its row at c1."""
+    rows = _rows(doc, Section.PEER)
+    best: dict[str, ResultRow] = {}
+    for r in rows:
+        if r["concurrency"] != REFERENCE_CONCURRENCY:
+            continue
+        server = str(r.get("peer") or r["name"])
+        if server not in best or r["images_per_s"] > best[server]["images_per_s"]:
+            best[server] = r
+    return [
+        (r, next((o for o in rows if o["name"] == r["name"] and o["concurrency"] == 1), None))
+        for r in best.values()
+    ]
+
+
+def _peers_best_table(best: list[tuple[ResultRow, ResultRow | None]]) -> TextTable:
+    """Each server of the peers' run in its best configuration, against visionrpc's best there."""
+    ref = REFERENCE_CONCURRENCY
+    ours = next((r for r, _ in best if str(r.get("peer", "")).startswith("visionrpc")), None)
+    lines = []
+    for r, at_one in best:
+        match = r.get("matches_visionrpc")
+        lines.append(
+            [
+                str(r.get("peer") or r["name"]),
+                str(r.get("configuration", r["name"])),
+                fmt(r["images_per_s"]),
+                fmt(_div(r["images_per_s"], ours["images_per_s"] if ours else None), 2, "×"),
+                fmt(at_one["p50_ms"] if at_one else None, 2),
+                fmt(r["p99_ms"], 2),
+                "" if match is None else ("yes" if match else "NO"),
+            ]
+        )
+    return TextTable(
+        f"b″. Each server at its best (peers' run: most images/s at c{ref})",
+        [
+            "server",
+            "best configuration",
+            f"img/s @c{ref}",
+            "÷ visionrpc",
+            "p50 @c1 ms",
+            f"p99 @c{ref} ms",
+            "answers match visionrpc",
+        ],
+        lines,
+        "every configuration of each server was run (table b has all rows); one load generator "
+        "(tritonclient.grpc, one thread and channel per request in flight) drove every server "
+        "through KServe v2 / Open Inference Protocol ModelInfer; p50 @c1 is the same "
+        "configuration's; ÷ visionrpc = against visionrpc's row of the same run",
     )
 
 
