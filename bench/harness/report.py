@@ -13,18 +13,19 @@ Every throughput/latency measurement is one JSON object. Five keys are required:
   send to answer), null when not measured.
 
 Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``,
-``security``, ``metrics``, ``oip``;
-rows read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
-``method`` (``Infer``, ``InferStream``, ``infer``, ``infer_sync``, ``batch``, or a peer's own
-name such as ``ModelInfer``), ``batch_size``, ``requests``, ``errors``, ``duration_s``,
-``peak_rss_mb``, ``lever``, ``variant`` (security, metrics, oip) and ``notes``. Unknown keys are
-kept. A peer file is a JSON list of rows or an object with a ``rows`` list; ``validate_row`` says
-what is wrong with a bad row.
+``security``, ``metrics``, ``oip``; rows read with ``--peer-results`` default to ``peer``),
+``model`` (model name, e.g. ``defects``), ``method`` (``Infer``, ``InferStream``, ``infer``,
+``infer_sync``, ``batch``, ``ModelInfer``), ``batch_size``, ``requests``, ``errors``,
+``duration_s``, ``peak_rss_mb``, ``lever``, ``variant`` (security, metrics, oip), ``peer`` and
+``configuration`` (peer rows: the server and its set-up; table b″ shows each server's best),
+``matches_visionrpc`` and ``notes``. Unknown keys are kept. A peer file is a JSON list of rows or
+an object with a ``rows`` list; ``validate_row`` says what is wrong with a bad row.
 
 The document (``bench-results.json``) holds ``schema_version``, ``meta`` (machine, settings, image
 set), ``rows`` (sections a, b, levers and peers), ``core`` (section d, ``CoreRow``), ``memory``
 (section e, peak RSS in MiB), ``accuracy`` (per model), and the derived ``ratios`` and
 ``targets`` (section c), which ``analyse`` recomputes so that merged peer rows get ratios too.
+Section h adds ``meta.oip_check``: typed Infer's and ModelInfer's detections compared per image.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class ResultRow(TypedDict, total=False):
     duration_s: float
     peak_rss_mb: float | None
     lever: str
+    variant: str  # security, metrics, oip: which server set-up or method
+    peer: str  # peer rows: the server (MLServer, Triton, visionrpc)
+    configuration: str  # peer rows: that server's set-up (batching, workers, instances)
+    matches_visionrpc: bool  # peer rows: its answers equal visionrpc's own
     notes: str
     cpu_ms_per_image: float | None  # paired rows: CPU of the process doing the work
     client_cpu_ms_per_image: float | None  # paired served rows: the load generator's CPU

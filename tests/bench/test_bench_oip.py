@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_oip_section_measures_both_paths_on_one_server(tmp_path: Path) -> None:
         assert row["requests"] > 0 and row.get("errors") == 0, row
         assert row["rounds"] == 2, row
 
-    doc = {"meta": {"oip_check": check}, "rows": rows}
+    doc: dict[str, Any] = {"meta": {"oip_check": check}, "rows": rows}
     report.analyse(doc)
     targets = {t["target"]: t for t in doc["targets"]}
     assert targets["images whose ModelInfer detections differ from Infer's"]["passed"] is True
