@@ -427,10 +427,6 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
         )
     )
 
-    best_peers = peers_at_best(doc)
-    if best_peers:
-        tables.append(_peers_best_table(best_peers))
-
     paired = [r for r in doc.get("rows", []) if r.get("section") == Section.PAIRED]
     if paired:
         tables.append(
@@ -465,6 +461,10 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
                 "references of table c.",
             )
         )
+
+    best_peers = peers_at_best(doc)
+    if best_peers:
+        tables.append(_peers_best_table(best_peers))
 
     ref = REFERENCE_CONCURRENCY
     ratio_rows = [
