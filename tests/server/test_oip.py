@@ -119,9 +119,13 @@ async def test_live_ready_and_model_ready(stubs: Stubs) -> None:
     assert not (await stubs.oip.ModelReady(other)).ready
 
 
-async def test_server_metadata_lists_no_extension(stubs: Stubs) -> None:
+async def test_server_metadata_lists_the_extensions_implemented(stubs: Stubs) -> None:
     reply = await stubs.oip.ServerMetadata(oip.ServerMetadataRequest())
-    assert (reply.name, reply.version, list(reply.extensions)) == ("visionrpc", __version__, [])
+    assert (reply.name, reply.version, list(reply.extensions)) == (
+        "visionrpc",
+        __version__,
+        ["model_configuration"],
+    )
 
 
 async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:

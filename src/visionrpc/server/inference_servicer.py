@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from visionrpc.errors import InvalidInputError, NotReadyError
 from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
+from visionrpc.runtime.raw import RawResult
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.correlation import REQUEST_ID, new_request_id
 from visionrpc.server.decoding import UndecodableMessageError
@@ -323,6 +325,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             )
         finally:
             self._in_flight.release(client)
+
+    async def infer_raw(self, model: str, batch: np.ndarray, context: Context) -> RawResult:
+        """A raw-view call (the protocol's ModelInfer on ``NAME.raw``): the graph itself on
+        ``batch``, in the model's batcher. It takes one of its client's in-flight slots, as an
+        Infer call does, and is counted in the metrics as one request of ``len(batch)`` images."""
+        client = client_key(context)
+        meter = self._meter
+        started = meter.begin(model) if meter is not None else None
+        if not self._in_flight.try_acquire(client):
+            refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+            if meter is not None and started is not None:
+                meter.failed(started, refusal)
+            raise refusal
+        try:
+            result = await self.pipeline.infer_raw(model, batch, self._deadline(context), client)
+        except BaseException as exc:
+            if meter is not None and started is not None:
+                meter.failed(started, exc)
+            raise
+        finally:
+            self._in_flight.release(client)
+        if meter is not None and started is not None:
+            meter.answered_tensors(started, len(batch))
+        return result
 
     @staticmethod
     def _deadline(context: Context) -> Deadline:

@@ -2,8 +2,10 @@
 
 It shares the :class:`InferenceServicer`'s pipeline and repository (batching, limits and the
 readiness of the typed API apply unchanged) and only converts tensors to and from the runtime's
-types. Each model is offered in its vision view (see :mod:`visionrpc.server.oip.vision`). An RPC
-of Triton's service that is not defined here answers UNIMPLEMENTED.
+types. Each model is offered in two views (see :mod:`visionrpc.server.oip.naming`): ``NAME``, the
+vision view (:mod:`visionrpc.server.oip.vision`), and ``NAME.raw``, the ONNX graph's own tensors
+(:mod:`visionrpc.server.oip.raw`). An RPC of Triton's service that is not defined here answers
+UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import grpc
 
 from visionrpc import __version__
 from visionrpc.errors import ModelNotFoundError, NotReadyError
+from visionrpc.runtime.repository import LoadedModel
 from visionrpc.server.inference_servicer import InferenceServicer
-from visionrpc.server.oip import vision
-from visionrpc.server.oip.naming import parse_view
+from visionrpc.server.oip import config, raw, vision
+from visionrpc.server.oip.naming import ViewName, parse_view
 from visionrpc.server.status import Context, map_errors
 from visionrpc.types import InferenceInput
 from visionrpc.v1 import grpc_service_pb2 as oip
@@ -22,7 +25,7 @@ from visionrpc.v1 import grpc_service_pb2_grpc
 
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("model_configuration",)
 """The protocol extensions (Triton's names) this server implements, for ServerMetadata."""
 
 
@@ -86,14 +89,28 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: Context
     ) -> oip.ModelMetadataResponse:
-        name, version = self._version(request.name, request.version)
+        view, model = self._model(request.name, request.version)
         tensor = oip.ModelMetadataResponse.TensorMetadata
+        if view.raw:
+            platform, inputs, outputs = raw.PLATFORM, raw.inputs(model), raw.outputs(model)
+        else:
+            platform, inputs, outputs = vision.PLATFORM, list(vision.INPUTS), list(vision.OUTPUTS)
         return oip.ModelMetadataResponse(
-            name=name,
-            versions=[version],
-            platform=vision.PLATFORM,
-            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.INPUTS],
-            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.OUTPUTS],
+            name=ViewName(model.name, view.raw).protocol_name,
+            versions=[model.config.version],
+            platform=platform,
+            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in inputs],
+            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in outputs],
+        )
+
+    @map_errors
+    async def ModelConfig(
+        self, request: oip.ModelConfigRequest, context: Context
+    ) -> oip.ModelConfigResponse:
+        view, model = self._model(request.name, request.version)
+        make = config.raw_config if view.raw else config.vision_config
+        return oip.ModelConfigResponse(
+            config=make(model, ViewName(model.name, view.raw).protocol_name)
         )
 
     # -- inference -------------------------------------------------------------------------------
@@ -102,7 +119,18 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
+        if parse_view(request.model_name).raw:
+            return await self._raw_infer(request, context)
         return await self._vision_infer(request, context)
+
+    async def _raw_infer(
+        self, request: oip.ModelInferRequest, context: Context
+    ) -> oip.ModelInferResponse:
+        _, model = self._model(request.model_name, request.model_version)
+        batch = raw.input_batch(request, model)
+        names = raw.requested_outputs(request, model)
+        result = await self._inference.infer_raw(model.name, batch, context)
+        return raw.response(request, result, names)
 
     async def _vision_infer(
         self, request: oip.ModelInferRequest, context: Context
@@ -126,15 +154,17 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _version(self, name: str, version: str) -> tuple[str, str]:
         """The model's (name, version); ModelNotFoundError when this server does not hold it."""
+        _, model = self._model(name, version)
+        return model.name, model.config.version
+
+    def _model(self, name: str, version: str) -> tuple[ViewName, LoadedModel]:
+        """The view a protocol name asks for and its loaded model; ModelNotFoundError when this
+        server does not hold it (or not in that version)."""
         view = parse_view(name)
-        if view.raw:
+        model = self._inference.repository.get(view.model)
+        if version and version != model.config.version:
             raise ModelNotFoundError(
-                f"the raw view {name!r} is not served yet; ask the vision view {view.model!r}"
-            )
-        described = self._inference.repository.describe(view.model)
-        if version and version != described.version:
-            raise ModelNotFoundError(
-                f"model {described.name} has version {described.version}, not {version}; "
+                f"model {view.protocol_name} has version {model.config.version}, not {version}; "
                 "leave the version empty or ask for that one"
             )
-        return described.name, described.version
+        return view, model
