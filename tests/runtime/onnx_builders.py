@@ -43,10 +43,12 @@ def constant_model(
     task: str = "detect",
     fixed_batch: int | None = None,
     metadata: dict[str, str] | None = None,
+    input_type: int = TensorProto.FLOAT,
 ) -> Path:
     """A model that ignores the image: output i is ``outputs[i]`` (no batch axis) for every image.
 
-    The input is "images" [batch, 3, H, W] (batch symbolic unless ``fixed_batch``).
+    The input is "images" [batch, 3, H, W] of ``input_type`` (batch symbolic unless
+    ``fixed_batch``).
     """
     w, h = input_size
     batch: int | str = fixed_batch if fixed_batch is not None else "batch"
@@ -71,7 +73,7 @@ def constant_model(
     graph = helper.make_graph(
         nodes,
         "constant",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("images", input_type, [batch, 3, h, w])],
         graph_outputs,
         initializer=inits,
     )
