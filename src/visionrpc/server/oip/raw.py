@@ -203,11 +203,10 @@ def requested_outputs(request: oip.ModelInferRequest, model: LoadedModel) -> lis
 
 
 def response(
-    request: oip.ModelInferRequest, result: RawResult, names: list[str]
+    model_name: str, request_id: str, result: RawResult, names: list[str]
 ) -> oip.ModelInferResponse:
-    out = oip.ModelInferResponse(
-        model_name=request.model_name, model_version=result.version, id=request.id
-    )
+    """The ``names`` outputs of ``result``, little-endian in raw_output_contents."""
+    out = oip.ModelInferResponse(model_name=model_name, model_version=result.version, id=request_id)
     for name in names:
         array = result.outputs[name]
         out.outputs.add(name=name, datatype=datatype(array.dtype), shape=array.shape)

@@ -96,7 +96,7 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         else:
             platform, inputs, outputs = vision.PLATFORM, list(vision.INPUTS), list(vision.OUTPUTS)
         return oip.ModelMetadataResponse(
-            name=ViewName(model.name, view.raw).protocol_name,
+            name=view.protocol_name,
             versions=[model.config.version],
             platform=platform,
             inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in inputs],
@@ -109,9 +109,7 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ModelConfigResponse:
         view, model = self._model(request.name, request.version)
         make = config.raw_config if view.raw else config.vision_config
-        return oip.ModelConfigResponse(
-            config=make(model, ViewName(model.name, view.raw).protocol_name)
-        )
+        return oip.ModelConfigResponse(config=make(model, view.protocol_name))
 
     # -- inference -------------------------------------------------------------------------------
 
@@ -126,11 +124,11 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _raw_infer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
-        _, model = self._model(request.model_name, request.model_version)
+        view, model = self._model(request.model_name, request.model_version)
         batch = raw.input_batch(request, model)
         names = raw.requested_outputs(request, model)
         result = await self._inference.infer_raw(model.name, batch, context)
-        return raw.response(request, result, names)
+        return raw.response(view.protocol_name, request.id, result, names)
 
     async def _vision_infer(
         self, request: oip.ModelInferRequest, context: Context
@@ -158,10 +156,12 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return model.name, model.config.version
 
     def _model(self, name: str, version: str) -> tuple[ViewName, LoadedModel]:
-        """The view a protocol name asks for and its loaded model; ModelNotFoundError when this
-        server does not hold it (or not in that version)."""
-        view = parse_view(name)
-        model = self._inference.repository.get(view.model)
+        """The view a protocol name asks for (with the model's own name when it named none) and
+        its loaded model; ModelNotFoundError when this server does not hold it (or not in that
+        version)."""
+        asked = parse_view(name)
+        model = self._inference.repository.get(asked.model)
+        view = ViewName(model.name, asked.raw)
         if version and version != model.config.version:
             raise ModelNotFoundError(
                 f"model {view.protocol_name} has version {model.config.version}, not {version}; "
