@@ -117,7 +117,7 @@ def assert_same(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> 
     for name, array in expected.items():
         assert got[name].shape == array.shape, name
         assert got[name].dtype == array.dtype, name
-        np.testing.assert_allclose(got[name], array, rtol=1e-3, atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(got[name], array, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
 def model_path(name: str) -> Path:

@@ -8,7 +8,8 @@ finds nobody ahead of it and an instance idle runs every step in one hop on that
 Requests carry a *client* key (a plain string from the server): the batcher serves clients'
 lines round-robin, and each client has at most ``fairness.decodes_per_client`` images in the
 decode pool, so a quiet client's image is not decoded after all of a busy client's backlog.
-``infer_sync`` does the same work in the calling thread, one image per model call.
+``infer_sync`` does the same work in the calling thread, one image per model call. ``infer_raw``
+puts ready tensors (the raw view, :mod:`visionrpc.runtime.raw`) into the same batchers.
 """
 
 from __future__ import annotations

@@ -79,11 +79,10 @@ def split(
     """Check ``batch`` against the graph's input and cut it into samples (views, no copy)."""
     (graph,) = graph_inputs(model.onnx)
     name, want = graph.name, graph.shape
-    shown = f"{list(want)} {_type_name(graph.dtype)}"
+    shown = f"{list(want)} {graph.dtype}"
     if batch.dtype != graph.dtype:
         raise InvalidInputError(
-            f"input {name!r} is {_type_name(batch.dtype)} but the graph of {model.name!r} takes "
-            f"{shown}",
+            f"input {name!r} is {batch.dtype} but the graph of {model.name!r} takes {shown}",
             field="inputs.datatype",
         )
     if batch.ndim != len(want) or any(
@@ -115,10 +114,6 @@ def split(
             limit="max_image_pixels",
         )
     return [RawSample(sample, deadline) for sample in batch]
-
-
-def _type_name(dtype: np.dtype[Any]) -> str:
-    return "float32" if dtype == np.float32 else str(dtype)
 
 
 def refusal(model: OnnxModel, shape: tuple[int, ...], exc: Exception) -> InvalidInputError:
