@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto
 
 from tests.runtime.onnx_builders import box_finder_model, constant_model, yolov8_detect_outputs
-from visionrpc.errors import InvalidInputError, ModelLoadError
+from visionrpc.errors import InvalidInputError, ModelLoadError, ResourceLimitError
 from visionrpc.runtime import raw
 from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.model import OnnxModel
@@ -99,3 +99,10 @@ def test_an_image_input_of_another_type_is_refused_at_load(tmp_path: Path) -> No
     )
     with pytest.raises(ModelLoadError, match=r"'images' is tensor\(int8\).*float32 or float16"):
         OnnxModel(path, RuntimeSettings())
+
+
+async def test_samples_above_the_pixel_limit_are_refused(models: Path) -> None:
+    settings = Settings(models_dir=models, max_image_pixels=64 * 63)
+    async with InferencePipeline(ModelRepository(settings), settings) as pipeline:
+        with pytest.raises(ResourceLimitError, match=r"'images' is 64x64 = 4096 pixels.*4032"):
+            await pipeline.infer_raw("finder", np.zeros((1, 3, 64, 64), np.float32))
