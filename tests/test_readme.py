@@ -2,13 +2,12 @@
 
 Each ```python block runs in a fresh interpreter in a folder that holds what the snippets name
 (part.jpg, frames/*.jpg), with the README's address replaced by the test server's; nothing else
-is changed. Snippets that import tritonclient or kserve run under those clients' own interpreters
-(tests/server/oip_clients.py), and skip without them. The README's two set-up commands are
-checked to be the ones CI runs.
+is changed. The README's two set-up commands are checked to be the ones CI runs.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import cv2
 import pytest
 
 from tests.helpers import RunningServer, StartThreadedServer, make_settings
-from tests.server.oip_clients import KSERVE_PYTHON, TRITONCLIENT_PYTHON
 from visionrpc.server.app import default_services
 from visionrpc.synthetic import generate_sample
 
@@ -26,18 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
 README_ADDRESS = "localhost:50051"
-CLIENT_PYTHONS = {
-    "tritonclient": ("VISIONRPC_TRITONCLIENT_PYTHON", TRITONCLIENT_PYTHON),
-    "kserve": ("VISIONRPC_KSERVE_PYTHON", KSERVE_PYTHON),
+OTHER_INTERPRETERS = {
+    # snippets for clients that pin their own protobuf run where CI installed them (.ci/run)
+    "tritonclient": "VISIONRPC_TRITONCLIENT_PYTHON",
+    "kserve": "VISIONRPC_KSERVE_PYTHON",
+}
+NOT_RUN = {
+    "ultralytics": "Ultralytics needs PyTorch, too heavy to install here; the steps of its Triton "
+    "client are run by tests/server/test_oip_raw_tritonclient.py",
 }
 
 
 def interpreter(snippet: str) -> str:
-    """The Python a snippet needs: a protocol client's own one where it imports that client."""
-    for module, (variable, python) in CLIENT_PYTHONS.items():
-        if re.search(rf"^(import|from) {module}\b", snippet, flags=re.MULTILINE):
-            if not python or not Path(python).is_file():
-                pytest.skip(f"the snippet imports {module}: set {variable} to a Python with it")
+    """The Python that can run ``snippet``: this one, or the client's own (else the test skips)."""
+    for module, reason in NOT_RUN.items():
+        if re.search(rf"^(from|import) {module}\b", snippet, flags=re.MULTILINE):
+            pytest.skip(reason)
+    for module, variable in OTHER_INTERPRETERS.items():
+        if re.search(rf"^(from|import) {module}\b", snippet, flags=re.MULTILINE):
+            python = os.environ.get(variable, "")
+            if not python:
+                pytest.skip(f"set {variable} to a Python that has {module} (.ci/run makes one)")
+            if not Path(python).is_file():
+                pytest.skip(f"{variable}={python} does not exist (.ci/run could not make it)")
             return python
     return sys.executable
 
