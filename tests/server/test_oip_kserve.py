@@ -70,6 +70,9 @@ def test_kserve_model_metadata(probed: Probed) -> None:
         "SCORES": ("FP32", ["-1"]),
         "CLASS_IDS": ("INT64", ["-1"]),
         "IMAGE_INDEX": ("INT64", ["-1"]),
+        "MASKS": ("BYTES", ["-1"]),
+        "MASK_ORIGINS": ("INT64", ["-1", "2"]),
+        "RESULT": ("BYTES", ["-1"]),
     }
 
 

@@ -71,6 +71,9 @@ def test_aio_health_and_metadata(probed: Probed) -> None:
         "SCORES",
         "CLASS_IDS",
         "IMAGE_INDEX",
+        "MASKS",
+        "MASK_ORIGINS",
+        "RESULT",
     ]
 
 
