@@ -45,6 +45,8 @@ def interpreter(snippet: str) -> str:
             python = os.environ.get(variable, "")
             if not python:
                 pytest.skip(f"set {variable} to a Python that has {module} (.ci/run makes one)")
+            if not Path(python).is_file():
+                pytest.skip(f"{variable}={python} does not exist (.ci/run could not make it)")
             return python
     return sys.executable
 

@@ -282,3 +282,28 @@ async def test_each_image_is_counted_like_one_infer(
         code="OK",
     )
     assert calls == 1
+
+
+async def test_numeric_parameters_may_be_strings_as_kserve_sends_them(stubs: Stubs) -> None:
+    """KServe's v2 proto has no double_param, so its clients send a fractional confidence as a
+    string; it must act exactly as the double does (the image has a detection only a low
+    threshold keeps), and a string that is no number is refused naming the parameter."""
+    image = encode(generate_sample(*FOUND_SAMPLES[2]).image, ".jpg")
+    as_double = infer_request(stubs.model, image)
+    as_double.parameters["confidence"].double_param = 0.01
+    as_string = infer_request(stubs.model, image)
+    as_string.parameters["confidence"].string_param = "0.01"
+    default = infer_request(stubs.model, image)
+    del default.parameters["confidence"]
+    low = outputs(await stubs.oip.ModelInfer(as_double))
+    assert len(low["SCORES"]) > len(outputs(await stubs.oip.ModelInfer(default))["SCORES"])
+    from_string = outputs(await stubs.oip.ModelInfer(as_string))
+    for name, values in low.items():
+        np.testing.assert_array_equal(from_string[name], values)
+
+    as_string.parameters["confidence"].string_param = "high"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stubs.oip.ModelInfer(as_string)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'confidence' must be a number" in (caught.value.details() or "")
+    await assert_still_serves(stubs)

@@ -7,26 +7,21 @@ Python with ``tritonclient[grpc]``; the test is skipped without it (see test_oip
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.helpers import StartThreadedServer, make_settings
+from tests.server.oip_clients import TRITONCLIENT_PYTHON, needs_tritonclient, run_probe
 from tests.server.test_oip_raw import assert_same, model_path, onnxruntime_outputs, pixels
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.oip import OpenInferenceServicer
 
-PYTHON = os.environ.get("VISIONRPC_TRITONCLIENT_PYTHON", "")
-PROBE = Path(__file__).with_name("oip_ultralytics_probe.py")
+PROBE = "oip_ultralytics_probe.py"
 
-pytestmark = pytest.mark.skipif(
-    not PYTHON, reason="set VISIONRPC_TRITONCLIENT_PYTHON to a Python with tritonclient[grpc]"
-)
+pytestmark = needs_tritonclient
 
 
 @pytest.mark.parametrize("model", ["defects", "defects-fp32"])
@@ -39,21 +34,14 @@ def test_ultralytics_triton_client_reads_the_raw_view(
     running = start_threaded_server([inference, OpenInferenceServicer(inference)], access_log=False)
     sample = pixels(1)
     np.save(tmp_path / "input.npy", sample)
-    done = subprocess.run(
-        [
-            PYTHON,
-            str(PROBE),
-            running.address,
-            f"{model}.raw",
-            str(tmp_path / "input.npy"),
-            str(tmp_path / "outputs.npz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    seen = run_probe(
+        TRITONCLIENT_PYTHON,
+        PROBE,
+        running.address,
+        f"{model}.raw",
+        str(tmp_path / "input.npy"),
+        str(tmp_path / "outputs.npz"),
     )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
     loaded = repository.get(model)
     assert (seen["input_names"], seen["input_formats"]) == (["images"], ["TYPE_FP32"])
     assert seen["output_names"] == ["output0", "output1"]

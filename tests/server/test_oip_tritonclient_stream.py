@@ -4,9 +4,6 @@ against visionrpc, in a separate process (see test_oip_tritonclient.py for the i
 from __future__ import annotations
 
 import base64
-import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import grpc
 import pytest
 
 from tests.helpers import StartThreadedServer, make_settings
+from tests.server.oip_clients import TRITONCLIENT_PYTHON, needs_tritonclient, run_probe
 from tests.server.test_inference_service import FOUND_SAMPLES, LOW_CONF, encode
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.oip import OpenInferenceServicer
@@ -21,12 +19,7 @@ from visionrpc.synthetic import generate_sample
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
 
-PYTHON = os.environ.get("VISIONRPC_TRITONCLIENT_PYTHON", "")
-PROBE = Path(__file__).with_name("oip_tritonclient_stream_probe.py")
-
-pytestmark = pytest.mark.skipif(
-    not PYTHON, reason="set VISIONRPC_TRITONCLIENT_PYTHON to a Python with tritonclient[grpc]"
-)
+pytestmark = needs_tritonclient
 
 
 def test_tritonclient_streams_and_reads_statistics(
@@ -39,14 +32,14 @@ def test_tritonclient_streams_and_reads_statistics(
     (tmp_path / "part.jpg").write_bytes(image)
     model = inference.repository.default_name
     version = inference.repository.describe(model).version
-    done = subprocess.run(
-        [PYTHON, str(PROBE), running.address, model, str(tmp_path / "part.jpg"), str(LOW_CONF)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    seen = run_probe(
+        TRITONCLIENT_PYTHON,
+        "oip_tritonclient_stream_probe.py",
+        running.address,
+        model,
+        str(tmp_path / "part.jpg"),
+        str(LOW_CONF),
     )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
 
     with grpc.insecure_channel(running.address) as channel:
         stub = inference_pb2_grpc.InferenceMethodsStub(channel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 
@@ -54,12 +55,22 @@ def parameter(parameters: Parameters, key: str) -> ParameterValue | None:
 
 
 def number(parameters: Parameters, key: str) -> float | None:
-    """A numeric parameter (double_param, int64_param or uint64_param); None when absent."""
+    """A numeric parameter (double_param, int64_param, uint64_param, or a string_param holding a
+    decimal number: KServe's v2 proto and its clients have no double_param); None when absent."""
     value = parameter(parameters, key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(
-            f"parameter {key!r} must be a number (double_param or int64_param)", field="parameters"
-        )
-    return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = math.nan
+        if math.isfinite(parsed):
+            return parsed
+    elif not isinstance(value, bool) and isinstance(value, int | float):
+        return float(value)
+    raise InvalidInputError(
+        f"parameter {key!r} must be a number (double_param, int64_param, or a string_param such "
+        f"as '0.25'), not {value!r}",
+        field="parameters",
+    )
