@@ -61,8 +61,8 @@ def stream_request() -> oip.ModelInferRequest:
     return request
 
 
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
 
 
 def test_a_token_without_the_inference_scope_is_refused(channel: grpc.Channel) -> None:
@@ -78,8 +78,8 @@ def test_a_token_without_the_inference_scope_is_refused(channel: grpc.Channel) -
     for method, call in calls.items():
         with pytest.raises(grpc.RpcError) as refused:
             call()
-        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
-        assert refused.value.details() == (  # type: ignore[attr-defined]
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.value.details() == (
             f"/inference.GRPCInferenceService/{method} needs the scope 'inference'; the token of "
             "'dashboard' has core: ask for a token with 'inference'"
         )

@@ -81,7 +81,7 @@ async def test_counts_what_both_apis_did_to_the_model(served: Served) -> None:
     frame = await served.typed.InferStream(
         iter([pb.InferRequest(image_bytes=b"not an image")])
     ).read()
-    assert frame.HasField("error")
+    assert isinstance(frame, pb.InferResponse) and frame.HasField("error")
 
     (got,) = await statistics(served, "dent")
     assert (got.name, got.version) == ("dent", "3")

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from tests.helpers import EOF, RunningServer, StartServer, make_settings, wait_until
+from tests.helpers import RunningServer, StartServer, make_settings, wait_until
 from tests.runtime.onnx_builders import tiny_models
 from tests.server.drain_helpers import JPEG, read_rest, stream_drained
 from tests.server.test_inference_service import FOUND_SAMPLES, LOW_CONF, encode
@@ -382,7 +382,8 @@ async def test_an_idle_stream_ends_at_once_when_the_server_drains(
         )
         outbox.put_nowait(request(model, "only", JPEG))
         first = await stream.read()
-        assert first is not EOF and first.infer_response.id == "only"
+        assert isinstance(first, oip.ModelStreamInferResponse)
+        assert first.infer_response.id == "only"
         await asyncio.wait_for(running.server.stop(), 15)  # well under the 30 s grace
         assert await read_rest(stream) == []
         assert (await stream.code(), await stream.details()) == (
@@ -414,6 +415,7 @@ async def test_stream_requests_hold_the_clients_in_flight_slots(
         assert "fairness.max_in_flight_per_client=1" in (refused.value.details() or "")
         held_model.set()
         answer = await stream.read()
-        assert answer is not EOF and answer.infer_response.id == "held"
+        assert isinstance(answer, oip.ModelStreamInferResponse)
+        assert answer.infer_response.id == "held"
         assert answer.error_message == ""
         stream.cancel()
