@@ -210,7 +210,7 @@ async def test_index_lists_every_model_of_the_directory(
 def test_scan_refuses_raw_names(tmp_path: Path) -> None:
     dent_model(tmp_path / "ok.onnx")
     dent_model(tmp_path / "ok.raw.onnx")
-    with pytest.raises(ModelLoadError, match=r"ok\.raw\.onnx: model names ending in '\.raw'"):
+    with pytest.raises(ModelLoadError, match=r"ok\.raw\.onnx\) ends in '\.raw'"):
         scan_repository(tmp_path)
 
 

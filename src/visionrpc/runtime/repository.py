@@ -209,8 +209,8 @@ def read_entry(entry: Path) -> ModelSource | None:
         return None
     if name.endswith(RAW_SUFFIX):
         raise ModelLoadError(
-            f"{entry}: model names ending in {RAW_SUFFIX!r} are reserved for the raw view of "
-            f"model {name.removesuffix(RAW_SUFFIX)!r}; rename it"
+            f"model {name!r} ({entry}) ends in {RAW_SUFFIX!r}, which names the raw view of model "
+            f"{name.removesuffix(RAW_SUFFIX)!r} over the Open Inference Protocol; rename it"
         )
     config_model = _read_yaml(config_path, ModelConfig) if config_path else ModelConfig()
     return ModelSource(name, entry, onnx, config_model, config_path)
