@@ -19,7 +19,7 @@ from visionrpc.runtime.model import (
     plan_instances,
     select_providers,
 )
-from visionrpc.runtime.repository import ModelRepository
+from visionrpc.runtime.repository import ModelRepository, scan_repository
 from visionrpc.settings import RuntimeSettings, Settings
 from visionrpc.types import Layout, Task
 
@@ -290,3 +290,10 @@ def test_lone_request_session_gives_the_same_outputs(tmp_path: Path) -> None:
     wide, narrow = model.run(batch, all_cores=True), model.run(batch)
     assert all(np.array_equal(a, b) for a, b in zip(wide, narrow, strict=True))
     assert OnnxModel(path, RuntimeSettings(device="cpu")).lone_session is None
+
+
+def test_a_model_name_ending_in_the_raw_suffix_is_refused(tmp_path: Path) -> None:
+    """``NAME.raw`` names a model's raw view over the Open Inference Protocol, never a model."""
+    detect_model(tmp_path / "parts.raw.onnx")
+    with pytest.raises(ModelLoadError, match=r"ends in '\.raw'.*rename it"):
+        scan_repository(tmp_path)

@@ -21,7 +21,7 @@ from tests.helpers import make_settings
 from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.local import ServerThread
-from visionrpc.server.oip_servicer import OpenInferenceServicer
+from visionrpc.server.oip import OpenInferenceServicer
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"

@@ -23,7 +23,7 @@ from visionrpc import __version__
 from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server import auth
 from visionrpc.server.inference_servicer import InferenceServicer
-from visionrpc.server.oip_servicer import OpenInferenceServicer
+from visionrpc.server.oip import OpenInferenceServicer
 from visionrpc.synthetic import generate_sample
 from visionrpc.v1 import grpc_service_pb2 as oip
 from visionrpc.v1 import grpc_service_pb2_grpc, inference_pb2_grpc

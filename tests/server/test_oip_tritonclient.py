@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import StartThreadedServer, make_settings
 from tests.server.test_inference_service import FOUND_SAMPLES, LOW_CONF, encode
 from visionrpc.server.inference_servicer import InferenceServicer
-from visionrpc.server.oip_servicer import OpenInferenceServicer
+from visionrpc.server.oip import OpenInferenceServicer
 from visionrpc.synthetic import generate_sample
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc

@@ -102,7 +102,7 @@ class Metered(Protocol):
 def default_services(settings: Settings) -> list[Service]:
     """Extra services ``visionrpc serve`` runs next to CoreServices (always included)."""
     from visionrpc.server.inference_servicer import InferenceServicer
-    from visionrpc.server.oip_servicer import OpenInferenceServicer
+    from visionrpc.server.oip import OpenInferenceServicer
 
     inference = InferenceServicer(settings)
     return [inference, OpenInferenceServicer(inference)]
