@@ -121,7 +121,11 @@ async def test_live_ready_and_model_ready(stubs: Stubs) -> None:
 
 async def test_server_metadata_lists_no_extension(stubs: Stubs) -> None:
     reply = await stubs.oip.ServerMetadata(oip.ServerMetadataRequest())
-    assert (reply.name, reply.version, list(reply.extensions)) == ("visionrpc", __version__, [])
+    assert (reply.name, reply.version, list(reply.extensions)) == (
+        "visionrpc",
+        __version__,
+        ["model_repository"],
+    )
 
 
 async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:

@@ -59,8 +59,10 @@ class ModelWatch:
         self._seen: dict[str, Signature | None] = {}  # a change seen once, not yet stable
 
     async def run(self) -> None:
-        """Poll until cancelled; the first poll only notes what is there."""
-        self._applied = await asyncio.to_thread(snapshot, self.directory)
+        """Poll until cancelled. The first look notes the files of the models being served; any
+        other model found then is new (added since the start-up) and is loaded like one."""
+        now = await asyncio.to_thread(snapshot, self.directory)
+        self._applied = {name: sig for name, sig in now.items() if name in self.control.repository}
         log.info("watching %s for model changes every %.3g s", self.directory, self.interval_s)
         while True:
             await asyncio.sleep(self.interval_s)

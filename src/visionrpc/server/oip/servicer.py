@@ -13,7 +13,7 @@ import grpc
 from visionrpc import __version__
 from visionrpc.errors import ModelNotFoundError, NotReadyError
 from visionrpc.server.inference_servicer import InferenceServicer
-from visionrpc.server.oip import vision
+from visionrpc.server.oip import repository, vision
 from visionrpc.server.oip.naming import parse_view
 from visionrpc.server.status import Context, map_errors
 from visionrpc.types import InferenceInput
@@ -22,7 +22,7 @@ from visionrpc.v1 import grpc_service_pb2_grpc
 
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("model_repository",)
 """The protocol extensions (Triton's names) this server implements, for ServerMetadata."""
 
 
@@ -123,6 +123,35 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=out_name, datatype=datatype, shape=array.shape)
             response.raw_output_contents.append(array.tobytes())
         return response
+
+    # -- model repository (load and unload need the "models" scope) ----------------------------
+
+    @map_errors
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: Context
+    ) -> oip.RepositoryIndexResponse:
+        models = self._inference.repository
+        repository.check_repository(request.repository_name, models.directory)
+        return repository.index(models.index(), ready_only=request.ready)
+
+    @map_errors
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: Context
+    ) -> oip.RepositoryModelLoadResponse:
+        """Load, or reload when loaded (zero-downtime): answers once the new version serves."""
+        repository.check_repository(request.repository_name, self._inference.repository.directory)
+        repository.check_load_parameters(request.parameters)
+        await self._inference.control.load(repository.model_name(request.model_name))
+        return oip.RepositoryModelLoadResponse()
+
+    @map_errors
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: Context
+    ) -> oip.RepositoryModelUnloadResponse:
+        repository.check_repository(request.repository_name, self._inference.repository.directory)
+        repository.check_unload_parameters(request.parameters)
+        await self._inference.control.unload(repository.model_name(request.model_name))
+        return oip.RepositoryModelUnloadResponse()
 
     def _version(self, name: str, version: str) -> tuple[str, str]:
         """The model's (name, version); ModelNotFoundError when this server does not hold it."""
