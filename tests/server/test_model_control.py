@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import shutil
 import threading
 import time
@@ -294,6 +295,39 @@ async def test_protocol_refuses_what_it_does_not_support(stubs: Stubs) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "send an empty repository_name or 'models'" in str(error.details())
     assert (await api.ModelReady(oip.ModelReadyRequest(name="defects"))).ready
+
+
+async def test_grpcurl_commands_of_the_readme(stubs: Stubs) -> None:
+    """The README's grpcurl lines, through reflection."""
+    from tests.server.test_grpcurl import grpcurl, ok
+
+    def call(method: str, body: str) -> Any:
+        return json.loads(ok(grpcurl("-plaintext", "-d", body, stubs.address, method)))
+
+    reloaded = await asyncio.to_thread(
+        call, "visionrpc.v1.InferenceMethods/ReloadModel", '{"name": "defects"}'
+    )
+    assert (reloaded["name"], reloaded["version"], reloaded["state"]) == (
+        "defects",
+        "1",
+        "MODEL_STATE_READY",
+    )
+    index = await asyncio.to_thread(call, "inference.GRPCInferenceService/RepositoryIndex", "{}")
+    assert [m["name"] for m in index["models"]] == ["defects", "defects.raw"]
+    await asyncio.to_thread(
+        call, "inference.GRPCInferenceService/RepositoryModelUnload", '{"model_name": "defects"}'
+    )
+    listed = await asyncio.to_thread(
+        call, "visionrpc.v1.InferenceMethods/ListModels", '{"include_unavailable": true}'
+    )
+    assert listed["models"] == [
+        {
+            "name": "defects",
+            "version": "1",
+            "state": "MODEL_STATE_UNAVAILABLE",
+            "state_reason": "unloaded by request",
+        }
+    ]
 
 
 # -- the scope -------------------------------------------------------------------------------------
