@@ -68,7 +68,7 @@ class ModelControl:
                 for listener in self.on_unloaded:
                     listener(old)
                 self._retire(old)
-            return self.repository.status(name)
+            return await asyncio.to_thread(self.repository.status, name)
 
     async def settled(self) -> None:
         """Wait until every replaced or unloaded version is retired."""

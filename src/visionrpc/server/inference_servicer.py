@@ -445,11 +445,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
     ) -> pb.ListModelsResponse:
         repository = self.repository
         models = [ModelInfoConverter.from_types(d) for d in repository.describe_all()]
-        if request.include_unavailable:
+        if request.include_unavailable:  # the index lists the directory: off the event loop
+            index = await asyncio.to_thread(repository.index)
             models += [
-                ModelInfoConverter.from_status(s)
-                for s in repository.index()
-                if s.state is not ModelState.READY
+                ModelInfoConverter.from_status(s) for s in index if s.state is not ModelState.READY
             ]
             models.sort(key=lambda m: m.name)
         return pb.ListModelsResponse(models=models, default_model=repository.default_name)

@@ -8,6 +8,8 @@ of Triton's service that is not defined here answers UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from visionrpc import __version__
@@ -132,7 +134,8 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> oip.RepositoryIndexResponse:
         models = self._inference.repository
         repository.check_repository(request.repository_name, models.directory)
-        return repository.index(models.index(), ready_only=request.ready)
+        statuses = await asyncio.to_thread(models.index)  # lists the directory
+        return repository.index(statuses, ready_only=request.ready)
 
     @map_errors
     async def RepositoryModelLoad(
