@@ -10,6 +10,9 @@
 #                                with metrics off and on side by side: images/s at c16, p50 at c1)
 #   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
 #                                images and model, and merge their rows into the same table
+#   bench/run.sh --statistics-cost  then print what ModelStatistics' per-model accounting costs per
+#                                request (bench/statistics_cost.py, ~1 min; also runs alone:
+#                                PYTHONPATH=src:. python -m bench.statistics_cost)
 # Extra arguments go to `python -m bench.harness` (run from any folder: PYTHONPATH is set here). Peer rows ($PEER_RESULTS, default
 # bench/peers/peers-results.json) are merged into the JSON and the Markdown when present.
 set -euo pipefail
@@ -24,8 +27,11 @@ json="$out/bench-$stamp.json"
 
 args=()
 with_peers=0
+statistics_cost=0
 for arg in "$@"; do
-  if [[ "$arg" == "--with-peers" ]]; then with_peers=1; else args+=("$arg"); fi
+  if [[ "$arg" == "--with-peers" ]]; then with_peers=1
+  elif [[ "$arg" == "--statistics-cost" ]]; then statistics_cost=1
+  else args+=("$arg"); fi
 done
 
 "${harness[@]}" --out "$json" ${args[@]+"${args[@]}"}
@@ -46,3 +52,6 @@ ln -sf "$(basename "$json")" "$out/latest.json"
 ln -sf "bench-$stamp.md" "$out/latest.md"
 echo "JSON: $json"
 echo "Markdown: $out/bench-$stamp.md"
+if [[ $statistics_cost == 1 ]]; then
+  "$root/.venv/bin/python" -m bench.statistics_cost
+fi

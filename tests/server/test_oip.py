@@ -119,13 +119,10 @@ async def test_live_ready_and_model_ready(stubs: Stubs) -> None:
     assert not (await stubs.oip.ModelReady(other)).ready
 
 
-async def test_server_metadata_lists_no_extension(stubs: Stubs) -> None:
+async def test_server_metadata_lists_the_extensions_implemented(stubs: Stubs) -> None:
     reply = await stubs.oip.ServerMetadata(oip.ServerMetadataRequest())
-    assert (reply.name, reply.version, list(reply.extensions)) == (
-        "visionrpc",
-        __version__,
-        ["model_repository"],
-    )
+    assert (reply.name, reply.version) == ("visionrpc", __version__)
+    assert {"parameters", "statistics", "model_repository"} <= set(reply.extensions)
 
 
 async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:
@@ -141,6 +138,9 @@ async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:
         ("SCORES", "FP32", [-1]),
         ("CLASS_IDS", "INT64", [-1]),
         ("IMAGE_INDEX", "INT64", [-1]),
+        ("MASKS", "BYTES", [-1]),
+        ("MASK_ORIGINS", "INT64", [-1, 2]),
+        ("RESULT", "BYTES", [-1]),
     ]
 
 
@@ -205,12 +205,6 @@ def unknown_parameter(model: str) -> oip.ModelInferRequest:
     return request
 
 
-def masks(model: str) -> oip.ModelInferRequest:
-    request = infer_request(model, JPEG_A)
-    request.parameters["masks"].bool_param = True
-    return request
-
-
 def not_an_image(model: str) -> oip.ModelInferRequest:
     return infer_request(model, b"not an image")
 
@@ -224,7 +218,6 @@ def not_an_image(model: str) -> oip.ModelInferRequest:
         (shape_mismatch, grpc.StatusCode.INVALID_ARGUMENT, ["'IMAGE'", "[2]", "1 image"]),
         (unknown_input, grpc.StatusCode.INVALID_ARGUMENT, ["'IMAGE'", "'images'"]),
         (unknown_parameter, grpc.StatusCode.INVALID_ARGUMENT, ["conf", "confidence"]),
-        (masks, grpc.StatusCode.INVALID_ARGUMENT, ["masks", "return_masks"]),
         (not_an_image, grpc.StatusCode.INVALID_ARGUMENT, ["image"]),
     ],
 )

@@ -40,6 +40,7 @@ from visionrpc.runtime.imaging import (
 )
 from visionrpc.runtime.masks import MaskEncoder
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
+from visionrpc.runtime.statistics import InferenceStatistics
 from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
 from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
@@ -204,10 +205,17 @@ class BatchRunner:
         if buffer is None:
             buffer = self._local.buffer = np.empty(self._shape, dtype=np.float32)
         n = len(items)
+        t0 = time.perf_counter()
         for i, item in enumerate(items):
             to_chw_float(item.canvas, out=buffer[i])
+        self._local.input_s = time.perf_counter() - t0
         outputs = self._model.run(buffer[:n])
         return [[out[i] for out in outputs] for i in range(n)]
+
+    @property
+    def input_seconds(self) -> float:
+        """How long this thread's last batch took to normalise into the input buffer."""
+        return float(getattr(self._local, "input_s", 0.0))
 
 
 class InferencePipeline:
@@ -231,6 +239,8 @@ class InferencePipeline:
         self._decoding = ClientSlots(settings.fairness.decodes_per_client)
         self._closed = False
         self.stops: Counter[str] = Counter()  # requests stopped early, per stage boundary
+        self.statistics = InferenceStatistics()
+        """Triton's per-model statistics, fed for every request (ModelStatistics reads them)."""
         self.on_batch: Callable[[str, int], None] | None = None
         """Told (model, images) after each model call, in the instance's thread (so it must be
         thread-safe); set before serving."""
@@ -248,15 +258,23 @@ class InferencePipeline:
         start = time.perf_counter()
         deadline = self._start_deadline(deadline)
         model = self.repository.get(item.options.model)
-        options = resolve_options(item.options, model)
-        check_limits(options, self.settings.limits)
         self._hold(model)
         try:
-            return self._run_alone(item, model, options, start, deadline, all_cores=True)
+            options = resolve_options(item.options, model)
+            check_limits(options, self.settings.limits)
+            result = self._run_alone(item, model, options, start, deadline, all_cores=True)
+        except BaseException:
+            self._failed(model, start)
+            raise
         finally:
             self._let_go(model)
             if self._trim_pending:
                 self._trim()
+        self.statistics.succeeded(model.name, model.config.version, result.timings)
+        return result
+
+    def _failed(self, model: LoadedModel, start: float) -> None:
+        self.statistics.failed(model.name, model.config.version, time.perf_counter() - start)
 
     def _start_deadline(self, deadline: Deadline | None) -> Deadline:
         deadline = deadline or Deadline()
@@ -283,13 +301,27 @@ class InferencePipeline:
         prepared = self._prepare(item, model, deadline)
         deadline.check("before the model call")
         t0 = time.perf_counter()
-        outputs = model.onnx.run(to_chw_float(prepared.canvas)[None], all_cores=all_cores)
-        inference_ms = _ms_since(t0)
+        tensor = to_chw_float(prepared.canvas)[None]
+        t1 = time.perf_counter()
+        outputs = model.onnx.run(tensor, all_cores=all_cores)
+        t2 = time.perf_counter()
         if self.on_batch is not None:
             self.on_batch(model.name, 1)
-        return self._finish(
-            item, model, options, prepared, [o[0] for o in outputs], inference_ms, queue_ms, start
-        )
+        try:
+            return self._finish(
+                item,
+                model,
+                options,
+                prepared,
+                [o[0] for o in outputs],
+                (t2 - t0) * 1000,
+                queue_ms,
+                start,
+            )
+        finally:
+            self.statistics.executed(
+                model.name, model.config.version, 1, t1 - t0, t2 - t1, time.perf_counter() - t2
+            )
 
     async def infer(
         self, item: InferenceInput, deadline: Deadline | None = None, client: str = ""
@@ -302,8 +334,24 @@ class InferencePipeline:
         """
         start = time.perf_counter()
         deadline = self._start_deadline(deadline)
-        loop = asyncio.get_running_loop()
         model = self.repository.get(item.options.model)
+        try:
+            result = await self._infer(item, model, start, deadline, client)
+        except BaseException:
+            self._failed(model, start)
+            raise
+        self.statistics.succeeded(model.name, model.config.version, result.timings)
+        return result
+
+    async def _infer(
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        start: float,
+        deadline: Deadline,
+        client: str,
+    ) -> InferenceResult:
+        loop = asyncio.get_running_loop()
         options = resolve_options(item.options, model)
         check_limits(options, self.settings.limits)
         batcher = self._batcher(model, loop)
@@ -475,7 +523,8 @@ class InferencePipeline:
         if live:
             t0 = time.perf_counter()
             outputs = runner([jobs[i].prepared for i in live])
-            run_ms = _ms_since(t0)
+            t1 = time.perf_counter()
+            run_ms = (t1 - t0) * 1000
             if self.on_batch is not None:
                 self.on_batch(model.name, len(live))
             for i, out in zip(live, outputs, strict=True):
@@ -486,6 +535,15 @@ class InferencePipeline:
                     )
                 except Exception as exc:  # one job's failure is its own
                     outcomes[i] = exc
+            input_s = runner.input_seconds
+            self.statistics.executed(
+                model.name,
+                model.config.version,
+                len(live),
+                input_s,
+                t1 - t0 - input_s,
+                time.perf_counter() - t1,
+            )
         return [outcomes[i] for i in range(len(jobs))]
 
     def _prepare(

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from visionrpc.errors import InvalidInputError, NotReadyError
+from visionrpc.errors import NotReadyError
 from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.control import ModelControl
 from visionrpc.runtime.fairness import ClientSlots
@@ -28,11 +25,10 @@ from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.watch import ModelWatch
 from visionrpc.server.correlation import REQUEST_ID, new_request_id
-from visionrpc.server.decoding import UndecodableMessageError
-from visionrpc.server.drain import DrainingError
 from visionrpc.server.fairness import client_key, in_flight_refusal
-from visionrpc.server.status import Context, abort_with, log_unexpected, map_errors, rich_status
-from visionrpc.settings import DrainSettings, Settings
+from visionrpc.server.status import Context, map_errors, rich_status
+from visionrpc.server.streams import FrameHandler, StreamLimits, serve_frames
+from visionrpc.settings import Settings
 from visionrpc.types import InferenceInput, InferenceResult, ModelState
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
@@ -51,124 +47,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["InferenceMethods"].full_name
 
-
-@dataclass(frozen=True)
-class _EndOfStream:
-    """What the reader puts last: the exception that stopped reading, if any."""
-
-    error: BaseException | None = None
-
-
-class _FrameReader:
-    """Reads an InferStream's frames into a bounded queue of answer tasks, then puts the end.
-
-    Reading stops at the end of the stream, when the stream breaks, or, once the server drains,
-    when no frame arrives for ``drain.stream_frame_wait_ms`` (frames the client sent before the
-    signal are in transport buffers and arrive at once) or ``drain.stream_read_s`` has passed.
-    """
-
-    def __init__(
-        self,
-        frames: AsyncIterator[pb.InferRequest],
-        answer: Callable[[pb.InferRequest], Coroutine[Any, Any, pb.InferResponse]],
-        window: int,
-        slots: ClientSlots,
-        client: str,
-    ) -> None:
-        self.pending: asyncio.Queue[asyncio.Task[pb.InferResponse] | _EndOfStream] = asyncio.Queue(
-            window
-        )
-        self.count = 0
-        self._frames = frames
-        self._answer = answer
-        self._slots = slots  # the client's in-flight slots, shared by all its calls and streams
-        self._client = client
-        self._waiting_since: float | None = None
-        """Loop time the reader began waiting for the next frame; None while it is not waiting
-        (answering, or held back by the window)."""
-        self._stop_at: float | None = None
-        """Loop time after which the reader reads no further frame (set when the drain starts)."""
-
-    async def run(self, draining: asyncio.Event, settings: DrainSettings) -> None:
-        reading = asyncio.create_task(self._read())
-        drain = asyncio.create_task(draining.wait())
-        try:
-            await asyncio.wait((reading, drain), return_when=asyncio.FIRST_COMPLETED)
-            if not reading.done():
-                await self._read_until_quiet(reading, settings)
-        finally:
-            drain.cancel()
-            reading.cancel()
-        if reading.cancelled():  # stopped by the drain
-            end = _EndOfStream(DrainingError(self._drained_message()))
-        else:
-            end = _EndOfStream(reading.result())
-        await self.pending.put(end)
-
-    async def _read(self) -> BaseException | None:
-        """Read until the stream ends; the error that ended reading early, if any.
-
-        Each frame takes one of its client's in-flight slots before it is read, so nothing is read
-        that could not be worked on; the slot is freed when the frame's answer is done.
-        """
-        loop = asyncio.get_running_loop()
-        frames = aiter(self._frames)
-        slots, client = self._slots, self._client
-
-        def release(_: object) -> None:
-            slots.release(client)
-
-        try:
-            while True:
-                await slots.acquire(client)
-                self._waiting_since = loop.time()
-                try:
-                    request = await anext(frames)
-                except BaseException:
-                    slots.release(client)
-                    raise
-                finally:
-                    self._waiting_since = None
-                self.count += 1
-                task = asyncio.create_task(self._answer(request))
-                task.add_done_callback(release)
-                try:
-                    await self.pending.put(task)
-                except asyncio.CancelledError:
-                    task.cancel()
-                    raise
-                if self._stop_at is not None and loop.time() >= self._stop_at:
-                    return DrainingError(self._drained_message())
-        except StopAsyncIteration:
-            return None
-        except (DecodeError, UndecodableMessageError):
-            return InvalidInputError(
-                f"frame {self.count + 1} of the stream is not an InferRequest; the "
-                f"{self.count} frame(s) before it were answered"
-            )
-        except Exception as exc:  # the stream itself broke: end the call with a status
-            return exc
-
-    async def _read_until_quiet(self, reading: asyncio.Task[Any], settings: DrainSettings) -> None:
-        """While draining: stop ``reading`` once it has waited ``stream_frame_wait_ms`` for a
-        frame, or once ``stream_read_s`` has passed and it would read the next one."""
-        loop = asyncio.get_running_loop()
-        quiet_s = settings.stream_frame_wait_ms / 1000
-        deadline = self._stop_at = loop.time() + settings.stream_read_s
-        while not reading.done():
-            since, now = self._waiting_since, loop.time()
-            if since is not None and (now - since >= quiet_s or now >= deadline):
-                reading.cancel()
-                await asyncio.wait((reading,))
-                return
-            next_check = quiet_s if since is None else min(since + quiet_s, deadline) - now
-            await asyncio.wait((reading,), timeout=max(next_check, 0.001))
-
-    def _drained_message(self) -> str:
-        return (
-            f"server is draining (shutting down): the {self.count} frame(s) it read from this "
-            "stream were answered; send the frames after them to another server"
-        )
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 def _given(item: InferenceInput) -> Callable[[], InferenceInput]:
@@ -192,6 +72,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
         self._meter: InferenceMeter | None = None
         self._tracing: Tracing | None = None
+        self._frames: FrameHandler[pb.InferRequest, pb.InferResponse] = FrameHandler(
+            request_type="InferRequest",
+            span_name="InferStream frame",
+            answer=self._infer,
+            failed=lambda request, exc: pb.InferResponse(
+                request_id=request.request_id, error=rich_status(exc)
+            ),
+            request_id=lambda response: response.request_id,
+        )
+        """How InferStream answers a frame: its error travels in the frame's ``error``."""
 
     def use_metrics(self, metrics: ServerMetrics) -> None:
         """Count this service's requests per model in ``metrics`` (before ``start``)."""
@@ -349,14 +239,37 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
                 self._meter.failed(self._meter.begin(model), refusal)
             raise refusal
         try:
-            deadline = self._deadline(context)
-            return list(
-                await asyncio.gather(
-                    *(self._run(i.options.model, _given(i), deadline, client) for i in items)
-                )
-            )
+            return await self.run_all(items, self._deadline(context), client)
         finally:
             self._in_flight.release(client)
+
+    async def run_all(
+        self, items: Sequence[InferenceInput], deadline: Deadline, client: str
+    ) -> list[InferenceResult]:
+        """Several inputs side by side, each counted and traced like one Infer, for a caller that
+        holds the client's in-flight slot already (a stream frame)."""
+        return list(
+            await asyncio.gather(
+                *(self._run(i.options.model, _given(i), deadline, client) for i in items)
+            )
+        )
+
+    def serve_stream(
+        self, frames: AsyncIterator[Req], context: Context, handler: FrameHandler[Req, Resp]
+    ) -> AsyncIterator[Resp]:
+        """Answer a bidirectional stream's frames with ``handler`` under this service's limits:
+        ``stream_window``, the per-client in-flight slots, the drain (see ``server.streams``)."""
+        return serve_frames(
+            frames,
+            handler,
+            context=context,
+            stream_deadline=self._deadline(context),
+            client=client_key(context),
+            limits=StreamLimits(
+                self.settings.stream_window, self._in_flight, self._draining, self.settings.drain
+            ),
+            tracing=self._tracing,
+        )
 
     @staticmethod
     def _deadline(context: Context) -> Deadline:
@@ -379,65 +292,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         finally:
             self._in_flight.release(client)
 
-    async def _infer_frame(
-        self, request: pb.InferRequest, stream: Deadline, client: str
-    ) -> pb.InferResponse:
-        """One stream frame: a failure becomes this frame's ``error``, not the stream's.
-
-        The error carries the same ``google.rpc`` details a failed Infer call would.
-        """
-        try:
-            deadline = Deadline(stream.caller_at)
-            if stream.cancelled:
-                deadline.cancel()
-            return await self._infer(request, deadline, client)
-        except Exception as exc:
-            log_unexpected(exc, "InferStream frame failed")
-            return pb.InferResponse(request_id=request.request_id, error=rich_status(exc))
-
     async def InferStream(
         self, request_iterator: AsyncIterator[pb.InferRequest], context: Context
     ) -> AsyncIterator[pb.InferResponse]:
-        """Frames in, results out in order, at most ``stream_window`` frames in flight.
-
-        When the window is full, or the client already has ``fairness.max_in_flight_per_client``
-        calls and frames in work across all its streams, the reader stops pulling from the stream
-        and HTTP/2 flow control pushes back on a producer that is too fast: a client with many
-        streams gets its frames served in turn, not refused, and never holds more than its share.
-        When reading fails (a frame that does not parse, a client that gives up half-way), the
-        frames already read are still answered, then the call ends with a status at once instead
-        of waiting for its deadline. When the server drains, reading stops once the frames already
-        sent are read (see ``_FrameReader``), every frame read is answered, and the call ends
-        UNAVAILABLE saying how many were answered.
-        """
-        stream_deadline = self._deadline(context)
-        client = client_key(context)
-        answer = (
-            self._infer_frame if self._tracing is None else self._tracing.frame(self._infer_frame)
-        )
-        reader = _FrameReader(
-            request_iterator,
-            functools.partial(answer, stream=stream_deadline, client=client),
-            self.settings.stream_window,
-            self._in_flight,
-            client,
-        )
-        pending = reader.pending
-        reading = asyncio.create_task(reader.run(self._draining, self.settings.drain))
-        try:
-            while not isinstance(item := await pending.get(), _EndOfStream):
-                yield await item
-            if item.error is not None:
-                log_unexpected(item.error)
-                await abort_with(context, item.error)
-        finally:
-            reading.cancel()
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if isinstance(leftover, asyncio.Task):
-                    leftover.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
+        """Frames in, results out in order, at most ``stream_window`` frames in flight; a failed
+        frame is answered with its ``error`` (the same ``google.rpc`` details a failed Infer call
+        would carry) and the stream goes on. See ``server.streams`` for reading, back-pressure
+        and the drain."""
+        async for response in self.serve_stream(request_iterator, context, self._frames):
+            yield response
 
     @map_errors
     async def ListModels(

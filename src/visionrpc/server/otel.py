@@ -4,7 +4,8 @@
   with the ``rpc.*`` attributes of the semantic conventions and the final status: ERROR, with
   the code name and message, for every code other than OK (as OpenTelemetry's own gRPC
   instrumentation does). It continues the caller's trace from ``traceparent`` metadata.
-- One ``InferStream frame`` span per stream frame, a child of the stream's span.
+- One ``InferStream frame`` (or ``ModelStreamInfer frame``) span per stream frame, a child of the
+  stream's span.
 - Under the call's (or frame's) span, one span per inference stage: decode, preprocess, queue,
   inference, postprocess, with the model's name and version.
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, ParamSpec
+from types import TracebackType
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
@@ -36,12 +38,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvid
 from visionrpc import __version__
 from visionrpc.server.correlation import REQUEST_ID, TRACE_ID
 from visionrpc.server.interceptors import Behavior, _final_code, _observe
+from visionrpc.server.status import status_for
 from visionrpc.server.tracing import TracingConfigError
 from visionrpc.types import InferenceResult
-from visionrpc.v1 import inference_pb2 as pb
-from visionrpc.wire.codes import code_name
-
-P = ParamSpec("P")
 
 STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")
 """Stage spans, in the order they are laid out (that of a request that waited in the queue)."""
@@ -139,24 +138,39 @@ class Tracing:
             span.end(end_time=end)
             end = begin
 
-    def frame(
-        self, answer: Callable[P, Awaitable[pb.InferResponse]]
-    ) -> Callable[P, Coroutine[Any, Any, pb.InferResponse]]:
-        """``answer`` (one InferStream frame) run in a span of its own; a frame answered with an
-        error gets ERROR status, like a failed call."""
-        tracer = self._tracer
+    def frame_span(self, name: str) -> _FrameSpan:
+        """A span of its own for one stream frame (``server.streams``), current while the frame
+        is answered; a frame answered with an error gets ERROR status, like a failed call."""
+        return _FrameSpan(self._tracer, name)
 
-        async def traced(*args: P.args, **kwargs: P.kwargs) -> pb.InferResponse:
-            with tracer.start_as_current_span(FRAME_SPAN) as span:
-                response = await answer(*args, **kwargs)
-                if response.request_id:
-                    span.set_attribute(REQUEST_ID_ATTRIBUTE, response.request_id)
-                if response.HasField("error"):
-                    code = code_name(response.error.code)
-                    span.set_status(Status(StatusCode.ERROR, f"{code}: {response.error.message}"))
-                return response
 
-        return traced
+class _FrameSpan:
+    """One stream frame's span (a ``server.streams.FrameSpan``)."""
+
+    def __init__(self, tracer: trace.Tracer, name: str) -> None:
+        self._manager = tracer.start_as_current_span(name)
+        self._span: Span = trace.INVALID_SPAN
+
+    def __enter__(self) -> _FrameSpan:
+        self._span = self._manager.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._manager.__exit__(kind, error, traceback)
+
+    def answered(self, request_id: str) -> None:
+        if request_id:
+            self._span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+    def failed(self, request_id: str, error: Exception) -> None:
+        self.answered(request_id)
+        code, message = status_for(error)
+        self._span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}"))
 
 
 def provider_from_environment() -> SdkTracerProvider:

@@ -64,6 +64,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
@@ -126,6 +136,21 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStreamInfer(self, request_iterator, context):
+        """Requests in, one response each, in request order; a failed request is answered with its
+        error_message and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """Cumulative counts and durations per model and version (empty name: every model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Every model of the repository with its state, NAME and NAME.raw (the model_repository
         extension).
@@ -180,6 +205,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -359,6 +394,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            visionrpc_dot_v1_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            visionrpc_dot_v1_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,12 @@ class GRPCInferenceServiceStub:
     """A model's versions, platform, inputs and outputs."""
     ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
     """One inference request."""
+    ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]
+    """Requests in, one response each, in request order; a failed request is answered with its
+    error_message and the stream goes on.
+    """
+    ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
+    """Cumulative counts and durations per model and version (empty name: every model)."""
     RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]
     """Every model of the repository with its state, NAME and NAME.raw (the model_repository
     extension).
@@ -76,6 +82,12 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """A model's versions, platform, inputs and outputs."""
     ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
     """One inference request."""
+    ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
+    """Requests in, one response each, in request order; a failed request is answered with its
+    error_message and the stream goes on.
+    """
+    ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
+    """Cumulative counts and durations per model and version (empty name: every model)."""
     RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
     """Every model of the repository with its state, NAME and NAME.raw (the model_repository
     extension).
@@ -133,6 +145,24 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]:
         """One inference request."""
+
+    @_abc_1.abstractmethod
+    def ModelStreamInfer(
+        self,
+        request_iterator: _MaybeAsyncIterator[_grpc_service_pb2.ModelInferRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_grpc_service_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_grpc_service_pb2.ModelStreamInferResponse]]:
+        """Requests in, one response each, in request order; a failed request is answered with its
+        error_message and the stream goes on.
+        """
+
+    @_abc_1.abstractmethod
+    def ModelStatistics(
+        self,
+        request: _grpc_service_pb2.ModelStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelStatisticsResponse, _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]]:
+        """Cumulative counts and durations per model and version (empty name: every model)."""
 
     @_abc_1.abstractmethod
     def RepositoryIndex(

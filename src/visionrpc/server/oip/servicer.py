@@ -9,22 +9,31 @@ of Triton's service that is not defined here answers UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
 from visionrpc import __version__
-from visionrpc.errors import ModelNotFoundError, NotReadyError
+from visionrpc.errors import InvalidInputError, ModelNotFoundError, NotReadyError
+from visionrpc.runtime.budget import Deadline
+from visionrpc.server.correlation import REQUEST_ID
 from visionrpc.server.inference_servicer import InferenceServicer
-from visionrpc.server.oip import repository, vision
+from visionrpc.server.oip import repository as model_repository
+from visionrpc.server.oip import statistics, vision
 from visionrpc.server.oip.naming import parse_view
-from visionrpc.server.status import Context, map_errors
-from visionrpc.types import InferenceInput
+from visionrpc.server.status import Context, map_errors, status_for
+from visionrpc.server.streams import FrameHandler
+from visionrpc.types import InferenceInput, InferenceResult
 from visionrpc.v1 import grpc_service_pb2 as oip
 from visionrpc.v1 import grpc_service_pb2_grpc
 
+RunInputs = Callable[[Sequence[InferenceInput]], Awaitable[list[InferenceResult]]]
+"""How a request's images run: a ModelInfer call takes an in-flight slot for them, a stream
+request already holds one."""
+
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-EXTENSIONS: tuple[str, ...] = ("model_repository",)
+EXTENSIONS: tuple[str, ...] = ("parameters", "statistics", "model_repository")
 """The protocol extensions (Triton's names) this server implements, for ServerMetadata."""
 
 
@@ -35,6 +44,15 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, inference: InferenceServicer) -> None:
         self._inference = inference
+        self._frames: FrameHandler[oip.ModelInferRequest, oip.ModelStreamInferResponse] = (
+            FrameHandler(
+                request_type="ModelInferRequest",
+                span_name="ModelStreamInfer frame",
+                answer=self._stream_frame,
+                failed=_failed_frame,
+                request_id=lambda response: response.infer_response.id,
+            )
+        )
 
     # -- lifecycle (server.app.Service): the InferenceServicer loads and closes the models ------
 
@@ -89,13 +107,14 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelMetadataRequest, context: Context
     ) -> oip.ModelMetadataResponse:
         name, version = self._version(request.name, request.version)
+        task = self._inference.repository.describe(name).task
         tensor = oip.ModelMetadataResponse.TensorMetadata
         return oip.ModelMetadataResponse(
             name=name,
             versions=[version],
             platform=vision.PLATFORM,
             inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.INPUTS],
-            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.OUTPUTS],
+            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.outputs(task)],
         )
 
     # -- inference -------------------------------------------------------------------------------
@@ -104,26 +123,68 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
-        return await self._vision_infer(request, context)
+        return await self._vision_infer(
+            request, lambda items: self._inference.infer_all(items, context)
+        )
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[oip.ModelInferRequest], context: Context
+    ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        """Requests in, answers out in request order, under the typed InferStream's limits and
+        drain (``server.streams``). A request that fails is answered with ``error_message`` and
+        only its id in ``infer_response``, as Triton does, and the stream goes on."""
+        async for response in self._inference.serve_stream(request_iterator, context, self._frames):
+            yield response
+
+    async def _stream_frame(
+        self, request: oip.ModelInferRequest, deadline: Deadline, client: str
+    ) -> oip.ModelStreamInferResponse:
+        """One stream request; the stream already holds the client's in-flight slot for it."""
+        if request.id:
+            REQUEST_ID.set(request.id)  # for the log lines of this frame's task
+        response = await self._vision_infer(
+            request, lambda items: self._inference.run_all(items, deadline, client)
+        )
+        return oip.ModelStreamInferResponse(infer_response=response)
 
     async def _vision_infer(
-        self, request: oip.ModelInferRequest, context: Context
+        self, request: oip.ModelInferRequest, run: RunInputs
     ) -> oip.ModelInferResponse:
         name, version = self._version(request.model_name, request.model_version)
-        images = vision.images(request)
-        wanted = vision.requested_outputs(request)
-        options = vision.options(request, name)
-        results = await self._inference.infer_all(
-            [InferenceInput(options=options, image_bytes=image) for image in images], context
-        )
-        tensors = vision.output_tensors(results)
+        task = self._inference.repository.describe(name).task
+        wanted = vision.read(request, name, task)
+        results = await run(wanted.inputs())
         response = oip.ModelInferResponse(model_name=name, model_version=version, id=request.id)
-        for out_name, datatype, _ in vision.OUTPUTS:
-            if wanted and out_name not in wanted:
-                continue
-            array = tensors[out_name]
-            response.outputs.add(name=out_name, datatype=datatype, shape=array.shape)
-            response.raw_output_contents.append(array.tobytes())
+        for out_name, datatype, shape, raw in vision.output_tensors(results, wanted.outputs):
+            response.outputs.add(name=out_name, datatype=datatype, shape=shape)
+            response.raw_output_contents.append(raw)
+        return response
+
+    # -- statistics ------------------------------------------------------------------------------
+
+    @map_errors
+    async def ModelStatistics(
+        self, request: oip.ModelStatisticsRequest, context: Context
+    ) -> oip.ModelStatisticsResponse:
+        """Per model version, what the pipeline counted for every request (both APIs)."""
+        repository = self._inference.repository
+        if request.name:
+            models = [self._version(request.name, request.version)]
+        elif request.version:
+            raise InvalidInputError(
+                f"version {request.version!r} given without a model name; name the model, or "
+                "leave both empty for every model",
+                field="version",
+            )
+        else:
+            models = [(d.name, d.version) for d in repository.describe_all()]
+        counted = self._inference.pipeline.statistics
+        response = oip.ModelStatisticsResponse()
+        for name, version in models:
+            # a model's views share its loaded model, so they report the same figures
+            message = statistics.to_message(counted.snapshot(parse_view(name).model, version))
+            message.name = name
+            response.model_stats.append(message)
         return response
 
     # -- model repository (load and unload need the "models" scope) ----------------------------
@@ -133,27 +194,31 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: oip.RepositoryIndexRequest, context: Context
     ) -> oip.RepositoryIndexResponse:
         models = self._inference.repository
-        repository.check_repository(request.repository_name, models.directory)
+        model_repository.check_repository(request.repository_name, models.directory)
         statuses = await asyncio.to_thread(models.index)  # lists the directory
-        return repository.index(statuses, ready_only=request.ready)
+        return model_repository.index(statuses, ready_only=request.ready)
 
     @map_errors
     async def RepositoryModelLoad(
         self, request: oip.RepositoryModelLoadRequest, context: Context
     ) -> oip.RepositoryModelLoadResponse:
         """Load, or reload when loaded (zero-downtime): answers once the new version serves."""
-        repository.check_repository(request.repository_name, self._inference.repository.directory)
-        repository.check_load_parameters(request.parameters)
-        await self._inference.control.load(repository.model_name(request.model_name))
+        model_repository.check_repository(
+            request.repository_name, self._inference.repository.directory
+        )
+        model_repository.check_load_parameters(request.parameters)
+        await self._inference.control.load(model_repository.model_name(request.model_name))
         return oip.RepositoryModelLoadResponse()
 
     @map_errors
     async def RepositoryModelUnload(
         self, request: oip.RepositoryModelUnloadRequest, context: Context
     ) -> oip.RepositoryModelUnloadResponse:
-        repository.check_repository(request.repository_name, self._inference.repository.directory)
-        repository.check_unload_parameters(request.parameters)
-        await self._inference.control.unload(repository.model_name(request.model_name))
+        model_repository.check_repository(
+            request.repository_name, self._inference.repository.directory
+        )
+        model_repository.check_unload_parameters(request.parameters)
+        await self._inference.control.unload(model_repository.model_name(request.model_name))
         return oip.RepositoryModelUnloadResponse()
 
     def _version(self, name: str, version: str) -> tuple[str, str]:
@@ -170,3 +235,11 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 "leave the version empty or ask for that one"
             )
         return described.name, described.version
+
+
+def _failed_frame(request: oip.ModelInferRequest, error: Exception) -> oip.ModelStreamInferResponse:
+    """A failed stream request's answer: the message a ModelInfer call would get as its status,
+    and the request's id so the client can tell which one failed."""
+    return oip.ModelStreamInferResponse(
+        error_message=status_for(error)[1], infer_response=oip.ModelInferResponse(id=request.id)
+    )

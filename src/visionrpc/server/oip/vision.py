@@ -2,35 +2,92 @@
 
 Requests name the model itself (``defects``); see :mod:`visionrpc.server.oip.naming` for the raw
 view. Outputs hold one row per detection of all the request's images together; ``IMAGE_INDEX``
-says which image each row belongs to.
+says which image each row belongs to. Two kinds of output are opt-in, so the default answer pays
+for neither:
+
+- ``MASKS`` and ``MASK_ORIGINS`` (segmentation models, with the request parameter ``masks``): each
+  detection's mask as an 8-bit PNG of its box region (0 or 255), the same bytes as the typed API's
+  ``MASK_FORMAT_PNG``, placed in the image at ``MASK_ORIGINS`` (x, y of its top-left pixel). Any
+  image library decodes it and its size follows the box, where COCO RLE would need pycocotools
+  and an image size per image.
+- ``RESULT`` (only when the request names it in ``outputs``): per image, the serialized
+  ``visionrpc.v1.InferResponse`` that the typed Infer returns (defect summaries, timings, masks
+  in PNG when ``masks`` is set), for a client that wants the typed result over this protocol.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from visionrpc.errors import InvalidInputError
-from visionrpc.server.oip.tensors import number, parameter, unframe
-from visionrpc.types import InferenceOptions, InferenceResult
+from visionrpc.server.oip.tensors import frame, number, parameter, unframe
+from visionrpc.types import InferenceInput, InferenceOptions, InferenceResult, MaskFormat, Task
 from visionrpc.v1 import grpc_service_pb2 as oip
+from visionrpc.wire.converters import InferResponseConverter
+
+TensorSpec = tuple[str, str, tuple[int, ...]]
+"""A tensor's name, datatype and shape (-1: variable), as ModelMetadata lists it."""
 
 IMAGE = "IMAGE"
 """The vision view's one input: encoded images (JPEG, PNG, ...) as a BYTES tensor of shape [n]."""
 
-INPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = ((IMAGE, "BYTES", (-1,)),)
-OUTPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+INPUTS: tuple[TensorSpec, ...] = ((IMAGE, "BYTES", (-1,)),)
+DETECTIONS: tuple[TensorSpec, ...] = (
     ("BOXES", "FP32", (-1, 4)),  # x_min, y_min, x_max, y_max in the original image's pixels
     ("SCORES", "FP32", (-1,)),
     ("CLASS_IDS", "INT64", (-1,)),
     ("IMAGE_INDEX", "INT64", (-1,)),  # which element of IMAGE each detection was found in
 )
-"""The vision view's outputs, one row per detection of all images of the request together."""
+"""The outputs every answer has, one row per detection of all images of the request together."""
+MASKS = "MASKS"
+MASK_ORIGINS = "MASK_ORIGINS"
+MASK_OUTPUTS: tuple[TensorSpec, ...] = (
+    (MASKS, "BYTES", (-1,)),  # per detection: PNG of its box region, 0 or 255
+    (MASK_ORIGINS, "INT64", (-1, 2)),  # per detection: x, y of that PNG's top-left pixel
+)
+"""With the parameter ``masks`` (segmentation models only)."""
+RESULT = "RESULT"
+RESULT_OUTPUT: TensorSpec = (RESULT, "BYTES", (-1,))
+"""Per image, a serialized visionrpc.v1.InferResponse; only when the request names it."""
 
 PLATFORM = "visionrpc_vision"
 
 PARAMETERS = ("confidence", "iou", "max_detections", "classes", "masks")
 """Request parameters of ModelInfer: ``classes`` is a comma-separated string of class names;
-``masks`` (bool) is refused when true, as masks are not in this slice."""
+``masks`` (bool) adds MASKS and MASK_ORIGINS (segmentation models)."""
+
+
+def outputs(task: Task) -> tuple[TensorSpec, ...]:
+    """Every output a model of ``task`` can answer with (what ModelMetadata lists)."""
+    masks = MASK_OUTPUTS if task is Task.SEGMENT else ()
+    return (*DETECTIONS, *masks, RESULT_OUTPUT)
+
+
+@dataclass(frozen=True)
+class VisionRequest:
+    """A ModelInferRequest read for the runtime: its images, options and the outputs to send."""
+
+    images: list[bytes]
+    options: InferenceOptions
+    outputs: tuple[TensorSpec, ...]
+    request_id: str
+
+    def inputs(self) -> list[InferenceInput]:
+        return [
+            InferenceInput(options=self.options, image_bytes=image, request_id=self.request_id)
+            for image in self.images
+        ]
+
+
+def read(request: oip.ModelInferRequest, model: str, task: Task) -> VisionRequest:
+    """Check and read ``request`` for ``model`` (a model of ``task``)."""
+    images_ = images(request)
+    options_ = options(request, model, task)
+    return VisionRequest(
+        images_, options_, requested_outputs(request, task, options_.return_masks), request.id
+    )
 
 
 def images(request: oip.ModelInferRequest) -> list[bytes]:
@@ -78,21 +135,36 @@ def images(request: oip.ModelInferRequest) -> list[bytes]:
     return found
 
 
-def requested_outputs(request: oip.ModelInferRequest) -> set[str]:
-    """The outputs the request names (empty: all of them); an unknown name is refused."""
-    known = {name for name, _, _ in OUTPUTS}
+def requested_outputs(
+    request: oip.ModelInferRequest, task: Task, masks: bool
+) -> tuple[TensorSpec, ...]:
+    """The outputs to send, in ModelMetadata's order. None named: the detections, and the masks
+    when ``masks`` is set. A name the model does not have, or a mask output without ``masks``,
+    is refused."""
+    available = outputs(task)
+    known = {name for name, _, _ in available}
     wanted = {o.name for o in request.outputs}
     unknown = sorted(wanted - known)
     if unknown:
+        no_masks = " (it only detects: no masks)" if task is Task.DETECT else ""
         raise InvalidInputError(
-            f"unknown output(s) {', '.join(unknown)}; the vision view has "
-            f"{', '.join(n for n, _, _ in OUTPUTS)}",
+            f"unknown output(s) {', '.join(unknown)}; the vision view of model "
+            f"{request.model_name!r}{no_masks} has {', '.join(n for n, _, _ in available)}",
             field="outputs",
         )
-    return wanted
+    mask_names = {name for name, _, _ in MASK_OUTPUTS}
+    if not masks and wanted & mask_names:
+        raise InvalidInputError(
+            f"output(s) {', '.join(sorted(wanted & mask_names))} need the parameter 'masks' "
+            "set to true (bool_param)",
+            field="outputs",
+        )
+    if not wanted:
+        wanted = {name for name, _, _ in DETECTIONS} | (mask_names if masks else set())
+    return tuple(spec for spec in available if spec[0] in wanted)
 
 
-def options(request: oip.ModelInferRequest, model: str) -> InferenceOptions:
+def options(request: oip.ModelInferRequest, model: str, task: Task) -> InferenceOptions:
     """The request's parameters as the runtime's options; unknown or mistyped ones are refused."""
     params = request.parameters
     unknown = sorted(set(params) - set(PARAMETERS))
@@ -113,10 +185,10 @@ def options(request: oip.ModelInferRequest, model: str) -> InferenceOptions:
     masks = parameter(params, "masks")
     if masks is not None and not isinstance(masks, bool):
         raise InvalidInputError("parameter 'masks' must be a bool_param", field="parameters")
-    if masks:
+    if masks and task is not Task.SEGMENT:
         raise InvalidInputError(
-            "masks are not served over the Open Inference Protocol yet; ask the typed "
-            "visionrpc.v1.InferenceMethods/Infer with return_masks",
+            f"parameter 'masks' is true but model {model!r} only detects (no masks); "
+            "leave masks unset or ask a segmentation model",
             field="parameters",
         )
     return InferenceOptions(
@@ -125,11 +197,41 @@ def options(request: oip.ModelInferRequest, model: str) -> InferenceOptions:
         iou_threshold=number(params, "iou"),
         max_detections=None if max_detections is None else int(max_detections),
         classes=tuple(c.strip() for c in (classes or "").split(",") if c.strip()),
+        return_masks=bool(masks),
+        mask_format=MaskFormat.PNG,
     )
 
 
-def output_tensors(results: list[InferenceResult]) -> dict[str, np.ndarray]:
-    """The detections of all images as the vision view's output arrays (little-endian)."""
+Tensor = tuple[str, str, tuple[int, ...], bytes]
+"""An output's name, datatype, shape and raw contents (little-endian; BYTES framed)."""
+
+
+def output_tensors(results: list[InferenceResult], wanted: tuple[TensorSpec, ...]) -> list[Tensor]:
+    """The ``wanted`` outputs of the detections of all images (the request's order of images)."""
+    names = {name for name, _, _ in wanted}
+    arrays: dict[str, np.ndarray] = {}
+    if names & {name for name, _, _ in DETECTIONS}:
+        arrays.update(_detection_arrays(results))
+    if MASK_ORIGINS in names:
+        arrays[MASK_ORIGINS] = np.asarray(
+            [d.mask.png_origin if d.mask else (0, 0) for r in results for d in r.detections],
+            dtype="<i8",
+        ).reshape(-1, 2)
+    tensors: list[Tensor] = []
+    for name, datatype, _ in wanted:
+        if name == MASKS:
+            pngs = [d.mask.png if d.mask else b"" for r in results for d in r.detections]
+            tensors.append((name, datatype, (len(pngs),), frame(pngs)))
+        elif name == RESULT:
+            typed = [InferResponseConverter.from_types(r).SerializeToString() for r in results]
+            tensors.append((name, datatype, (len(typed),), frame(typed)))
+        else:
+            array = arrays[name]
+            tensors.append((name, datatype, array.shape, array.tobytes()))
+    return tensors
+
+
+def _detection_arrays(results: list[InferenceResult]) -> dict[str, np.ndarray]:
     boxes: list[tuple[float, float, float, float]] = []
     scores: list[float] = []
     class_ids: list[int] = []
