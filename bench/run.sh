@@ -8,8 +8,14 @@
 #                                c1); it runs by default and needs trustme (the test extra)
 #   bench/run.sh --skip-metrics  leave out section g, the cost of Prometheus metrics on Infer (servers
 #                                with metrics off and on side by side: images/s at c16, p50 at c1)
-#   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/) on the same
-#                                images and model, and merge their rows into the same table
+#   bench/run.sh --skip-oip      leave out section h, the Open Inference Protocol's ModelInfer (vision
+#                                view, each JPEG a framed BYTES tensor) beside the typed Infer on the
+#                                same server, in alternating slices: images/s at c16, p50 at c1
+#   bench/run.sh --with-peers    then set up and run MLServer and Triton (bench/peers/), each also
+#                                with its lever for model calls side by side, and visionrpc's
+#                                protocol port, all driven by one tritonclient load generator on the
+#                                same images and model; their rows merge into the same tables (b,
+#                                and b″: each server's best configuration)
 #   bench/run.sh --statistics-cost  then print what ModelStatistics' per-model accounting costs per
 #                                request (bench/statistics_cost.py, ~1 min; also runs alone:
 #                                PYTHONPATH=src:. python -m bench.statistics_cost)

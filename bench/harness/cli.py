@@ -78,6 +78,12 @@ def bench(
         bool,
         typer.Option("--skip-metrics", help="No metrics off vs on (section g)."),
     ] = False,
+    skip_oip: Annotated[
+        bool,
+        typer.Option(
+            "--skip-oip", help="No typed Infer vs Open Inference Protocol ModelInfer (section h)."
+        ),
+    ] = False,
     core_concurrency: Annotated[
         int, typer.Option(min=1, help="Ping calls in flight for section d.")
     ] = 16,
@@ -145,6 +151,7 @@ def bench(
             core_concurrency=core_concurrency,
             security=not skip_security,
             metrics=not skip_metrics,
+            oip=not skip_oip,
             accuracy_count=0
             if skip_accuracy
             else (accuracy_count if accuracy_count is not None else (20 if quick else 200)),

@@ -13,18 +13,19 @@ Every throughput/latency measurement is one JSON object. Five keys are required:
   send to answer), null when not measured.
 
 Optional keys: ``section`` (``baseline``, ``inprocess``, ``grpc``, ``peer``, ``lever``, ``paired``,
-``security``, ``metrics``;
-rows read with ``--peer-results`` default to ``peer``), ``model`` (model name, e.g. ``defects``),
-``method`` (``Infer``, ``InferStream``, ``infer``, ``infer_sync``, ``batch``, or a peer's own
-name such as ``ModelInfer``), ``batch_size``, ``requests``, ``errors``, ``duration_s``,
-``peak_rss_mb``, ``lever``, ``variant`` (security, metrics) and ``notes``. Unknown keys are
-kept. A peer file is a JSON list of rows or an object with a ``rows`` list; ``validate_row`` says
-what is wrong with a bad row.
+``security``, ``metrics``, ``oip``; rows read with ``--peer-results`` default to ``peer``),
+``model`` (model name, e.g. ``defects``), ``method`` (``Infer``, ``InferStream``, ``infer``,
+``infer_sync``, ``batch``, ``ModelInfer``), ``batch_size``, ``requests``, ``errors``,
+``duration_s``, ``peak_rss_mb``, ``lever``, ``variant`` (security, metrics, oip), ``peer`` and
+``configuration`` (peer rows: the server and its set-up; table b″ shows each server's best),
+``matches_visionrpc`` and ``notes``. Unknown keys are kept. A peer file is a JSON list of rows or
+an object with a ``rows`` list; ``validate_row`` says what is wrong with a bad row.
 
 The document (``bench-results.json``) holds ``schema_version``, ``meta`` (machine, settings, image
 set), ``rows`` (sections a, b, levers and peers), ``core`` (section d, ``CoreRow``), ``memory``
 (section e, peak RSS in MiB), ``accuracy`` (per model), and the derived ``ratios`` and
 ``targets`` (section c), which ``analyse`` recomputes so that merged peer rows get ratios too.
+Section h adds ``meta.oip_check``: typed Infer's and ModelInfer's detections compared per image.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,6 +48,8 @@ SCHEMA_VERSION = 1
 REQUIRED_ROW_FIELDS = ("name", "concurrency", "images_per_s", "p50_ms", "p99_ms")
 REFERENCE_CONCURRENCY = 16  # the project's targets are stated at concurrency 16
 IDLE_PING = "Ping after 10 ms idle"  # section d: the wake-up cost of a call to an idle server
+OIP_TYPED = "typed Infer"  # section h's variants: the reference ...
+OIP_PROTOCOL = "Open Inference Protocol ModelInfer"  # ... and the protocol path
 _OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
 
@@ -59,6 +62,7 @@ class Section(StrEnum):
     PAIRED = "paired"  # in-process vs served, interleaved slices (bench/paired.py)
     SECURITY = "security"  # plaintext vs TLS vs TLS + token servers (bench/security.py)
     METRICS = "metrics"  # metrics off vs on (Prometheus port), alternating slices
+    OIP = "oip"  # typed Infer vs Open Inference Protocol ModelInfer, one server (bench/oip.py)
 
 
 class ResultRow(TypedDict, total=False):
@@ -78,6 +82,10 @@ class ResultRow(TypedDict, total=False):
     duration_s: float
     peak_rss_mb: float | None
     lever: str
+    variant: str  # security, metrics, oip: which server set-up or method
+    peer: str  # peer rows: the server (MLServer, Triton, visionrpc)
+    configuration: str  # peer rows: that server's set-up (batching, workers, instances)
+    matches_visionrpc: bool  # peer rows: its answers equal visionrpc's own
     notes: str
     cpu_ms_per_image: float | None  # paired rows: CPU of the process doing the work
     client_cpu_ms_per_image: float | None  # paired served rows: the load generator's CPU
@@ -272,12 +280,37 @@ def analyse(doc: dict[str, Any]) -> None:
     ping = core_ratio(doc, "Ping")
     if ping is not None:
         target("Ping calls/s ÷ bare grpc.aio", "", ping, 0.9, ">=")
+    _oip_targets(doc, target)
     memory = doc.get("memory", {})
     rss = _div(memory.get("server_peak_rss_mb"), memory.get("inprocess_peak_rss_mb"))
     if rss is not None:
         target("server peak RSS ÷ in-process peak RSS", "", rss, 2.0, "<=")
     doc["ratios"] = ratios
     doc["targets"] = targets
+
+
+def _oip_targets(
+    doc: Mapping[str, Any], target: Callable[[str, str, float | None, float, str], None]
+) -> None:
+    """Section h: the protocol path within a few percent of the typed one, and equal answers."""
+    rows = _rows(doc, Section.OIP)
+    if not rows:
+        return
+    model = rows[0].get("model", "")
+    typed = [r for r in rows if r.get("method") == "Infer"]
+    protocol = [r for r in rows if r.get("method") == "ModelInfer"]
+    wide = max(r["concurrency"] for r in rows)
+    none: Mapping[str, Any] = {}
+    t_wide, p_wide = _at(typed, wide) or none, _at(protocol, wide) or none
+    t_one, p_one = _at(typed, 1) or none, _at(protocol, 1) or none
+    ips = _div(p_wide.get("images_per_s"), t_wide.get("images_per_s"))
+    target(f"ModelInfer images/s @c{wide} ÷ typed Infer", model, ips, 0.95, ">=")
+    p50 = _div(p_one.get("p50_ms"), t_one.get("p50_ms"))
+    target("ModelInfer p50 @c1 ÷ typed Infer p50", model, p50, 1.05, "<=")
+    check = doc.get("meta", {}).get("oip_check")
+    if check:
+        differing = float(len(check.get("mismatched_images", [])))
+        target("images whose ModelInfer detections differ from Infer's", model, differing, 0, "<=")
 
 
 def _paired(rows: Sequence[ResultRow], method: str, concurrency: int) -> ResultRow | None:
@@ -429,6 +462,10 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
             )
         )
 
+    best_peers = peers_at_best(doc)
+    if best_peers:
+        tables.append(_peers_best_table(best_peers))
+
     ref = REFERENCE_CONCURRENCY
     ratio_rows = [
         [
@@ -563,6 +600,9 @@ def build_tables(doc: Mapping[str, Any]) -> list[TextTable]:
     metered = [r for r in doc.get("rows", []) if r.get("section") == Section.METRICS]
     if metered:
         tables.append(_metrics_table(metered, doc.get("meta", {}).get("metrics_scrape")))
+    protocol = [r for r in doc.get("rows", []) if r.get("section") == Section.OIP]
+    if protocol:
+        tables.append(_oip_table(protocol, doc.get("meta", {}).get("oip_check")))
 
     tables.append(
         TextTable(
@@ -611,6 +651,88 @@ def _metrics_table(rows: list[ResultRow], scrape: Mapping[str, Any] | None) -> T
         "two servers up at once, differing only in VISIONRPC_METRICS__PORT; measured in "
         f"alternating slices ({rows[0].get('rounds', 1)} rounds, pooled){counted}",
     )
+
+
+def peers_at_best(doc: Mapping[str, Any]) -> list[tuple[ResultRow, ResultRow | None]]:
+    """Per server of the peers' run (the rows' ``peer``, else their name), the configuration
+    with the most images/s at the reference concurrency: its row there and its row at c1."""
+    rows = _rows(doc, Section.PEER)
+    best: dict[str, ResultRow] = {}
+    for r in rows:
+        if r["concurrency"] != REFERENCE_CONCURRENCY:
+            continue
+        server = str(r.get("peer") or r["name"])
+        if server not in best or r["images_per_s"] > best[server]["images_per_s"]:
+            best[server] = r
+    return [
+        (r, next((o for o in rows if o["name"] == r["name"] and o["concurrency"] == 1), None))
+        for r in best.values()
+    ]
+
+
+def _peers_best_table(best: list[tuple[ResultRow, ResultRow | None]]) -> TextTable:
+    """Each server of the peers' run in its best configuration, against visionrpc's best there."""
+    ref = REFERENCE_CONCURRENCY
+    ours = next((r for r, _ in best if str(r.get("peer", "")).startswith("visionrpc")), None)
+    lines = []
+    for r, at_one in best:
+        match = r.get("matches_visionrpc")
+        lines.append(
+            [
+                str(r.get("peer") or r["name"]),
+                str(r.get("configuration", r["name"])),
+                fmt(r["images_per_s"]),
+                fmt(_div(r["images_per_s"], ours["images_per_s"] if ours else None), 2, "×"),
+                fmt(at_one["p50_ms"] if at_one else None, 2),
+                fmt(r["p99_ms"], 2),
+                "" if match is None else ("yes" if match else "NO"),
+            ]
+        )
+    return TextTable(
+        f"b″. Each server at its best (peers' run: most images/s at c{ref})",
+        [
+            "server",
+            "best configuration",
+            f"img/s @c{ref}",
+            "÷ visionrpc",
+            "p50 @c1 ms",
+            f"p99 @c{ref} ms",
+            "answers match visionrpc",
+        ],
+        lines,
+        "every configuration of each server was run (table b has all rows); one load generator "
+        "(tritonclient.grpc, one thread and channel per request in flight) drove every server "
+        "through KServe v2 / Open Inference Protocol ModelInfer; p50 @c1 is the same "
+        "configuration's; ÷ visionrpc = against visionrpc's row of the same run",
+    )
+
+
+def _oip_table(rows: list[ResultRow], check: Mapping[str, Any] | None) -> TextTable:
+    """Section h: typed Infer vs ModelInfer on one server, plus the server's CPU per image."""
+    checked = ""
+    if check:
+        verdict = "equal" if check.get("equal") else f"DIFFERENT: {check.get('mismatched_images')}"
+        checked = (
+            f"; answers checked once before the load: {check.get('detections', '?')} detections "
+            f"in {check.get('images', '?')} images, {verdict} (max box difference "
+            f"{fmt(check.get('max_box_diff_px'), 3)} px, "
+            f"score {fmt(check.get('max_score_diff'), 5)})"
+        )
+    table = _variant_table(
+        rows,
+        OIP_TYPED,
+        "h. Open Inference Protocol vs typed Infer (same server)",
+        "one server, the same JPEGs; ModelInfer sends each as a BYTES tensor IMAGE of shape [1] "
+        "in raw_input_contents (Triton's 4-byte length framing) and asks for the detection "
+        "tensors; the two methods take turns in short slices "
+        f"({rows[0].get('rounds', 1)} rounds, pooled); CPU = the server process{checked}",
+    )
+    wide = max(r["concurrency"] for r in rows)
+    cpu = {(str(r.get("variant")), r["concurrency"]): r.get("cpu_ms_per_image") for r in rows}
+    table.headers += [f"server CPU ms/image @c{wide}", "server CPU ms/image @c1"]
+    for line in table.rows:
+        line += [fmt(cpu.get((line[0], wide)), 2), fmt(cpu.get((line[0], 1)), 2)]
+    return table
 
 
 def _variant_table(rows: list[ResultRow], reference: str, title: str, caption: str) -> TextTable:

@@ -36,7 +36,7 @@ from rich.progress import (
 )
 
 from bench.harness import models as bench_models
-from bench.harness import security
+from bench.harness import oip, security
 from bench.harness.images import BENCH_SEED, BenchImage, describe, make_images, save_images
 from bench.harness.loadgen import grpc_ping, grpc_ping_after_idle, grpc_stream_numbers, row
 from bench.harness.paired import load_pipeline, paired_points
@@ -109,6 +109,7 @@ class BenchConfig:
     lever_concurrency: list[int] = field(default_factory=lambda: [1, 16])
     security: bool = True  # section f: plaintext vs TLS vs TLS + token
     metrics: bool = True  # section g: metrics off vs on
+    oip: bool = True  # section h: typed Infer vs Open Inference Protocol ModelInfer
     work_dir: Path | None = None
     keep_work_dir: bool = False
     timeout_s: float = 120.0  # client deadline per call
@@ -137,6 +138,7 @@ def _estimate(config: BenchConfig, n_models: int) -> float:
     points += len(config.levers) * len(config.lever_concurrency)
     points += len(security.CONCURRENCY) * 3 if config.security else 0
     points += len(METRICS_CONCURRENCY) * 2 if config.metrics else 0
+    points += len(oip.CONCURRENCY) * 2 if config.oip else 0
     return (
         config.images * _IMAGE_S + points * point + n_models * config.accuracy_count * _EVAL_IMAGE_S
     )
@@ -338,6 +340,37 @@ async def _paired(
     return rows
 
 
+def _run_oip(
+    config: BenchConfig,
+    doc: dict[str, Any],
+    server: ServerProcess,
+    model: str,
+    jpegs: list[bytes],
+    plan: _Plan,
+) -> None:
+    """Section h: typed Infer and ModelInfer on the same server, in alternating slices, after
+    checking once that both answer the same detections."""
+    rounds = max(1, config.paired_rounds)
+    slice_s = config.duration_s / rounds
+    plan.label(f"Open Inference Protocol {model}: equality check, warm-up")
+    rows, check = asyncio.run(
+        oip.oip_points(
+            server.address,
+            server.pid,
+            model,
+            jpegs,
+            rounds=rounds,
+            slice_s=slice_s,
+            warmup_s=config.warmup_s,
+            max_requests=config.max_requests,
+            timeout_s=config.timeout_s,
+            on_slice=lambda label: plan.step(label, slice_s),
+        )
+    )
+    doc["rows"] += rows
+    doc["meta"]["oip_check"] = check
+
+
 def _accuracy(address: str, model: str, config: BenchConfig, plan: _Plan) -> dict[str, float | int]:
     """Box/mask mAP50 through the server, as ``visionrpc eval`` measures it."""
     from visionrpc.evaluation import evaluate, served
@@ -407,10 +440,11 @@ def run_bench(
             images = _images(config, plan)
             save_images(images, work / "images")
             data = [i.data for i in images]
+            jpegs = [i.data for i in images if i.format == "jpeg"]
             doc["meta"]["images"] = describe(images, config.image_seed)
             _run_workers(config, doc, work, models_dir, names, baseline, plan)
             on_update(doc)
-            _run_server(config, doc, work, models_dir, names, data, plan)
+            _run_server(config, doc, work, models_dir, names, data, jpegs, plan)
             on_update(doc)
             if config.security:
                 _run_security(config, doc, work, models_dir, names[0], data, plan)
@@ -699,9 +733,10 @@ def _run_server(
     models_dir: Path,
     names: list[str],
     data: list[bytes],
+    jpegs: list[bytes],
     plan: _Plan,
 ) -> None:
-    """Sections b, d, e and accuracy: one ``visionrpc serve`` process (plus the bare server)."""
+    """Sections b, d, e, h and accuracy: one ``visionrpc serve`` process (plus the bare server)."""
     plan.label("visionrpc serve: starting")
     with visionrpc_server(models_dir, work / "server.log", default_model=names[0]) as server:
         for model in names:
@@ -721,6 +756,9 @@ def _run_server(
         if config.paired_rounds:
             doc["rows"] += asyncio.run(_paired(config, server, models_dir, names, data, plan))
             server.check_alive("the paired points")
+        if config.oip:
+            _run_oip(config, doc, server, names[0], jpegs or data, plan)
+            server.check_alive("the Open Inference Protocol points")
         if config.core:
             plan.label("bare grpc.aio server: starting")
             with bare_server(work / "bare-server.log") as bare:

@@ -1,11 +1,19 @@
 """Closed-loop KServe v2 gRPC load generator (tritonclient.grpc), one client per thread.
 
 Sends the encoded images of --images-dir (written by bench.harness.images.save_images) as a
-BYTES tensor of shape [1, 1] to a KServe v2 server (MLServer or Triton), cycling through them;
-thread i starts at image i. For each concurrency: a warm-up, then --duration seconds measured.
+BYTES tensor to a KServe v2 server, cycling through them; thread i starts at image i. For each
+concurrency: a warm-up, then --duration seconds measured. Two kinds of model:
+
+* a peer's (MLServer, Triton; the default): input ``image`` of shape [1, 1], output ``result``,
+  one JSON document per image (bench/peers/peer_model.py);
+* ``--vision``: visionrpc's Open Inference Protocol vision view, input ``IMAGE`` of shape [1],
+  the detection tensors ``BOXES``, ``SCORES``, ``CLASS_IDS``, ``IMAGE_INDEX`` asked for and read
+  back into the same answer shape as a peer's JSON.
+
 Prints JSON to stdout:
 
-    {"answers": [<the decoded JSON result of each image, sent once before the load>],
+    {"answers": [<each image's answer, {"detections": [{"class_id", "score", "box"}, ...]},
+                  sent once before the load>],
      "points": [{"concurrency": 1, "images_per_s": ..., "p50_ms": ..., "p99_ms": ...,
                  "errors": 0, "requests": ...}, ...]}
 
@@ -19,6 +27,7 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,41 @@ from tritonclient.utils import InferenceServerException
 from bench.harness.images import load_images
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+VISION_OUTPUTS = ("BOXES", "SCORES", "CLASS_IDS", "IMAGE_INDEX")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to talk to one kind of model: its input, its shape per image, the outputs to ask for,
+    and how to read one image's answer from a result."""
+
+    input: str
+    shape: list[int]
+    outputs: tuple[str, ...]
+    answer: Callable[[grpcclient.InferResult], dict[str, Any]]
+
+
+def _json_answer(result: grpcclient.InferResult) -> dict[str, Any]:
+    value = result.as_numpy("result")
+    if value is None or value.size != 1:
+        raise InferenceServerException(f"unexpected output 'result': {value!r}")
+    answer: dict[str, Any] = json.loads(bytes(value.reshape(-1)[0]))
+    return answer
+
+
+def _vision_answer(result: grpcclient.InferResult) -> dict[str, Any]:
+    boxes, scores, classes = (result.as_numpy(n) for n in ("BOXES", "SCORES", "CLASS_IDS"))
+    if boxes is None or scores is None or classes is None:
+        raise InferenceServerException("the vision view answered without its detection tensors")
+    detections = [
+        {"class_id": int(c), "score": float(s), "box": [float(v) for v in box]}
+        for c, s, box in zip(classes, scores, boxes.reshape(-1, 4), strict=True)
+    ]
+    return {"detections": detections}
+
+
+PEER = Kind("image", [1, 1], ("result",), _json_answer)
+VISION = Kind("IMAGE", [1], VISION_OUTPUTS, _vision_answer)
 
 
 @dataclass
@@ -41,12 +85,12 @@ class Tally:
     first_error: str = ""
 
 
-def make_inputs(images: list[bytes], input_name: str) -> list[grpcclient.InferInput]:
+def make_inputs(images: list[bytes], kind: Kind) -> list[grpcclient.InferInput]:
     """One ready-to-send input tensor per image (serialised once, outside the timed loop)."""
     inputs = []
     for data in images:
-        tensor = grpcclient.InferInput(input_name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+        tensor = grpcclient.InferInput(kind.input, kind.shape, "BYTES")
+        tensor.set_data_from_numpy(np.array([data], dtype=np.object_).reshape(kind.shape))
         inputs.append(tensor)
     return inputs
 
@@ -64,20 +108,22 @@ def infer_once(
     client: grpcclient.InferenceServerClient,
     model: str,
     tensor: grpcclient.InferInput,
-    output_name: str,
+    kind: Kind,
     timeout_s: float,
-) -> bytes:
-    """One request; returns the first element of the BYTES output."""
-    outputs = [grpcclient.InferRequestedOutput(output_name)]
+) -> grpcclient.InferResult:
+    """One request asking for the kind's outputs; the first one is read, as a caller would."""
+    outputs = [grpcclient.InferRequestedOutput(name) for name in kind.outputs]
     result = client.infer(model, [tensor], outputs=outputs, client_timeout=timeout_s)
-    value = result.as_numpy(output_name)
-    if value is None or value.size != 1:
-        raise InferenceServerException(f"unexpected output {output_name!r}: {value!r}")
-    return bytes(value.reshape(-1)[0])
+    if result.as_numpy(kind.outputs[0]) is None:
+        raise InferenceServerException(f"the answer lacks output {kind.outputs[0]!r}")
+    return result
 
 
 def run_point(
-    args: argparse.Namespace, clients: list[grpcclient.InferenceServerClient], inputs: list
+    args: argparse.Namespace,
+    clients: list[grpcclient.InferenceServerClient],
+    inputs: list,
+    kind: Kind,
 ) -> dict[str, Any]:
     """Closed loop with len(clients) threads, measured over a window in steady state.
 
@@ -95,7 +141,7 @@ def run_point(
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                infer_once(client, args.model, inputs[k % len(inputs)], args.output, args.timeout)
+                infer_once(client, args.model, inputs[k % len(inputs)], kind, args.timeout)
                 t1 = time.perf_counter()
                 tally.done.append((t1, (t1 - t0) * 1000))
             except InferenceServerException as exc:
@@ -141,8 +187,9 @@ def main() -> None:
     parser.add_argument("--url", required=True, help="host:port of the KServe v2 gRPC endpoint")
     parser.add_argument("--images-dir", type=Path, required=True)
     parser.add_argument("--model", default="yolo")
-    parser.add_argument("--input", default="image")
-    parser.add_argument("--output", default="result")
+    parser.add_argument(
+        "--vision", action="store_true", help="visionrpc's vision view (IMAGE in, detections out)"
+    )
     parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per point")
@@ -157,14 +204,17 @@ def main() -> None:
         raise SystemExit(f"no images in {args.images_dir}")
     levels = [int(c) for c in args.concurrency.split(",")]
     clients = [connect(args.url) for _ in range(max(levels))]
-    inputs = make_inputs(images, args.input)
+    kind = VISION if args.vision else PEER
+    inputs = make_inputs(images, kind)
 
     # First warm-up and the answers for the sanity check: every image once.
-    answers = [infer_once(clients[0], args.model, t, args.output, args.timeout) for t in inputs]
-    points = [run_point(args, clients[:c], inputs) for c in levels]
+    answers = [
+        kind.answer(infer_once(clients[0], args.model, t, kind, args.timeout)) for t in inputs
+    ]
+    points = [run_point(args, clients[:c], inputs, kind) for c in levels]
     for client in clients:
         client.close()
-    print(json.dumps({"answers": [json.loads(a) for a in answers], "points": points}))
+    print(json.dumps({"answers": answers, "points": points}))
 
 
 if __name__ == "__main__":

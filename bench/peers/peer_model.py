@@ -6,9 +6,11 @@ pipeline's decode + letterbox (``InferencePipeline._prepare``), one ONNX Runtime
 batch (``BatchRunner``, the runner visionrpc's DynamicBatcher uses), and its post-processing
 (``InferencePipeline._finish``: box/mask decoding, defect summaries). Only the serving layer around
 it differs. The model is the one visionrpc serves by default (``InferencePipeline.from_settings``,
-so ``VISIONRPC_*`` variables apply here too). A peer runs one model call at a time, so unless
+so ``VISIONRPC_*`` variables apply here too). One PeerModel runs one model call at a time, so unless
 ``VISIONRPC_RUNTIME__INSTANCES`` says otherwise its session is planned for one instance: each ORT
-call uses every core, the best set-up for a server without model instances.
+call uses every core, the best set-up for a server without model instances. A peer running copies
+side by side (MLServer's parallel workers, Triton's instance group) holds one PeerModel per copy,
+and run_peers.py shares the cores out with ``VISIONRPC_RUNTIME__INTRA_OP_THREADS``.
 
 The private ``_prepare``/``_finish`` are used on purpose: they are the exact per-image steps of
 visionrpc's batched path; if they are renamed, this module is the one place to follow.
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.pipeline import BatchRunner, InferencePipeline, resolve_options
 from visionrpc.settings import Settings
 from visionrpc.types import InferenceInput, InferenceOptions, InferenceResult
@@ -80,7 +83,7 @@ class PeerModel:
         model, pipeline = self.model, self.pipeline
         items = [InferenceInput(InferenceOptions(), image_bytes=bytes(b)) for b in images]
         options = [resolve_options(item.options, model) for item in items]
-        prepared = [pipeline._prepare(item, model) for item in items]
+        prepared = [pipeline._prepare(item, model, Deadline()) for item in items]  # no budget
         outputs = []
         step = model.max_batch_size
         with self._run_lock:

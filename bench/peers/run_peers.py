@@ -1,17 +1,22 @@
-"""Benchmark the peer servers (MLServer, Triton via PyTriton) serving visionrpc's default model.
+"""Benchmark the peer servers (MLServer, Triton via PyTriton) serving visionrpc's default model,
+and visionrpc itself through the same client (its Open Inference Protocol vision view).
 
 Run with the project's venv (it builds the image set and the reference answers with visionrpc):
 
     bench/peers/setup.sh                                   # once: the peers' virtualenvs
-    .venv/bin/python bench/peers/run_peers.py --quick      # 1 s per point, about 2 minutes
+    .venv/bin/python bench/peers/run_peers.py --quick      # 1 s per point, about 4 minutes
 
-For each peer configuration: start the server in its own virtualenv (a subprocess, 127.0.0.1 only),
-wait until the model is ready, run client.py from .venv-triton (a separate process), stop the server
-(SIGINT), and compare its answers with visionrpc's own (``InferencePipeline.infer_sync``) for every
-image. Writes rows to --out:
+For each server configuration: start the server (a peer in its own virtualenv, visionrpc with this
+interpreter; a subprocess, 127.0.0.1 only), wait until the model is ready, run client.py from
+.venv-triton (a separate process), stop the server (SIGINT), and compare its answers with
+visionrpc's own (``InferencePipeline.infer_sync``) for every image. Each peer is run both with
+one model call at a time and with its own lever for running model calls side by side (MLServer's
+``parallel_workers``, the count of Triton's instance group); the summary names each server's best
+configuration. Writes rows to --out:
 
-    [{"name": "mlserver (batching off)", "concurrency": 16, "images_per_s": ..., "p50_ms": ...,
-      "p99_ms": ..., "errors": 0, "matches_visionrpc": true}, ...]
+    [{"name": "mlserver (batching off)", "peer": "MLServer", "configuration": "batching off",
+      "model": "defects", "method": "ModelInfer", "concurrency": 16, "images_per_s": ...,
+      "p50_ms": ..., "p99_ms": ..., "errors": 0, "matches_visionrpc": true}, ...]
 
 and the details (model, image-set digest, versions, per-image comparison) to <out>.details.json.
 """
@@ -31,18 +36,20 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 # The checkout, for bench.harness (not installed); python already put this script's folder first.
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+import grpc
 from peer_model import result_to_json
 
 from bench.harness.images import BENCH_SEED, BenchImage, make_images, save_images
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.settings import Settings
 from visionrpc.types import InferenceInput, InferenceOptions
+from visionrpc.v1 import grpc_service_pb2, grpc_service_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = HERE / ".venv-mlserver"
@@ -56,32 +63,55 @@ BOX_TOLERANCE_PX = 2.0  # decoders may differ by a pixel between OpenCV versions
 SCORE_TOLERANCE = 0.01
 
 
+PARALLEL = 2  # model calls side by side for the peers' parallel configurations (one per core here)
+
+
+def _threads_each(parallel: int) -> dict[str, str]:
+    """ORT threads per model copy when ``parallel`` copies share the cores (as visionrpc plans its
+    own instances), so that the copies do not oversubscribe the machine."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    return {
+        "VISIONRPC_RUNTIME__INTRA_OP_THREADS": str(threads),
+        # visionrpc's extra all-cores session for lone requests: the peers' batch path never uses it
+        "VISIONRPC_RUNTIME__LONE_REQUEST_ALL_CORES": "false",
+    }
+
+
 @dataclass(frozen=True)
 class Peer:
-    """One server configuration: how to start it (given grpc/http/metrics ports)."""
+    """One server configuration: how to start it (given grpc/http/metrics ports), the server it
+    belongs to (``server``, e.g. ``MLServer``) and its ``configuration`` within that server."""
 
     key: str
-    name: str
+    server: str
+    configuration: str
     command: Callable[[int, int, int], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+    vision: bool = False  # visionrpc's own vision view: ready over gRPC, client.py --vision
+
+    @property
+    def name(self) -> str:
+        return f"{self.server.lower()} ({self.configuration})"
 
 
-def _mlserver(batching: bool) -> Callable[[int, int, int], list[str]]:
+def _mlserver(batching: bool, workers: int = 0) -> Callable[[int, int, int], list[str]]:
     def command(grpc: int, http: int, metrics: int) -> list[str]:
-        workdir = WORK / f"mlserver-{'batching' if batching else 'plain'}"
+        kind = "batching" if batching else "plain"
         return [
             str(MLSERVER_VENV / "bin" / "python"),
             str(HERE / "mlserver" / "serve.py"),
-            f"--workdir={workdir}",
+            f"--workdir={WORK / f'mlserver-{kind}-{workers}'}",
             f"--grpc-port={grpc}",
             f"--http-port={http}",
             f"--metrics-port={metrics}",
+            f"--parallel-workers={workers}",
             *(["--batching"] if batching else []),
         ]
 
     return command
 
 
-def _triton(delay_us: int) -> Callable[[int, int, int], list[str]]:
+def _triton(delay_us: int, instances: int = 1) -> Callable[[int, int, int], list[str]]:
     def command(grpc: int, http: int, _metrics: int) -> list[str]:
         return [
             str(TRITON_VENV / "bin" / "python"),
@@ -89,16 +119,37 @@ def _triton(delay_us: int) -> Callable[[int, int, int], list[str]]:
             f"--grpc-port={grpc}",
             f"--http-port={http}",
             f"--max-queue-delay-us={delay_us}",
+            f"--instances={instances}",
         ]
 
     return command
 
 
+def _visionrpc(grpc: int, _http: int, _metrics: int) -> list[str]:
+    argv = [sys.executable, "-m", "visionrpc.cli.main", "serve", "--host", "127.0.0.1"]
+    return [*argv, "--port", str(grpc), "--grace", "1"]
+
+
 PEERS = [
-    Peer("mlserver", "mlserver (batching off)", _mlserver(False)),
-    Peer("mlserver-batching", "mlserver (adaptive batching 8 / 5 ms)", _mlserver(True)),
-    Peer("triton", "triton (batch 8, queue delay 0)", _triton(0)),
-    Peer("triton-delay", "triton (batch 8, queue delay 2000 us)", _triton(2000)),
+    Peer("mlserver", "MLServer", "batching off", _mlserver(False)),
+    Peer("mlserver-batching", "MLServer", "adaptive batching 8 / 5 ms", _mlserver(True)),
+    Peer(
+        "mlserver-workers",
+        "MLServer",
+        f"parallel_workers {PARALLEL}, batching off",
+        _mlserver(False, PARALLEL),
+        _threads_each(PARALLEL),
+    ),
+    Peer("triton", "Triton", "batch 8, queue delay 0", _triton(0)),
+    Peer("triton-delay", "Triton", "batch 8, queue delay 2000 us", _triton(2000)),
+    Peer(
+        "triton-instances",
+        "Triton",
+        f"{PARALLEL} instances, batch 8, queue delay 0",
+        _triton(0, PARALLEL),
+        _threads_each(PARALLEL),
+    ),
+    Peer("visionrpc", "visionrpc", "Open Inference Protocol", _visionrpc, vision=True),
 ]
 
 
@@ -118,19 +169,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(proc: subprocess.Popen[bytes], http_port: int, log_path: Path) -> float:
-    """Poll the KServe v2 model-ready endpoint; returns the seconds it took."""
-    url = f"http://127.0.0.1:{http_port}/v2/models/{MODEL_NAME}/ready"
+def _http_ready(http_port: int, model: str) -> bool:
+    """The KServe v2 model-ready endpoint (the peers) answers 200."""
+    url = f"http://127.0.0.1:{http_port}/v2/models/{model}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # URLError included: not listening yet, or model not ready (4xx/5xx)
+        return False
+
+
+def _grpc_ready(grpc_port: int, model: str) -> bool:
+    """The protocol's ModelReady over gRPC says ready (visionrpc serves no HTTP)."""
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            reply = stub.ModelReady(grpc_service_pb2.ModelReadyRequest(name=model), timeout=2)
+            return bool(reply.ready)
+    except grpc.RpcError:
+        return False
+
+
+def wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], log_path: Path) -> float:
+    """Poll ``ready`` until the model is ready; returns the seconds it took."""
     start = time.monotonic()
     while time.monotonic() - start < READY_TIMEOUT_S:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except OSError:  # URLError included: not listening yet, or model not ready (4xx/5xx)
-            pass
+        if ready():
+            return time.monotonic() - start
         time.sleep(0.5)
     raise TimeoutError(f"model not ready after {READY_TIMEOUT_S:.0f} s; see {log_path}")
 
@@ -195,14 +262,20 @@ def versions(python: Path) -> dict[str, str]:
 
 
 def run_peer(
-    peer: Peer, args: argparse.Namespace, images_dir: Path, reference: list[dict[str, Any]]
+    peer: Peer,
+    args: argparse.Namespace,
+    images_dir: Path,
+    reference: list[dict[str, Any]],
+    model: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Start one peer, load it with client.py, stop it; returns (rows, details)."""
-    grpc, http, metrics = free_port(), free_port(), free_port()
+    """Start one server configuration, load it with client.py, stop it; returns (rows, details).
+    ``model`` is visionrpc's default model: what the peers serve as ``yolo``."""
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     logs = WORK / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{peer.key}.log"
     env = dict(os.environ)
+    env.update(peer.env)
     env["PYTRITON_HOME"] = str(WORK / "pytriton")
     env["TMPDIR"] = str(WORK / "tmp")
     Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
@@ -210,7 +283,7 @@ def run_peer(
     started = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            peer.command(grpc, http, metrics),
+            peer.command(grpc_port, http_port, metrics_port),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -218,16 +291,22 @@ def run_peer(
             start_new_session=True,
         )
         try:
-            ready_s = wait_ready(proc, http, log_path)
+            served = model if peer.vision else MODEL_NAME
+            if peer.vision:
+                ready_s = wait_ready(proc, lambda: _grpc_ready(grpc_port, served), log_path)
+            else:
+                ready_s = wait_ready(proc, lambda: _http_ready(http_port, served), log_path)
             print(f"   ready after {ready_s:.1f} s; load from a separate process", flush=True)
             client = [
                 str(CLIENT_VENV / "bin" / "python"),
                 str(HERE / "client.py"),
-                f"--url=127.0.0.1:{grpc}",
+                f"--url=127.0.0.1:{grpc_port}",
                 f"--images-dir={images_dir}",
                 f"--concurrency={args.concurrency}",
                 f"--duration={args.duration}",
                 f"--warmup={args.warmup}",
+                f"--model={served}",
+                *(["--vision"] if peer.vision else []),
             ]
             points = len(args.concurrency.split(","))
             limit = 120 + points * (args.warmup + args.duration + 35)
@@ -241,6 +320,10 @@ def run_peer(
     rows = [
         {
             "name": peer.name,
+            "peer": peer.server,
+            "configuration": peer.configuration,
+            "model": model,
+            "method": "ModelInfer",
             "concurrency": p["concurrency"],
             "images_per_s": p["images_per_s"],
             "p50_ms": p["p50_ms"],
@@ -252,6 +335,7 @@ def run_peer(
     ]
     details = {
         "name": peer.name,
+        "env": peer.env,
         "ready_s": round(ready_s, 1),
         "wall_s": round(time.monotonic() - started, 1),
         "check": check,
@@ -267,6 +351,18 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             f"{r['name']:42} {r['concurrency']:>4} {r['images_per_s']:>8} {r['p50_ms']!s:>8} "
             f"{r['p99_ms']!s:>8} {r['errors']:>4} {r['matches_visionrpc']}"
         )
+
+
+def best_per_server(rows: list[dict[str, Any]], concurrency: int = 16) -> list[dict[str, Any]]:
+    """Each server's configuration with the most images/s at ``concurrency`` (its row there)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["concurrency"] != concurrency:
+            continue
+        server = r.get("peer", r["name"])
+        if server not in best or r["images_per_s"] > best[server]["images_per_s"]:
+            best[server] = r
+    return list(best.values())
 
 
 def main() -> None:
@@ -311,7 +407,7 @@ def main() -> None:
     for key in args.peers.split(","):
         peer = by_key[key]
         try:
-            peer_rows, peer_details = run_peer(peer, args, images_dir, reference)
+            peer_rows, peer_details = run_peer(peer, args, images_dir, reference, model.name)
         except (RuntimeError, TimeoutError, subprocess.TimeoutExpired, ValueError) as exc:
             print(f"   FAILED: {exc}", flush=True)  # the other peers still run
             details.append({"name": peer.name, "error": str(exc)[-3000:]})
@@ -342,6 +438,8 @@ def main() -> None:
     details_path.write_text(json.dumps(meta, indent=2) + "\n")
     print()
     print_rows(rows)
+    print("\nbest configuration per server (most images/s at concurrency 16):")
+    print_rows(best_per_server(rows))
     print(f"\nwrote {args.out} and {details_path} in {meta['wall_s']} s")
 
 

@@ -24,7 +24,7 @@ TRITON_SMOKE="import pytriton.triton, tritonclient.grpc, bench.harness.images, v
 
 # What visionrpc's runtime (decode, ONNX Runtime, post-processing, settings) and the bench image
 # generator import; pip resolves them together with each peer's pins.
-RUNTIME_DEPS=("onnxruntime" "numpy" "opencv-python-headless" "pycocotools" "pydantic-settings" "pyyaml")
+RUNTIME_DEPS=("onnxruntime" "numpy" "opencv-python-headless" "pycocotools" "pydantic-settings" "pyyaml" "simplejpeg")
 
 # pip, minus the machine-wide "Location ... is ignored" warnings about absent local indexes.
 quiet_pip() {

@@ -53,7 +53,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     rows = [report.validate_row(r) for r in doc["rows"]]
     sections = {r["section"] for r in rows}
-    assert sections == {"baseline", "inprocess", "grpc", "paired", "security", "metrics"}
+    assert sections == {"baseline", "inprocess", "grpc", "paired", "security", "metrics", "oip"}
     for row in rows:
         assert _positive(row["images_per_s"]), row
         p50, p99 = row["p50_ms"], row["p99_ms"]
@@ -88,6 +88,15 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     scrape = doc["meta"]["metrics_scrape"]  # the metrics server counted at least what it was sent
     sent = sum(r["requests"] for r in rows if r.get("variant") == "metrics on")
     assert scrape["sent"] == sent and scrape["inference_requests"] >= sent > 0
+
+    protocol = {(r.get("variant"), r["concurrency"]) for r in rows if r["section"] == "oip"}
+    assert protocol == {
+        (variant, c)
+        for variant in ("typed Infer", "Open Inference Protocol ModelInfer")
+        for c in (1, 16)
+    }
+    assert doc["meta"]["oip_check"]["equal"], doc["meta"]["oip_check"]
+    assert "h. Open Inference Protocol vs typed Infer" in done.stdout
 
     core = {(r["server"], r["method"]): r for r in doc["core"]}
     assert set(core) == {
@@ -136,6 +145,36 @@ def test_peer_rows_merge_and_render(tmp_path: Path) -> None:
     markdown = report.to_markdown(doc)
     assert "| Triton | m |" in markdown
     assert "1.50×" in markdown  # the peer's images/s ÷ the baseline's
+
+
+def test_each_peer_is_shown_in_its_best_configuration() -> None:
+    def peer(server: str, configuration: str, c: int, ips: float, p50: float) -> dict[str, Any]:
+        return {
+            "name": f"{server.lower()} ({configuration})", "peer": server,
+            "configuration": configuration, "model": "m", "method": "ModelInfer",
+            "concurrency": c, "images_per_s": ips, "p50_ms": p50, "p99_ms": p50 * 2,
+            "matches_visionrpc": True,
+        }  # fmt: skip
+
+    rows = [
+        peer("MLServer", "batching off", 1, 20.0, 40.0),
+        peer("MLServer", "batching off", 16, 30.0, 500.0),
+        peer("MLServer", "parallel_workers 2", 1, 18.0, 45.0),
+        peer("MLServer", "parallel_workers 2", 16, 36.0, 400.0),
+        peer("Triton", "batch 8, queue delay 0", 16, 28.0, 550.0),
+        peer("visionrpc", "Open Inference Protocol", 1, 25.0, 35.0),
+        peer("visionrpc", "Open Inference Protocol", 16, 45.0, 330.0),
+    ]
+    doc: dict[str, Any] = {"meta": {}, "rows": []}
+    report.merge_rows(doc, [report.validate_row(r, default_section="peer") for r in rows])
+    best = {r["peer"]: (r["configuration"], one) for r, one in report.peers_at_best(doc)}
+    assert best["MLServer"][0] == "parallel_workers 2"
+    assert best["MLServer"][1] is not None and best["MLServer"][1]["p50_ms"] == 45.0
+    assert best["Triton"] == ("batch 8, queue delay 0", None)  # no c1 row: shown as –
+    markdown = report.to_markdown(doc)
+    assert "b″. Each server at its best" in markdown
+    assert "| MLServer | parallel_workers 2 | 36.0 | 0.80× | 45.00 |" in markdown
+    assert "| mlserver (batching off) | m | ModelInfer | 16 |" in markdown  # every row in table b
 
 
 def _four_rows(section: str, figures: list[tuple[float, float]]) -> list[dict]:

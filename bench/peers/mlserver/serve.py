@@ -3,7 +3,12 @@
 Writes settings.json and yolo/model-settings.json into --workdir, then replaces this process with
 ``mlserver start`` (so SIGINT/SIGTERM reach MLServer directly).
 
-    python mlserver/serve.py --workdir DIR --grpc-port P --http-port H --metrics-port M [--batching]
+    python mlserver/serve.py --workdir DIR --grpc-port P --http-port H --metrics-port M
+        [--batching] [--parallel-workers N]
+
+--parallel-workers N > 0 is MLServer's own lever for running model calls side by side: N worker
+processes, each with its own copy of the model, requests handed to them in turn. With 0 the model
+runs in the server process, one call at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ MAX_BATCH_TIME_S = 0.005
 
 
 def write_repository(
-    workdir: Path, *, grpc_port: int, http_port: int, metrics_port: int, batching: bool
+    workdir: Path,
+    *,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    batching: bool,
+    parallel_workers: int,
 ) -> Path:
     """Write MLServer's settings.json and the model folder; returns the folder to serve."""
     model_dir = workdir / MODEL_NAME
@@ -34,7 +45,8 @@ def write_repository(
         "http_port": http_port,
         "metrics_port": metrics_port,
         "metrics_endpoint": None,
-        "parallel_workers": 0,  # the model runs in the server process (no tensor copies)
+        # 0: the model runs in the server process (no tensor copies), one call at a time
+        "parallel_workers": parallel_workers,
         "grpc_max_message_length": MAX_MESSAGE_BYTES,
         "load_models_at_startup": True,
     }
@@ -59,6 +71,9 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--batching", action="store_true", help="adaptive batching 8 / 5 ms")
+    parser.add_argument(
+        "--parallel-workers", type=int, default=0, help="inference worker processes (0: none)"
+    )
     args = parser.parse_args()
     root = write_repository(
         args.workdir,
@@ -66,6 +81,7 @@ def main() -> None:
         http_port=args.http_port,
         metrics_port=args.metrics_port,
         batching=args.batching,
+        parallel_workers=args.parallel_workers,
     )
     paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

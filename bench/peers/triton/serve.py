@@ -3,8 +3,12 @@
 Model ``yolo``: input ``image`` (BYTES, declared shape (1,), so clients send [N, 1]), output
 ``result`` (BYTES: one JSON document per image, see peer_model.result_to_json). The dynamic batcher
 hands the model function up to 8 requests at once; --max-queue-delay-us says how long it may wait
-to fill a batch. PyTriton runs a real tritonserver binary with its Python backend; the function
-below runs in this process. Stop it with SIGINT.
+to fill a batch. --instances N is Triton's own lever for running model calls side by side (the
+count of the model's instance group): PyTriton binds a list of N inference callables, one per
+instance, each with its own copy of the model, and Triton hands batches to idle instances (PyTriton
+sets the instance group's count to the number of callables). PyTriton runs a real tritonserver
+binary with its Python backend; the callables run in this process, one thread each. Stop it with
+SIGINT.
 
 The Python backend's stub needs this interpreter's own lib/ folder on LD_LIBRARY_PATH (pyenv/uv
 Pythons); main() adds it. Set PYTRITON_HOME and TMPDIR to folders of your own (run_peers.py does),
@@ -18,6 +22,7 @@ import logging
 import os
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument("--instances", type=int, default=1, help="model instances (callables)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # The Python backend's stub must load this interpreter's libpython, not the system one.
@@ -45,12 +51,15 @@ def main() -> None:
     if libdir and libdir not in ld_path.split(os.pathsep):
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, ld_path) if p)
 
-    peer = PeerModel()
+    def instance(peer: PeerModel) -> Callable[..., dict[str, np.ndarray]]:
+        """One instance's inference callable, over its own copy of the model."""
 
-    @batch
-    def infer(image: np.ndarray) -> dict[str, np.ndarray]:
-        results = peer.infer([row[0] for row in image])
-        return {"result": np.array(results, dtype=np.object_).reshape(-1, 1)}
+        @batch
+        def infer(image: np.ndarray) -> dict[str, np.ndarray]:
+            results = peer.infer([row[0] for row in image])
+            return {"result": np.array(results, dtype=np.object_).reshape(-1, 1)}
+
+        return infer
 
     config = TritonConfig(
         http_address="127.0.0.1",
@@ -63,7 +72,7 @@ def main() -> None:
     with Triton(config=config) as triton:
         triton.bind(
             model_name=MODEL_NAME,
-            infer_func=infer,
+            infer_func=[instance(PeerModel()) for _ in range(args.instances)],
             inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
             outputs=[Tensor(name="result", dtype=np.bytes_, shape=(1,))],
             config=ModelConfig(
