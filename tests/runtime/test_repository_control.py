@@ -16,7 +16,12 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.runtime.onnx_builders import broken_model_file, dent_model
-from visionrpc.errors import InvalidInputError, ModelLoadError, ModelNotFoundError
+from visionrpc.errors import (
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NotReadyError,
+)
 from visionrpc.runtime.control import ModelControl
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import (
@@ -256,3 +261,30 @@ async def test_reload_of_the_packaged_model_changes_its_version(tmp_path: Path) 
         assert after.detections == before.detections
         assert loaded.load_seconds > 0
         await control.close()
+
+
+async def test_a_request_outliving_the_retire_timeout_fails_unavailable(
+    repo_dir: Path,
+) -> None:
+    """A request still running on a replaced version after ``retire_timeout_s`` is answered
+    NotReadyError (UNAVAILABLE: a retry reaches the new version), not left hanging."""
+    settings = settings_for(repo_dir)
+    async with InferencePipeline(ModelRepository(settings), settings) as pipeline:
+        control = ModelControl(pipeline, ModelControlSettings(retire_timeout_s=0.2))
+        model = pipeline.repository.get("dent")
+        gate = threading.Event()
+        run = model.onnx.run
+
+        def stuck(batch: np.ndarray, *, all_cores: bool = False) -> list[np.ndarray]:
+            gate.wait(10)
+            return run(batch, all_cores=all_cores)
+
+        model.onnx.run = stuck  # type: ignore[method-assign]
+        in_flight = asyncio.create_task(pipeline.infer(infer(pipeline, "dent")))
+        await wait_until(lambda: pipeline.load()["dent"].instances_busy == 1)
+        await control.reload("dent")
+        with pytest.raises(NotReadyError, match=r"'dent' version 1 stopped serving .* retry it"):
+            await in_flight
+        gate.set()
+        await control.close()
+        assert (await pipeline.infer(infer(pipeline, "dent"))).model == "dent"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visionrpc.errors import InvalidInputError, ResourceLimitError, shorten
+from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
 from visionrpc.runtime.fairness import ClientSlots
@@ -431,7 +431,13 @@ class InferencePipeline:
             )
         batcher = self._batchers.pop(model.generation, None)
         if batcher is not None and batcher.loop in (None, loop):
-            await batcher.aclose()
+            await batcher.aclose(
+                NotReadyError(
+                    f"model {model.name!r} version {model.config.version} stopped serving "
+                    f"(reloaded or unloaded) while this request still ran after "
+                    f"{timeout_s:g} s (model_control.retire_timeout_s); retry it"
+                )
+            )
         threads = self._instance_threads.pop(model.generation, [])
         await asyncio.to_thread(_join, threads)
 
