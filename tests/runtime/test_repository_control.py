@@ -288,3 +288,30 @@ async def test_a_request_outliving_the_retire_timeout_fails_unavailable(
         gate.set()
         await control.close()
         assert (await pipeline.infer(infer(pipeline, "dent"))).model == "dent"
+
+
+async def test_a_first_load_in_progress_is_loading_and_unavailable(
+    control: ModelControl, repo_dir: Path
+) -> None:
+    """While a model's first load runs, requests for it get NotReadyError (UNAVAILABLE: retry
+    shortly) and the index says LOADING; a reload keeps the old version READY meanwhile."""
+    pipeline, repository = control.pipeline, control.repository
+    dent_model(repo_dir / "late.onnx")
+    gate = threading.Event()
+    warm = pipeline.warm
+
+    def slow_warm(model: LoadedModel) -> None:
+        gate.wait(10)
+        warm(model)
+
+    pipeline.warm = slow_warm  # type: ignore[method-assign]
+    loading = asyncio.create_task(control.load("late"))
+    reloading = asyncio.create_task(control.reload("dent"))
+    await wait_until(lambda: repository.status("late").state is ModelState.LOADING)
+    with pytest.raises(NotReadyError, match="model 'late' is loading; retry shortly"):
+        repository.get("late")
+    assert repository.status("dent").state is ModelState.READY
+    assert (await pipeline.infer(infer(pipeline, "dent"))).model == "dent"
+    gate.set()
+    await asyncio.gather(loading, reloading)
+    assert states(repository)["late"] == (ModelState.READY, "1")

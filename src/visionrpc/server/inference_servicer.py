@@ -3,7 +3,9 @@
 The servicer also owns the service's lifecycle for VisionServer (see ``server.app.Service``): it is
 registered before start-up (gRPC needs its handlers up front), loads the models in ``start`` and
 closes the pipeline in ``stop``; until the models are loaded its calls fail with UNAVAILABLE and
-health reports NOT_SERVING.
+health reports NOT_SERVING. It also holds the :class:`ModelControl` (and, when
+``model_control.poll_interval_s`` is set, the directory watch) that both APIs' model control
+methods use.
 """
 
 from __future__ import annotations
