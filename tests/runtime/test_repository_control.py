@@ -315,3 +315,12 @@ async def test_a_first_load_in_progress_is_loading_and_unavailable(
     gate.set()
     await asyncio.gather(loading, reloading)
     assert states(repository)["late"] == (ModelState.READY, "1")
+
+
+async def test_loads_of_different_models_run_side_by_side(
+    control: ModelControl, repo_dir: Path
+) -> None:
+    for i in range(4):
+        dent_model(repo_dir / f"extra{i}.onnx")
+    await asyncio.gather(*(control.load(f"extra{i}") for i in range(4)), control.load("dent"))
+    assert {f"extra{i}" for i in range(4)} | {"dent", "tiny"} == set(control.repository.names)

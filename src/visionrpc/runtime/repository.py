@@ -334,6 +334,9 @@ class ModelRepository:
         self._status: dict[str, ModelStatus] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # held for the copy-and-replace of ``_models`` only: loads of two models run side by
+        # side, and without it one's new dict could drop the other's model
+        self._swap = threading.Lock()
         log.info(
             "model repository %s: %s (%s)",
             self.directory,
@@ -459,7 +462,8 @@ class ModelRepository:
                 if error is exc:
                     raise
                 raise error from exc
-            self._models = {**self._models, name: new}  # one assignment: the swap
+            with self._swap:
+                self._models = {**self._models, name: new}  # one assignment: the swap
             self._status.pop(name, None)
         log.info(
             "model %s: version %s serving (generation %d)%s, loaded in %.2f s",
@@ -484,7 +488,8 @@ class ModelRepository:
                         f"loaded models: {', '.join(self._models) or 'none'}"
                     )
                 return None
-            self._models = {k: v for k, v in self._models.items() if k != name}
+            with self._swap:
+                self._models = {k: v for k, v in self._models.items() if k != name}
             reason = "unloaded by request"
             self._status[name] = ModelStatus(
                 name, ModelState.UNAVAILABLE, old.config.version, reason
