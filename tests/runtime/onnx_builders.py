@@ -43,10 +43,12 @@ def constant_model(
     task: str = "detect",
     fixed_batch: int | None = None,
     metadata: dict[str, str] | None = None,
+    input_type: int = TensorProto.FLOAT,
 ) -> Path:
     """A model that ignores the image: output i is ``outputs[i]`` (no batch axis) for every image.
 
-    The input is "images" [batch, 3, H, W] (batch symbolic unless ``fixed_batch``).
+    The input is "images" [batch, 3, H, W] of ``input_type`` (batch symbolic unless
+    ``fixed_batch``).
     """
     w, h = input_size
     batch: int | str = fixed_batch if fixed_batch is not None else "batch"
@@ -71,7 +73,7 @@ def constant_model(
     graph = helper.make_graph(
         nodes,
         "constant",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("images", input_type, [batch, 3, h, w])],
         graph_outputs,
         initializer=inits,
     )
@@ -79,15 +81,23 @@ def constant_model(
 
 
 def box_finder_model(
-    path: Path, *, input_size: tuple[int, int] = (320, 320), threshold: float = 0.8
+    path: Path,
+    *,
+    input_size: tuple[int, int] = (320, 320),
+    threshold: float = 0.8,
+    dtype: int = TensorProto.FLOAT,
 ) -> Path:
     """A one-class YOLOv8-layout model that really looks at the image.
 
     It outputs one anchor ([B, 5, 1]: cx, cy, w, h, score 0.9) boxing the pixels brighter than
     ``threshold`` (in 0..1), so boxes can be checked against what was drawn in the original image.
+    ``dtype`` is the input's type: FLOAT16 (pixels in 0..1; the output is FLOAT16 too, as in a
+    half-precision export) or UINT8 (pixels 0..255, scaled by the graph itself).
     """
     w, h = input_size
     f = TensorProto.FLOAT
+    if dtype not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.UINT8):
+        raise ValueError(f"unsupported input type {dtype}")
     inits = [
         numpy_helper.from_array(np.array(threshold, np.float32), "thr"),
         numpy_helper.from_array(np.arange(w, dtype=np.float32)[None], "idx_w"),
@@ -99,7 +109,16 @@ def box_finder_model(
         numpy_helper.from_array(np.array(0.9, np.float32), "score"),
         numpy_helper.from_array(np.array([2], np.int64), "axis2"),
     ]
-    nodes = [helper.make_node("ReduceMax", ["images"], ["gray"], axes=[1], keepdims=0)]
+    pixels = "images"
+    nodes = []
+    if dtype != f:
+        nodes.append(helper.make_node("Cast", ["images"], ["images_f"], to=f))
+        pixels = "images_f"
+    if dtype == TensorProto.UINT8:
+        inits.append(numpy_helper.from_array(np.array(1 / 255, np.float32), "to_unit"))
+        nodes.append(helper.make_node("Mul", ["images_f", "to_unit"], ["images_unit"]))
+        pixels = "images_unit"
+    nodes.append(helper.make_node("ReduceMax", [pixels], ["gray"], axes=[1], keepdims=0))
     for axis_name, reduce_axis, idx in (("x", 1, "idx_w"), ("y", 2, "idx_h")):
         p = axis_name
         nodes += [
@@ -124,13 +143,15 @@ def box_finder_model(
         helper.make_node(
             "Concat", ["cx", "cy", "x_len", "y_len", "scores"], ["rows"], axis=1
         ),  # [B, 5]
-        helper.make_node("Unsqueeze", ["rows", "axis2"], ["output0"]),  # [B, 5, 1]
+        helper.make_node("Unsqueeze", ["rows", "axis2"], ["output0_f"]),  # [B, 5, 1]
     ]
+    out_type = TensorProto.FLOAT16 if dtype == TensorProto.FLOAT16 else f
+    nodes.append(helper.make_node("Cast", ["output0_f"], ["output0"], to=out_type))
     graph = helper.make_graph(
         nodes,
         "box_finder",
-        [helper.make_tensor_value_info("images", f, ["batch", 3, h, w])],
-        [helper.make_tensor_value_info("output0", f, ["batch", 5, 1])],
+        [helper.make_tensor_value_info("images", dtype, ["batch", 3, h, w])],
+        [helper.make_tensor_value_info("output0", out_type, ["batch", 5, 1])],
         initializer=inits,
     )
     return _save(graph, path, _metadata({0: "bright"}, "detect", input_size, None))

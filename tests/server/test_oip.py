@@ -122,7 +122,12 @@ async def test_live_ready_and_model_ready(stubs: Stubs) -> None:
 async def test_server_metadata_lists_the_extensions_implemented(stubs: Stubs) -> None:
     reply = await stubs.oip.ServerMetadata(oip.ServerMetadataRequest())
     assert (reply.name, reply.version) == ("visionrpc", __version__)
-    assert {"parameters", "statistics", "model_repository"} <= set(reply.extensions)
+    assert set(reply.extensions) == {
+        "model_configuration",
+        "parameters",
+        "statistics",
+        "model_repository",
+    }
 
 
 async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -329,13 +330,26 @@ def letterbox_uint8(
 
 
 def to_chw_float(canvas: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in 0..1, written into ``out`` (e.g. a batch slot)."""
+    """(H, W, 3) uint8 -> (3, H, W) float in 0..1, written into ``out`` (e.g. a batch slot;
+    float32 unless ``out`` is float16, for graphs that take half precision)."""
     h, w = canvas.shape[:2]
     if out is None:
         out = np.empty((3, h, w), dtype=np.float32)
-    elif out.shape != (3, h, w) or out.dtype != np.float32:
-        raise ValueError(f"output slot is {out.shape} {out.dtype}, need (3, {h}, {w}) float32")
+    elif out.shape != (3, h, w) or out.dtype not in (np.float32, np.float16):
+        raise ValueError(f"output slot is {out.shape} {out.dtype}, need (3, {h}, {w}) float")
     np.multiply(canvas.transpose(2, 0, 1), np.float32(1 / 255), out=out, dtype=np.float32)
+    return out
+
+
+def to_chw(canvas: np.ndarray, dtype: np.dtype[Any], out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 -> a (3, H, W) model input of ``dtype``: floats in 0..1, uint8 unscaled
+    (a graph that takes uint8 normalises the pixels itself)."""
+    if dtype != np.uint8:
+        return to_chw_float(canvas, np.empty((3, *canvas.shape[:2]), dtype) if out is None else out)
+    chw = canvas.transpose(2, 0, 1)
+    if out is None:
+        return np.ascontiguousarray(chw)
+    out[...] = chw
     return out
 
 

@@ -38,6 +38,29 @@ _DEVICE_PROVIDERS: dict[Device, str] = {
 }
 DEFAULT_INPUT_SIZE = 640
 
+ORT_DTYPES: dict[str, np.dtype[Any]] = {
+    f"tensor({ort_name})": np.dtype(np_name)
+    for ort_name, np_name in (
+        ("bool", "bool"),
+        ("uint8", "uint8"),
+        ("uint16", "uint16"),
+        ("uint32", "uint32"),
+        ("uint64", "uint64"),
+        ("int8", "int8"),
+        ("int16", "int16"),
+        ("int32", "int32"),
+        ("int64", "int64"),
+        ("float16", "float16"),
+        ("float", "float32"),
+        ("double", "float64"),
+    )
+}
+"""ONNX Runtime's tensor type names and the numpy dtypes that carry them."""
+
+IMAGE_INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8))
+"""Image inputs the vision path can fill: floats get pixels scaled to 0..1 (as Ultralytics
+exports expect), uint8 gets the pixels as they are (the graph normalises them itself)."""
+
 
 def select_providers(device: Device, available: Sequence[str] | None = None) -> list[Any]:
     """Execution providers to ask for, best first; CPU is always the last fallback.
@@ -236,7 +259,13 @@ class OnnxModel:
             self.input_size = imgsz
         else:
             self.input_size = (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
-        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+        dtype = ORT_DTYPES.get(inp.type)
+        if dtype is None or dtype not in IMAGE_INPUT_DTYPES:
+            raise ModelLoadError(
+                f"{self.path}: input {inp.name!r} is {inp.type}; an image input must be float "
+                "(float32 or float16, pixels in 0..1) or uint8 (pixels 0..255)"
+            )
+        self.input_dtype: np.dtype[Any] = dtype
 
         self.spec: OutputSpec = self._probe_layout() if warmup else self._static_layout()
         if warmup and self.lone_session is not None:

@@ -8,12 +8,14 @@ finds nobody ahead of it and an instance idle runs every step in one hop on that
 Requests carry a *client* key (a plain string from the server): the batcher serves clients'
 lines round-robin, and each client has at most ``fairness.decodes_per_client`` images in the
 decode pool, so a quiet client's image is not decoded after all of a busy client's backlog.
-``infer_sync`` does the same work in the calling thread, one image per model call.
+``infer_sync`` does the same work in the calling thread, one image per model call. ``infer_raw``
+puts ready tensors (the raw view, :mod:`visionrpc.runtime.raw`) into the same batchers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
+from visionrpc.runtime import raw
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
 from visionrpc.runtime.fairness import ClientSlots
@@ -36,9 +39,10 @@ from visionrpc.runtime.imaging import (
     decode_image,
     letterbox_uint8,
     raw_to_rgb,
-    to_chw_float,
+    to_chw,
 )
 from visionrpc.runtime.masks import MaskEncoder
+from visionrpc.runtime.raw import RawResult, RawSample
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.statistics import InferenceStatistics
 from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
@@ -60,7 +64,7 @@ from visionrpc.types import (
 
 log = logging.getLogger(__name__)
 
-ItemOutputs = list[np.ndarray]  # one image's model outputs, batch axis removed
+ItemOutputs = raw.ItemOutputs  # one image's model outputs, batch axis removed
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Job:
 
 
 JobOutcome = InferenceResult | Exception  # per job, so one bad result fails only its request
+BatchItem = Job | RawSample  # what a model's batcher queues: images and raw-view samples alike
+Outcome = JobOutcome | ItemOutputs  # a raw sample's outcome is the graph's outputs
 
 
 @dataclass(frozen=True)
@@ -189,9 +195,12 @@ def mask_pixels(boxes_original: np.ndarray) -> int:
 
 
 class BatchRunner:
-    """Runs letterboxed canvases through one model, normalising them into a reused input buffer.
+    """Runs letterboxed canvases (normalised into a reused input buffer of the graph's dtype) and
+    raw samples (copied into it as they are) through one model.
 
-    Each of the model's instance threads gets a buffer of its own, made on its first batch.
+    Each of the model's instance threads gets a buffer of its own, made on its first batch. Raw
+    samples of another size than the buffer's slots are stacked on their own (the caller groups
+    items by shape, see :func:`raw.run_grouped`).
     """
 
     def __init__(self, model: LoadedModel) -> None:
@@ -200,14 +209,27 @@ class BatchRunner:
         self._shape = (model.max_batch_size, 3, h, w)
         self._local = threading.local()
 
-    def __call__(self, items: Sequence[PreparedImage]) -> list[ItemOutputs]:
+    @property
+    def slot_shape(self) -> tuple[int, ...]:
+        return self._shape[1:]
+
+    def __call__(self, items: Sequence[PreparedImage | RawSample]) -> list[ItemOutputs]:
+        n = len(items)
+        first = items[0]
+        if isinstance(first, RawSample) and first.array.shape != self.slot_shape:
+            outputs = self._model.run(
+                np.stack([item.array for item in items if isinstance(item, RawSample)])
+            )
+            return [[out[i] for out in outputs] for i in range(n)]
         buffer: np.ndarray | None = getattr(self._local, "buffer", None)
         if buffer is None:
-            buffer = self._local.buffer = np.empty(self._shape, dtype=np.float32)
-        n = len(items)
+            buffer = self._local.buffer = np.empty(self._shape, dtype=self._model.input_dtype)
         t0 = time.perf_counter()
         for i, item in enumerate(items):
-            to_chw_float(item.canvas, out=buffer[i])
+            if isinstance(item, RawSample):
+                buffer[i] = item.array
+            else:
+                to_chw(item.canvas, buffer.dtype, out=buffer[i])
         self._local.input_s = time.perf_counter() - t0
         outputs = self._model.run(buffer[:n])
         return [[out[i] for out in outputs] for i in range(n)]
@@ -232,7 +254,7 @@ class InferencePipeline:
         # Both keyed by LoadedModel.generation, not by name: while a reload swaps versions, the
         # old one finishes its requests on its own batcher and threads beside the new one's.
         self._instance_threads: dict[int, list[ThreadPoolExecutor]] = {}
-        self._batchers: dict[int, DynamicBatcher[Job, JobOutcome]] = {}
+        self._batchers: dict[int, DynamicBatcher[BatchItem, Outcome]] = {}
         self._holders: Counter[int] = Counter()  # requests holding each generation
         self._holders_lock = threading.Lock()
         self._occupancy = Occupancy()  # shared by the batchers: is anything else running?
@@ -301,7 +323,7 @@ class InferencePipeline:
         prepared = self._prepare(item, model, deadline)
         deadline.check("before the model call")
         t0 = time.perf_counter()
-        tensor = to_chw_float(prepared.canvas)[None]
+        tensor = to_chw(prepared.canvas, model.onnx.input_dtype)[None]
         t1 = time.perf_counter()
         outputs = model.onnx.run(tensor, all_cores=all_cores)
         t2 = time.perf_counter()
@@ -379,10 +401,71 @@ class InferencePipeline:
             self._let_go(model)
             if self._trim_pending:  # off the event loop, without delaying the answer
                 loop.run_in_executor(self._decode_pool, self._trim)
-        if isinstance(batched.value, Exception):
-            raise batched.value
-        batched.value.timings.queue_ms = batched.queue_ms
-        return batched.value
+        value = batched.value
+        if isinstance(value, Exception):
+            raise value
+        assert isinstance(value, InferenceResult)
+        value.timings.queue_ms = batched.queue_ms
+        return value
+
+    async def infer_raw(
+        self,
+        model_name: str,
+        batch: np.ndarray,
+        deadline: Deadline | None = None,
+        client: str = "",
+    ) -> RawResult:
+        """Run the graph itself on ``batch`` (its input, batch axis first) in the model's batcher.
+
+        Each sample is one item of the batcher, as one image is: a single sample may run alone,
+        several are admitted together (all or none) and may share batches with images.
+        """
+        start = time.perf_counter()
+        deadline = self._start_deadline(deadline)
+        loop = asyncio.get_running_loop()
+        model = self.repository.get(model_name)
+        samples = raw.split(model, batch, deadline, self.settings.max_image_pixels)
+        batcher = self._batcher(model, loop)
+        version = model.config.version
+        self._hold(model)
+        try:
+            if len(samples) == 1:
+                (sample,) = samples
+
+                def alone(all_cores: bool) -> Outcome:
+                    t0 = time.perf_counter()
+                    outputs = raw.run_alone(model.onnx, sample, all_cores=all_cores)
+                    self.statistics.executed(
+                        model.name, version, 1, 0.0, time.perf_counter() - t0, 0.0
+                    )
+                    if self.on_batch is not None:
+                        self.on_batch(model.name, 1)
+                    return outputs
+
+                async def prepare() -> BatchItem:
+                    return sample
+
+                outcomes = [(await batcher.schedule(alone, prepare, client)).value]
+            else:
+                with contextlib.ExitStack() as stack:
+                    slots = [stack.enter_context(batcher.admit(client)) for _ in samples]
+                    done = await asyncio.gather(
+                        *(slot.submit(s) for slot, s in zip(slots, samples, strict=True))
+                    )
+                outcomes = [b.value for b in done]
+            result = raw.join(model, outcomes)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                deadline.cancel()
+            for _ in samples:  # each sample counts as one image, as in the vision view
+                self.statistics.failed(model.name, version, time.perf_counter() - start)
+            raise
+        finally:
+            self._let_go(model)
+        took = Timings(total_ms=_ms_since(start))
+        for _ in samples:
+            self.statistics.succeeded(model.name, version, took)
+        return result
 
     def load(self) -> dict[str, ModelLoad]:
         """Each model's queue depth and busy instances now; safe to call from another thread
@@ -406,7 +489,7 @@ class InferencePipeline:
         options = resolve_options(item.options, model)
         start = time.perf_counter()
         prepared = self._prepare(item, model, Deadline())
-        outputs = model.onnx.run(to_chw_float(prepared.canvas)[None])
+        outputs = model.onnx.run(to_chw(prepared.canvas, model.onnx.input_dtype)[None])
         self._finish(item, model, options, prepared, [o[0] for o in outputs], 0.0, 0.0, start)
 
     async def retire(self, model: LoadedModel, timeout_s: float) -> None:
@@ -492,7 +575,7 @@ class InferencePipeline:
 
     def _batcher(
         self, model: LoadedModel, loop: asyncio.AbstractEventLoop
-    ) -> DynamicBatcher[Job, JobOutcome]:
+    ) -> DynamicBatcher[BatchItem, Outcome]:
         if self._closed:
             raise shutting_down(model.name)
         batcher = self._batchers.get(model.generation)
@@ -513,12 +596,12 @@ class InferencePipeline:
         return batcher
 
     def _run_jobs(
-        self, model: LoadedModel, runner: BatchRunner, jobs: Sequence[Job]
-    ) -> list[JobOutcome]:
+        self, model: LoadedModel, runner: BatchRunner, jobs: Sequence[BatchItem]
+    ) -> list[Outcome]:
         """A batch on one instance: the model call, then each job's post-processing right there,
         so a finished request never queues behind other requests' decoding. Jobs whose caller
-        is gone are left out of the model call."""
-        outcomes: dict[int, JobOutcome] = {}
+        is gone are left out of the model call; raw samples get the graph's outputs as they are."""
+        outcomes: dict[int, Outcome] = {}
         live: list[int] = []
         for i, job in enumerate(jobs):
             try:
@@ -528,13 +611,22 @@ class InferencePipeline:
                 outcomes[i] = exc
         if live:
             t0 = time.perf_counter()
-            outputs = runner([jobs[i].prepared for i in live])
+            fed = [j.prepared if isinstance(j, Job) else j for j in (jobs[i] for i in live)]
+            on_batch = self.on_batch
+            outputs = raw.run_grouped(
+                runner,
+                model.onnx,
+                fed,
+                runner.slot_shape,
+                lambda n: None if on_batch is None else on_batch(model.name, n),
+            )
             t1 = time.perf_counter()
             run_ms = (t1 - t0) * 1000
-            if self.on_batch is not None:
-                self.on_batch(model.name, len(live))
             for i, out in zip(live, outputs, strict=True):
                 job = jobs[i]
+                if isinstance(out, Exception) or isinstance(job, RawSample):
+                    outcomes[i] = out
+                    continue
                 try:
                     outcomes[i] = self._finish(
                         job.item, model, job.options, job.prepared, out, run_ms, 0.0, job.start

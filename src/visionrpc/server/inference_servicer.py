@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+import numpy as np
 
 from visionrpc.errors import NotReadyError
 from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.control import ModelControl
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
+from visionrpc.runtime.raw import RawResult
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.watch import ModelWatch
 from visionrpc.server.correlation import REQUEST_ID, new_request_id
@@ -272,6 +274,38 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             ),
             tracing=self._tracing,
         )
+
+    async def infer_raw(self, model: str, batch: np.ndarray, context: Context) -> RawResult:
+        """A raw-view call (the protocol's ModelInfer on ``NAME.raw``): the graph itself on
+        ``batch``, in the model's batcher. It takes one of its client's in-flight slots, as an
+        Infer call does."""
+        client = client_key(context)
+        if not self._in_flight.try_acquire(client):
+            refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
+            if self._meter is not None:
+                self._meter.failed(self._meter.begin(model), refusal)
+            raise refusal
+        try:
+            return await self.run_raw(model, batch, self._deadline(context), client)
+        finally:
+            self._in_flight.release(client)
+
+    async def run_raw(
+        self, model: str, batch: np.ndarray, deadline: Deadline, client: str
+    ) -> RawResult:
+        """The graph on ``batch`` for a caller that holds the client's in-flight slot already,
+        counted in the metrics as one request of ``len(batch)`` images."""
+        meter = self._meter
+        started = meter.begin(model) if meter is not None else None
+        try:
+            result = await self.pipeline.infer_raw(model, batch, deadline, client)
+        except BaseException as exc:
+            if meter is not None and started is not None:
+                meter.failed(started, exc)
+            raise
+        if meter is not None and started is not None:
+            meter.answered_tensors(started, len(batch))
+        return result
 
     @staticmethod
     def _deadline(context: Context) -> Deadline:

@@ -188,6 +188,15 @@ class InferenceMeter:
         series.queue_seconds.inc(t.queue_ms / 1000)
         series.compute_seconds.inc(t.inference_ms / 1000)
 
+    def answered_tensors(self, started: Started, samples: int) -> None:
+        """A raw-view request of ``samples`` ready tensors was answered (no stages to time:
+        its queue and model time are in the batch metrics)."""
+        series, at = started
+        self.in_flight[series.name] -= 1
+        series.requests.inc()
+        series.images.inc(samples)
+        series.duration.observe(time.perf_counter() - at)
+
     def failed(self, started: Started, error: BaseException) -> None:
         """The request ended with ``error``; its reason is the gRPC code the caller gets."""
         series, at = started

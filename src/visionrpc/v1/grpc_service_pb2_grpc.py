@@ -74,6 +74,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
         self.RepositoryIndex = channel.unary_unary(
                 '/inference.GRPCInferenceService/RepositoryIndex',
                 request_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
@@ -151,6 +156,13 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """A model's configuration (Triton's model_config.proto, ModelConfig).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RepositoryIndex(self, request, context):
         """Every model of the repository with its state, NAME and NAME.raw (the model_repository
         extension).
@@ -215,6 +227,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
             ),
             'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.RepositoryIndex,
@@ -448,6 +465,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStatistics',
             visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
             visionrpc_dot_v1_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            visionrpc_dot_v1_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            visionrpc_dot_v1_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

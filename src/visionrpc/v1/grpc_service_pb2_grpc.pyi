@@ -58,6 +58,8 @@ class GRPCInferenceServiceStub:
     """
     ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
     """Cumulative counts and durations per model and version (empty name: every model)."""
+    ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
+    """A model's configuration (Triton's model_config.proto, ModelConfig)."""
     RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]
     """Every model of the repository with its state, NAME and NAME.raw (the model_repository
     extension).
@@ -88,6 +90,8 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """
     ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
     """Cumulative counts and durations per model and version (empty name: every model)."""
+    ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]  # type: ignore[assignment]
+    """A model's configuration (Triton's model_config.proto, ModelConfig)."""
     RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
     """Every model of the repository with its state, NAME and NAME.raw (the model_repository
     extension).
@@ -163,6 +167,14 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grpc_service_pb2.ModelStatisticsResponse, _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]]:
         """Cumulative counts and durations per model and version (empty name: every model)."""
+
+    @_abc_1.abstractmethod
+    def ModelConfig(
+        self,
+        request: _grpc_service_pb2.ModelConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelConfigResponse, _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]]:
+        """A model's configuration (Triton's model_config.proto, ModelConfig)."""
 
     @_abc_1.abstractmethod
     def RepositoryIndex(

@@ -2,8 +2,10 @@
 
 It shares the :class:`InferenceServicer`'s pipeline and repository (batching, limits and the
 readiness of the typed API apply unchanged) and only converts tensors to and from the runtime's
-types. Each model is offered in its vision view (see :mod:`visionrpc.server.oip.vision`). An RPC
-of Triton's service that is not defined here answers UNIMPLEMENTED.
+types. Each model is offered in two views (see :mod:`visionrpc.server.oip.naming`): ``NAME``, the
+vision view (:mod:`visionrpc.server.oip.vision`), and ``NAME.raw``, the ONNX graph's own tensors
+(:mod:`visionrpc.server.oip.raw`). An RPC of Triton's service that is not defined here answers
+UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
+import numpy as np
 
 from visionrpc import __version__
 from visionrpc.errors import InvalidInputError, ModelNotFoundError, NotReadyError
 from visionrpc.runtime.budget import Deadline
+from visionrpc.runtime.raw import RawResult
+from visionrpc.runtime.repository import LoadedModel
 from visionrpc.server.correlation import REQUEST_ID
 from visionrpc.server.inference_servicer import InferenceServicer
+from visionrpc.server.oip import config, raw, statistics, vision
 from visionrpc.server.oip import repository as model_repository
-from visionrpc.server.oip import statistics, vision
-from visionrpc.server.oip.naming import parse_view
+from visionrpc.server.oip.naming import ViewName, parse_view
 from visionrpc.server.status import Context, map_errors, status_for
 from visionrpc.server.streams import FrameHandler
 from visionrpc.types import InferenceInput, InferenceResult
@@ -31,9 +36,17 @@ RunInputs = Callable[[Sequence[InferenceInput]], Awaitable[list[InferenceResult]
 """How a request's images run: a ModelInfer call takes an in-flight slot for them, a stream
 request already holds one."""
 
+RunRaw = Callable[[str, np.ndarray], Awaitable[RawResult]]
+"""How a raw-view request's batch runs, with or without taking an in-flight slot (as RunInputs)."""
+
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-EXTENSIONS: tuple[str, ...] = ("parameters", "statistics", "model_repository")
+EXTENSIONS: tuple[str, ...] = (
+    "model_configuration",
+    "parameters",
+    "statistics",
+    "model_repository",
+)
 """The protocol extensions (Triton's names) this server implements, for ServerMetadata."""
 
 
@@ -106,16 +119,28 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: Context
     ) -> oip.ModelMetadataResponse:
-        name, version = self._version(request.name, request.version)
-        task = self._inference.repository.describe(name).task
+        view, model = self._model(request.name, request.version)
         tensor = oip.ModelMetadataResponse.TensorMetadata
+        if view.raw:
+            platform, inputs, outputs = raw.PLATFORM, raw.inputs(model), raw.outputs(model)
+        else:
+            platform, inputs = vision.PLATFORM, list(vision.INPUTS)
+            outputs = list(vision.outputs(model.onnx.task))
         return oip.ModelMetadataResponse(
-            name=name,
-            versions=[version],
-            platform=vision.PLATFORM,
-            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.INPUTS],
-            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in vision.outputs(task)],
+            name=view.protocol_name,
+            versions=[model.config.version],
+            platform=platform,
+            inputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in inputs],
+            outputs=[tensor(name=n, datatype=d, shape=s) for n, d, s in outputs],
         )
+
+    @map_errors
+    async def ModelConfig(
+        self, request: oip.ModelConfigRequest, context: Context
+    ) -> oip.ModelConfigResponse:
+        view, model = self._model(request.name, request.version)
+        make = config.raw_config if view.raw else config.vision_config
+        return oip.ModelConfigResponse(config=make(model, view.protocol_name))
 
     # -- inference -------------------------------------------------------------------------------
 
@@ -123,6 +148,10 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
+        if parse_view(request.model_name).raw:
+            return await self._raw_infer(
+                request, lambda model, batch: self._inference.infer_raw(model, batch, context)
+            )
         return await self._vision_infer(
             request, lambda items: self._inference.infer_all(items, context)
         )
@@ -142,10 +171,25 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         """One stream request; the stream already holds the client's in-flight slot for it."""
         if request.id:
             REQUEST_ID.set(request.id)  # for the log lines of this frame's task
-        response = await self._vision_infer(
-            request, lambda items: self._inference.run_all(items, deadline, client)
-        )
+        if parse_view(request.model_name).raw:
+            response = await self._raw_infer(
+                request,
+                lambda model, batch: self._inference.run_raw(model, batch, deadline, client),
+            )
+        else:
+            response = await self._vision_infer(
+                request, lambda items: self._inference.run_all(items, deadline, client)
+            )
         return oip.ModelStreamInferResponse(infer_response=response)
+
+    async def _raw_infer(
+        self, request: oip.ModelInferRequest, run: RunRaw
+    ) -> oip.ModelInferResponse:
+        view, model = self._model(request.model_name, request.model_version)
+        batch = raw.input_batch(request, model)
+        names = raw.requested_outputs(request, model)
+        result = await run(model.name, batch)
+        return raw.response(view.protocol_name, request.id, result, names)
 
     async def _vision_infer(
         self, request: oip.ModelInferRequest, run: RunInputs
@@ -155,9 +199,9 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         wanted = vision.read(request, name, task)
         results = await run(wanted.inputs())
         response = oip.ModelInferResponse(model_name=name, model_version=version, id=request.id)
-        for out_name, datatype, shape, raw in vision.output_tensors(results, wanted.outputs):
+        for out_name, datatype, shape, content in vision.output_tensors(results, wanted.outputs):
             response.outputs.add(name=out_name, datatype=datatype, shape=shape)
-            response.raw_output_contents.append(raw)
+            response.raw_output_contents.append(content)
         return response
 
     # -- statistics ------------------------------------------------------------------------------
@@ -223,18 +267,22 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _version(self, name: str, version: str) -> tuple[str, str]:
         """The model's (name, version); ModelNotFoundError when this server does not hold it."""
-        view = parse_view(name)
-        if view.raw:
+        _, model = self._model(name, version)
+        return model.name, model.config.version
+
+    def _model(self, name: str, version: str) -> tuple[ViewName, LoadedModel]:
+        """The view a protocol name asks for (with the model's own name when it named none) and
+        its loaded model; ModelNotFoundError when this server does not hold it (or not in that
+        version)."""
+        asked = parse_view(name)
+        model = self._inference.repository.get(asked.model)
+        view = ViewName(model.name, asked.raw)
+        if version and version != model.config.version:
             raise ModelNotFoundError(
-                f"the raw view {name!r} is not served yet; ask the vision view {view.model!r}"
-            )
-        described = self._inference.repository.describe(view.model)
-        if version and version != described.version:
-            raise ModelNotFoundError(
-                f"model {described.name} has version {described.version}, not {version}; "
+                f"model {view.protocol_name} has version {model.config.version}, not {version}; "
                 "leave the version empty or ask for that one"
             )
-        return described.name, described.version
+        return view, model
 
 
 def _failed_frame(request: oip.ModelInferRequest, error: Exception) -> oip.ModelStreamInferResponse:
