@@ -230,9 +230,25 @@ def test_model_info_round_trips(task: types.Task, layout: types.Layout) -> None:
         dynamic_batch=True,
         max_batch_size=8,
         default_agnostic_nms=True,
+        state=types.ModelState.READY,
+        state_reason="reload failed, version interim still serving: cannot load model.onnx",
     )
     assert_every_field_set(info)
     proto = ModelInfoConverter.from_types(info)
     assert proto.task == (pb.TASK_SEGMENT if task is types.Task.SEGMENT else pb.TASK_DETECT)
     assert proto.layout == layout.value
     assert ModelInfoConverter.to_types(pb.ModelInfo.FromString(proto.SerializeToString())) == info
+
+
+def test_model_states_round_trip_and_a_stateless_server_means_ready() -> None:
+    for state in types.ModelState:
+        status = types.ModelStatus("defects", state, "3", "why")
+        back = ModelInfoConverter.to_types(ModelInfoConverter.from_status(status))
+        assert (back.name, back.version, back.state, back.state_reason) == (
+            "defects",
+            "3",
+            state,
+            "why",
+        )
+    # a server from before model control sends no state: what it lists serves
+    assert ModelInfoConverter.to_types(pb.ModelInfo(name="m")).state is types.ModelState.READY

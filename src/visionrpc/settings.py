@@ -296,6 +296,24 @@ class ConnectionSettings(BaseModel):
     )
 
 
+class ModelControlSettings(BaseModel):
+    """Loading, reloading and unloading models while the server runs."""
+
+    poll_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="Watch models_dir: every this many seconds, load new models, reload changed "
+        "ones (once their files stopped changing for one interval) and unload removed ones. "
+        "Unset = no watch; models change only through LoadModel/UnloadModel/ReloadModel.",
+    )
+    retire_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="After a reload or unload, how long the old version may take to finish the "
+        "requests it holds; requests still running then fail with UNAVAILABLE.",
+    )
+
+
 class Settings(BaseSettings):
     """Server configuration."""
 
@@ -363,6 +381,7 @@ class Settings(BaseSettings):
     fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    model_control: ModelControlSettings = Field(default_factory=ModelControlSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

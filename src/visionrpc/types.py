@@ -29,6 +29,14 @@ class MaskFormat(StrEnum):
     POLYGON = "polygon"
 
 
+class ModelState(StrEnum):
+    """Where a model of the repository stands (the names are Triton's repository index states)."""
+
+    READY = "READY"  # serving
+    LOADING = "LOADING"  # first load in progress (a reload keeps the old version READY)
+    UNAVAILABLE = "UNAVAILABLE"  # not serving: unloaded, failed to load, or never loaded
+
+
 class PixelFormat(StrEnum):
     RGB = "rgb"
     BGR = "bgr"
@@ -161,3 +169,15 @@ class ModelDescription:
     dynamic_batch: bool
     max_batch_size: int
     default_agnostic_nms: bool = False
+    state: ModelState = ModelState.READY
+    state_reason: str = ""  # why it is not READY, or why its last reload failed
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model of the repository directory in the index: its state, whether loaded or not."""
+
+    name: str
+    state: ModelState
+    version: str = ""  # the loaded (or last loaded) version; empty when never loaded
+    reason: str = ""  # why it is not READY, or why its last reload failed

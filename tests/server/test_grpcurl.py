@@ -81,6 +81,9 @@ def test_list_methods(address: str) -> None:
         "visionrpc.v1.InferenceMethods.Infer",
         "visionrpc.v1.InferenceMethods.InferStream",
         "visionrpc.v1.InferenceMethods.ListModels",
+        "visionrpc.v1.InferenceMethods.LoadModel",
+        "visionrpc.v1.InferenceMethods.ReloadModel",
+        "visionrpc.v1.InferenceMethods.UnloadModel",
     ]
 
 

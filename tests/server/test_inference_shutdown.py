@@ -45,7 +45,8 @@ async def test_requests_in_flight_when_the_pipeline_closes_get_unavailable(
             running_call = asyncio.ensure_future(stub.Infer(frame))  # runs on the one instance
             await wait_until(lambda: len(calls) == 1)
             queued_call = asyncio.ensure_future(stub.Infer(frame))  # waits for the instance
-            await wait_until(lambda: servicer.pipeline._batchers["tiny"].queued == 1)
+            tiny = servicer.repository.get("tiny").generation  # batchers are per loaded version
+            await wait_until(lambda: servicer.pipeline._batchers[tiny].queued == 1)
             await servicer.stop()  # what a draining server does once its grace is over
             for call in (running_call, queued_call):
                 with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -122,7 +122,12 @@ async def test_live_ready_and_model_ready(stubs: Stubs) -> None:
 async def test_server_metadata_lists_the_extensions_implemented(stubs: Stubs) -> None:
     reply = await stubs.oip.ServerMetadata(oip.ServerMetadataRequest())
     assert (reply.name, reply.version) == ("visionrpc", __version__)
-    assert set(reply.extensions) == {"model_configuration", "parameters", "statistics"}
+    assert set(reply.extensions) == {
+        "model_configuration",
+        "parameters",
+        "statistics",
+        "model_repository",
+    }
 
 
 async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:
@@ -249,17 +254,22 @@ async def test_rpcs_outside_the_slice_are_unimplemented(stubs: Stubs) -> None:
     def same(data: bytes) -> bytes:
         return data
 
-    call = stubs.channel.unary_unary("/inference.GRPCInferenceService/RepositoryIndex", same, same)
+    call = stubs.channel.unary_unary(
+        "/inference.GRPCInferenceService/SystemSharedMemoryStatus", same, same
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call(b"")
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_every_rpc_of_the_service_needs_the_inference_scope() -> None:
+def test_every_rpc_of_the_service_needs_the_inference_scope_but_model_control() -> None:
     methods = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
-    assert {auth.required_scope(f"/inference.GRPCInferenceService/{m.name}") for m in methods} == {
-        "inference"
+    scopes = {
+        m.name: auth.required_scope(f"/inference.GRPCInferenceService/{m.name}") for m in methods
     }
+    control = {"RepositoryModelLoad", "RepositoryModelUnload"}
+    assert {scopes[name] for name in control} == {"models"}
+    assert {scope for name, scope in scopes.items() if name not in control} == {"inference"}
 
 
 async def test_each_image_is_counted_like_one_infer(

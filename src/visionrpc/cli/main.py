@@ -14,7 +14,7 @@ import typer
 from typer.exceptions import TyperException
 
 from visionrpc import __version__
-from visionrpc.cli import bench, calls, demo, evaluate, infer, serve
+from visionrpc.cli import bench, calls, demo, evaluate, infer, models, serve
 
 app = typer.Typer(
     name="visionrpc",
@@ -50,7 +50,7 @@ app.command("health")(calls.health)
 app.command("demo")(demo.demo)
 app.command("infer")(infer.infer)
 app.command("infer-stream")(infer.infer_stream)
-app.command("models")(infer.models)
+app.add_typer(models.models_app, name="models")
 app.command("eval")(evaluate.evaluate)
 app.command("bench")(bench.bench)
 

@@ -39,6 +39,7 @@ FLAG_FIELDS: dict[str, str] = {
     "tls_client_ca": "tls.client_ca_file",
     "metrics_port": "metrics.port",
     "metrics_host": "metrics.host",
+    "watch_models": "model_control.poll_interval_s",
 }
 """serve()'s parameters and the Settings fields they set (``group.field`` for nested ones)."""
 _FIELDS = Settings.model_fields
@@ -99,6 +100,10 @@ def serve(
     tls_client_ca: Annotated[Path | None, _option("tls.client_ca_file", "--tls-client-ca")] = None,
     metrics_port: Annotated[int | None, _option("metrics.port", "--metrics-port")] = None,
     metrics_host: Annotated[str, _option("metrics.host", "--metrics-host")] = "127.0.0.1",
+    watch_models: Annotated[
+        float | None,
+        _option("model_control.poll_interval_s", "--watch-models", metavar="SECONDS"),
+    ] = None,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (flags override VISIONRPC_* environment variables)."""
     given: dict[str, Any] = {

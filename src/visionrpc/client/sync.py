@@ -210,10 +210,14 @@ class Client(ClientBase):
         return _stream(call, StreamResult.from_proto, source)
 
     def list_models(
-        self, *, timeout: Timeout = USE_CLIENT_DEFAULT
+        self, *, include_unavailable: bool = False, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> tuple[list[ModelDescription], str]:
-        """(every model the server holds, the default model's name or "" when there is none)."""
-        request = inference_pb2.ListModelsRequest()
+        """(every model the server serves, the default model's name or "" when there is none).
+
+        ``include_unavailable`` adds the models of its directory that do not serve (unloaded,
+        loading, failed): of those only name, version, state and state_reason are meaningful.
+        """
+        request = inference_pb2.ListModelsRequest(include_unavailable=include_unavailable)
         reply = self._call(self._inference.ListModels, request, timeout)
         return [ModelInfoConverter.to_types(m) for m in reply.models], reply.default_model
 
@@ -222,6 +226,27 @@ class Client(ClientBase):
     ) -> ModelDescription:
         request = inference_pb2.GetModelInfoRequest(name=name)
         reply = self._call(self._inference.GetModelInfo, request, timeout)
+        return ModelInfoConverter.to_types(reply)
+
+    def load_model(self, name: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> ModelDescription:
+        """Load a model of the server's directory, or reload it when loaded (zero-downtime);
+        the version now serving. Needs a token with the ``models`` scope when auth is on."""
+        request = inference_pb2.LoadModelRequest(name=name)
+        reply = self._call(self._inference.LoadModel, request, timeout)
+        return ModelInfoConverter.to_types(reply)
+
+    def reload_model(self, name: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> ModelDescription:
+        """Reload a loaded model from its files (zero-downtime); ModelNotFound when it is not
+        loaded. The version now serving."""
+        request = inference_pb2.ReloadModelRequest(name=name)
+        reply = self._call(self._inference.ReloadModel, request, timeout)
+        return ModelInfoConverter.to_types(reply)
+
+    def unload_model(self, name: str, *, timeout: Timeout = USE_CLIENT_DEFAULT) -> ModelDescription:
+        """Stop serving a model (requests already running finish); its entry afterwards, with
+        only name, version, state and state_reason set."""
+        request = inference_pb2.UnloadModelRequest(name=name)
+        reply = self._call(self._inference.UnloadModel, request, timeout)
         return ModelInfoConverter.to_types(reply)
 
     def health(self, service: str = "", *, timeout: Timeout = USE_CLIENT_DEFAULT) -> HealthResult:

@@ -186,6 +186,7 @@ class DynamicBatcher(Generic[T, R]):
         self._running: set[asyncio.Task[None]] = set()
         self._alone: set[asyncio.Future[Batched[R]]] = set()  # callers of lone requests
         self._closed = False
+        self._close_error: NotReadyError | None = None  # what aclose's caller wants said
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -261,10 +262,12 @@ class DynamicBatcher(Generic[T, R]):
         """Admit and submit in one step."""
         return await self.admit(client).submit(item)
 
-    async def aclose(self) -> None:
+    async def aclose(self, error: NotReadyError | None = None) -> None:
         """Stop the dispatcher and running batches; requests not yet answered (queued, in a
-        batch, running alone, or admitted later) fail with NotReadyError."""
+        batch, running alone, or admitted later) fail with ``error``, by default a
+        NotReadyError saying the server is going away."""
         self._closed = True
+        self._close_error = error
         tasks = [*self._running, *([self._worker] if self._worker is not None else [])]
         for task in tasks:
             task.cancel()
@@ -283,7 +286,7 @@ class DynamicBatcher(Generic[T, R]):
     # -- internals -------------------------------------------------------------------------
 
     def _shutting_down(self) -> NotReadyError:
-        return shutting_down(self.name)
+        return self._close_error or shutting_down(self.name)
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()

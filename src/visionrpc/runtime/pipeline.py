@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import math
 import threading
 import time
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from visionrpc.errors import InvalidInputError, ResourceLimitError, shorten
+from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
 from visionrpc.runtime import raw
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
@@ -55,9 +56,13 @@ from visionrpc.types import (
     InferenceOptions,
     InferenceResult,
     MaskFormat,
+    PixelFormat,
+    RawImage,
     Task,
     Timings,
 )
+
+log = logging.getLogger(__name__)
 
 ItemOutputs = raw.ItemOutputs  # one image's model outputs, batch axis removed
 
@@ -246,8 +251,12 @@ class InferencePipeline:
         )
         # A thread per model instance: each instance always calls ORT from the same thread, so
         # its caches stay warm on one core instead of following requests between threads.
-        self._instance_threads: dict[str, list[ThreadPoolExecutor]] = {}
-        self._batchers: dict[str, DynamicBatcher[BatchItem, Outcome]] = {}
+        # Both keyed by LoadedModel.generation, not by name: while a reload swaps versions, the
+        # old one finishes its requests on its own batcher and threads beside the new one's.
+        self._instance_threads: dict[int, list[ThreadPoolExecutor]] = {}
+        self._batchers: dict[int, DynamicBatcher[BatchItem, Outcome]] = {}
+        self._holders: Counter[int] = Counter()  # requests holding each generation
+        self._holders_lock = threading.Lock()
         self._occupancy = Occupancy()  # shared by the batchers: is anything else running?
         self._decoding = ClientSlots(settings.fairness.decodes_per_client)
         self._closed = False
@@ -271,6 +280,7 @@ class InferencePipeline:
         start = time.perf_counter()
         deadline = self._start_deadline(deadline)
         model = self.repository.get(item.options.model)
+        self._hold(model)
         try:
             options = resolve_options(item.options, model)
             check_limits(options, self.settings.limits)
@@ -279,6 +289,7 @@ class InferencePipeline:
             self._failed(model, start)
             raise
         finally:
+            self._let_go(model)
             if self._trim_pending:
                 self._trim()
         self.statistics.succeeded(model.name, model.config.version, result.timings)
@@ -380,12 +391,14 @@ class InferencePipeline:
                 self._decoding.release(client)
             return Job(item, options, prepared, start)
 
+        self._hold(model)
         try:
             batched = await batcher.schedule(alone, prepare, client)
         except asyncio.CancelledError:
             deadline.cancel()  # work already handed to a thread stops at its next stage
             raise
         finally:
+            self._let_go(model)
             if self._trim_pending:  # off the event loop, without delaying the answer
                 loop.run_in_executor(self._decode_pool, self._trim)
         value = batched.value
@@ -414,6 +427,7 @@ class InferencePipeline:
         samples = raw.split(model, batch, deadline, self.settings.max_image_pixels)
         batcher = self._batcher(model, loop)
         version = model.config.version
+        self._hold(model)
         try:
             if len(samples) == 1:
                 (sample,) = samples
@@ -446,6 +460,8 @@ class InferencePipeline:
             for _ in samples:  # each sample counts as one image, as in the vision view
                 self.statistics.failed(model.name, version, time.perf_counter() - start)
             raise
+        finally:
+            self._let_go(model)
         took = Timings(total_ms=_ms_since(start))
         for _ in samples:
             self.statistics.succeeded(model.name, version, took)
@@ -455,14 +471,70 @@ class InferencePipeline:
         """Each model's queue depth and busy instances now; safe to call from another thread
         (it only reads counters, so a value may be a moment old)."""
         out = {}
-        for name in self.repository.names:
-            batcher = self._batchers.get(name)
-            instances = self.repository.get(name).instances
+        for name, model in self.repository.loaded().items():
+            batcher = self._batchers.get(model.generation)
             if batcher is None:  # no request yet
-                out[name] = ModelLoad(0, 0, instances)
+                out[name] = ModelLoad(0, 0, model.instances)
             else:
-                out[name] = ModelLoad(batcher.depth, batcher.busy, instances)
+                out[name] = ModelLoad(batcher.depth, batcher.busy, model.instances)
         return out
+
+    def warm(self, model: LoadedModel) -> None:
+        """One request through every step (decode, letterbox, model call, post-processing) on
+        ``model`` before it serves, so its first real request pays no first-call costs; in the
+        calling thread, and not counted in the metrics."""
+        w, h = model.onnx.input_size
+        frame = RawImage(w, h, 3, PixelFormat.RGB, bytes(w * h * 3))
+        item = InferenceInput(InferenceOptions(model=model.name), raw=frame)
+        options = resolve_options(item.options, model)
+        start = time.perf_counter()
+        prepared = self._prepare(item, model, Deadline())
+        outputs = model.onnx.run(to_chw(prepared.canvas, model.onnx.input_dtype)[None])
+        self._finish(item, model, options, prepared, [o[0] for o in outputs], 0.0, 0.0, start)
+
+    async def retire(self, model: LoadedModel, timeout_s: float) -> None:
+        """Close a version that no longer serves (replaced or unloaded) once it is idle.
+
+        Requests that got ``model`` before the swap finish on it: this waits until none holds
+        it (at most ``timeout_s``; any still running then fail with NotReadyError), closes its
+        batcher, then joins its instance threads, so nothing runs its ORT sessions any more and
+        they are freed with the last reference to it.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout_s
+        while self._holders[model.generation] and loop.time() < give_up:
+            await asyncio.sleep(0.01)
+        if self._holders[model.generation]:
+            log.warning(
+                "model %s version %s: %d request(s) still running after %.0f s; stopping them",
+                model.name,
+                model.config.version,
+                self._holders[model.generation],
+                timeout_s,
+            )
+        batcher = self._batchers.pop(model.generation, None)
+        if batcher is not None and batcher.loop in (None, loop):
+            await batcher.aclose(
+                NotReadyError(
+                    f"model {model.name!r} version {model.config.version} stopped serving "
+                    f"(reloaded or unloaded) while this request still ran after "
+                    f"{timeout_s:g} s (model_control.retire_timeout_s); retry it"
+                )
+            )
+        threads = self._instance_threads.pop(model.generation, [])
+        await asyncio.to_thread(_join, threads)
+
+    def _hold(self, model: LoadedModel) -> None:
+        with self._holders_lock:
+            self._holders[model.generation] += 1
+
+    def _let_go(self, model: LoadedModel) -> None:
+        with self._holders_lock:
+            left = self._holders[model.generation] - 1
+            if left:
+                self._holders[model.generation] = left
+            else:
+                del self._holders[model.generation]
 
     async def close(self) -> None:
         """Stop the batchers and the thread pools; requests not yet answered, and any later
@@ -492,10 +564,11 @@ class InferencePipeline:
     # -- steps -----------------------------------------------------------------------------
 
     def _threads(self, model: LoadedModel) -> list[ThreadPoolExecutor]:
-        threads = self._instance_threads.get(model.name)
+        threads = self._instance_threads.get(model.generation)
         if threads is None:
-            threads = self._instance_threads[model.name] = [
-                ThreadPoolExecutor(1, thread_name_prefix=f"visionrpc-{model.name}-{i}")
+            prefix = f"visionrpc-{model.name}-g{model.generation}"
+            threads = self._instance_threads[model.generation] = [
+                ThreadPoolExecutor(1, thread_name_prefix=f"{prefix}-{i}")
                 for i in range(model.instances)
             ]
         return threads
@@ -505,7 +578,7 @@ class InferencePipeline:
     ) -> DynamicBatcher[BatchItem, Outcome]:
         if self._closed:
             raise shutting_down(model.name)
-        batcher = self._batchers.get(model.name)
+        batcher = self._batchers.get(model.generation)
         if batcher is None or batcher.loop not in (None, loop):
             runner = BatchRunner(model)
             batcher = DynamicBatcher(
@@ -519,7 +592,7 @@ class InferencePipeline:
                 name=model.name,
                 occupancy=self._occupancy,
             )
-            self._batchers[model.name] = batcher
+            self._batchers[model.generation] = batcher
         return batcher
 
     def _run_jobs(
@@ -685,6 +758,11 @@ class InferencePipeline:
                 boxes, raw.scores, raw.class_ids, areas, encoded, strict=True
             )
         )
+
+
+def _join(threads: Sequence[ThreadPoolExecutor]) -> None:
+    for thread in threads:
+        thread.shutdown(wait=True, cancel_futures=True)
 
 
 def summarize_defects(

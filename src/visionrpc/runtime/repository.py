@@ -1,17 +1,23 @@
-"""ModelRepository: every model of a directory, loaded at start-up, looked up by name.
+"""ModelRepository: every model of a directory, loaded at start-up, looked up by name, and
+loaded, reloaded or unloaded one at a time while serving.
 
 Layout of the directory (Triton-like, but flat):
   NAME.onnx                    a model with default settings
   NAME/model.onnx (any *.onnx) plus an optional NAME/model.yaml with ModelConfig's keys
   repository.yaml              optional, RepositoryConfig's keys (``default_model: NAME``)
-Anything broken fails the start-up with ModelLoadError naming the path, never the first request.
+Anything broken fails the start-up with ModelLoadError naming the path, never the first request;
+once serving, a load that fails leaves the version serving alone and the index says why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import itertools
 import logging
+import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +25,17 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from visionrpc.errors import InvalidInputError, ModelLoadError, ModelNotFoundError, shorten
+from visionrpc.errors import (
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NotReadyError,
+    VisionRPCError,
+    shorten,
+)
 from visionrpc.runtime.model import OnnxModel, plan_instances
 from visionrpc.settings import BatchingSettings, Settings
-from visionrpc.types import ModelDescription
+from visionrpc.types import ModelDescription, ModelState, ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +43,9 @@ MAX_DETECTIONS_LIMIT = 10_000  # per image; more is refused as a request error
 CONFIG_FILE = "model.yaml"
 REPOSITORY_FILE = "repository.yaml"
 RAW_SUFFIX = ".raw"
-"""Ends the Open Inference Protocol's name of a model's raw view, so no model's own name may."""
+"""A name ending in it selects the raw view of a model (``defects.raw`` = the ONNX graph of
+``defects``), so no model of the directory may have such a name. The server imports it from here:
+the runtime knows no server code."""
 
 
 class ModelConfig(BaseModel):
@@ -81,60 +96,132 @@ def scan_repository(directory: Path) -> dict[str, ModelSource]:
 
     The one reading of the layout: the server and the benchmark both use it. A folder with a
     model.yaml but no .onnx, or several .onnx files and none named model.onnx, is an error; a
-    folder with neither is ignored, and so are names starting with "." or "_".
+    folder with neither is ignored, and so are names starting with "." or "_". A name ending in
+    :data:`RAW_SUFFIX` is an error: that name belongs to the raw view of another model.
     """
-    if not directory.is_dir():
-        raise ModelLoadError(
-            f"model directory {directory} does not exist; set models_dir to a directory "
-            "holding NAME.onnx files or NAME/ folders"
-        )
+    _check_directory(directory)
     found: dict[str, ModelSource] = {}
     for entry in sorted(directory.iterdir()):
-        if entry.name.startswith((".", "_")):
+        source = read_entry(entry)
+        if source is None:
             continue
-        config_path: Path | None = None
-        if entry.is_file() and entry.suffix == ".onnx":
-            name, onnx = entry.stem, entry
-        elif entry.is_dir():
-            config = entry / CONFIG_FILE
-            onnx_files = sorted(entry.glob("*.onnx"))
-            if not onnx_files:
-                if config.is_file():
-                    raise ModelLoadError(
-                        f"model folder {entry} has a {CONFIG_FILE} but no .onnx file"
-                    )
-                log.warning("ignoring %s: no .onnx file inside", entry)
-                continue
-            if len(onnx_files) > 1:
-                preferred = entry / "model.onnx"
-                if not preferred.is_file():
-                    raise ModelLoadError(
-                        f"model folder {entry} holds several .onnx files "
-                        f"({', '.join(p.name for p in onnx_files)}); "
-                        "keep one or name it model.onnx"
-                    )
-                onnx_files = [preferred]
-            name, onnx = entry.name, onnx_files[0]
-            config_path = config if config.is_file() else None
-        else:
-            continue
-        if name.endswith(RAW_SUFFIX):
+        if source.name in found:
             raise ModelLoadError(
-                f"model {name!r} ({entry}) ends in {RAW_SUFFIX!r}, which names a model's raw view "
-                "over the Open Inference Protocol; rename it"
+                f"model {source.name!r} is defined twice in {directory} "
+                f"({found[source.name].onnx} and {source.onnx}); remove one"
             )
-        if name in found:
-            raise ModelLoadError(
-                f"model {name!r} is defined twice in {directory} ({found[name].onnx} and "
-                f"{onnx}); remove one"
-            )
-        config_model = _read_yaml(config_path, ModelConfig) if config_path else ModelConfig()
-        found[name] = ModelSource(name, entry, onnx, config_model, config_path)
+        found[source.name] = source
     if not found:
         raise ModelLoadError(
             f"model directory {directory} holds no models (NAME.onnx or NAME/*.onnx)"
         )
     return found
+
+
+def find_model(directory: Path, name: str) -> ModelSource:
+    """Read one model of ``directory`` afresh (its files and model.yaml), for a load or reload.
+
+    ModelNotFoundError when the directory holds no model of that name; ModelLoadError naming
+    the file when it holds a broken one.
+    """
+    check_model_name(name)
+    _check_directory(directory)
+    sources = [
+        source
+        for entry in (directory / f"{name}.onnx", directory / name)
+        if (source := read_entry(entry)) is not None
+    ]
+    if not sources:
+        raise ModelNotFoundError(
+            f"model directory {directory} has no model {name!r}: put {name}.onnx or a folder "
+            f"{name}/ holding an .onnx file there first"
+        )
+    if len(sources) > 1:
+        raise ModelLoadError(
+            f"model {name!r} is defined twice in {directory} ({sources[0].onnx} and "
+            f"{sources[1].onnx}); remove one"
+        )
+    return sources[0]
+
+
+def check_model_name(name: str) -> None:
+    """Refuse what cannot name a model of the directory (paths, hidden names, the raw suffix)."""
+    if not name or "/" in name or "\\" in name or name.startswith((".", "_")):
+        raise InvalidInputError(
+            f"{shorten(name)} is not a model name: send the name of a NAME.onnx file or NAME/ "
+            "folder of the model directory (not a path, not starting with '.' or '_')",
+            field="name",
+        )
+    if name.endswith(RAW_SUFFIX):
+        raise InvalidInputError(
+            f"{shorten(name)} ends in {RAW_SUFFIX!r}, which names the raw view of model "
+            f"{name.removesuffix(RAW_SUFFIX)!r}; load, reload or unload that model instead",
+            field="name",
+        )
+
+
+def model_entries(directory: Path) -> dict[str, Path]:
+    """The entries of ``directory`` that look like models, by name, without reading them (for
+    the index); empty when the directory cannot be read."""
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return {}
+    found: dict[str, Path] = {}
+    for entry in entries:
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_file() and entry.suffix == ".onnx":
+            found.setdefault(entry.stem, entry)
+        elif entry.is_dir() and any(entry.glob("*.onnx")):
+            found.setdefault(entry.name, entry)
+    return found
+
+
+def read_entry(entry: Path) -> ModelSource | None:
+    """The model one entry of the directory holds, model.yaml read and checked; None for an
+    entry that is no model (hidden, not .onnx, a folder without one)."""
+    if entry.name.startswith((".", "_")):
+        return None
+    config_path: Path | None = None
+    if entry.is_file() and entry.suffix == ".onnx":
+        name, onnx = entry.stem, entry
+    elif entry.is_dir():
+        config = entry / CONFIG_FILE
+        onnx_files = sorted(entry.glob("*.onnx"))
+        if not onnx_files:
+            if config.is_file():
+                raise ModelLoadError(f"model folder {entry} has a {CONFIG_FILE} but no .onnx file")
+            log.warning("ignoring %s: no .onnx file inside", entry)
+            return None
+        if len(onnx_files) > 1:
+            preferred = entry / "model.onnx"
+            if not preferred.is_file():
+                raise ModelLoadError(
+                    f"model folder {entry} holds several .onnx files "
+                    f"({', '.join(p.name for p in onnx_files)}); "
+                    "keep one or name it model.onnx"
+                )
+            onnx_files = [preferred]
+        name, onnx = entry.name, onnx_files[0]
+        config_path = config if config.is_file() else None
+    else:
+        return None
+    if name.endswith(RAW_SUFFIX):
+        raise ModelLoadError(
+            f"model {name!r} ({entry}) ends in {RAW_SUFFIX!r}, which names the raw view of model "
+            f"{name.removesuffix(RAW_SUFFIX)!r} over the Open Inference Protocol; rename it"
+        )
+    config_model = _read_yaml(config_path, ModelConfig) if config_path else ModelConfig()
+    return ModelSource(name, entry, onnx, config_model, config_path)
+
+
+def _check_directory(directory: Path) -> None:
+    if not directory.is_dir():
+        raise ModelLoadError(
+            f"model directory {directory} does not exist; set models_dir to a directory "
+            "holding NAME.onnx files or NAME/ folders"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +236,10 @@ class LoadedModel:
     batching: BatchingSettings
     instances: int = 1  # batches of this model that may run at once
     load_seconds: float = 0.0  # how long reading the file and creating its sessions took
+    generation: int = 0
+    """Which load of the repository made it (unique, increasing): a reload makes a new
+    LoadedModel, and the pipeline keys its batchers and threads by this, not by the name, so the
+    old and the new version run side by side until the old one is done."""
 
     @property
     def max_batch_size(self) -> int:
@@ -208,19 +299,44 @@ def packaged_models_dir() -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class Swap:
+    """What a load did: the version now serving, and the one it replaced (None on a first load),
+    which the caller retires once the requests holding it are done."""
+
+    new: LoadedModel
+    old: LoadedModel | None
+
+
 class ModelRepository:
-    """All models of ``settings.models_dir`` (or the packaged one), loaded eagerly."""
+    """All models of ``settings.models_dir`` (or the packaged one), loaded eagerly at start-up,
+    then loaded, reloaded and unloaded one by one while serving.
+
+    Readers (:meth:`get`, from the event loop and any thread) never wait: the served models are
+    one dict that a load or unload replaces whole, in one assignment, so a reader sees either the
+    old or the new dict and a request that already holds a LoadedModel keeps it. Loads and unloads
+    of one model run one at a time (a lock per name) and block: run them in a worker thread.
+    """
 
     def __init__(self, settings: Settings) -> None:
         directory = settings.models_dir or packaged_models_dir()
         self.directory = Path(directory)
         self._settings = settings
+        self._generations = itertools.count(1)
         sources = scan_repository(self.directory)
         # the default is checked before any model is loaded: a typo fails the start-up at once
         self.default_name = self._pick_default(settings.default_model, list(sources))
         self._models: dict[str, LoadedModel] = {
             name: self._load(source) for name, source in sources.items()
         }
+        # models that are not READY (loading, unloaded, failed), and READY ones whose last
+        # reload failed, with the reason
+        self._status: dict[str, ModelStatus] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        # held for the copy-and-replace of ``_models`` only: loads of two models run side by
+        # side, and without it one's new dict could drop the other's model
+        self._swap = threading.Lock()
         log.info(
             "model repository %s: %s (%s)",
             self.directory,
@@ -230,7 +346,12 @@ class ModelRepository:
 
     @property
     def names(self) -> list[str]:
+        """The models serving now."""
         return list(self._models)
+
+    def loaded(self) -> Mapping[str, LoadedModel]:
+        """The models serving now, by name: a snapshot a later load or unload leaves alone."""
+        return self._models
 
     def __len__(self) -> int:
         return len(self._models)
@@ -239,26 +360,162 @@ class ModelRepository:
         return name in self._models
 
     def get(self, name: str = "") -> LoadedModel:
-        """The named model; "" is the default. ModelNotFoundError lists what is available."""
+        """The named model; "" is the default. ModelNotFoundError lists what is available;
+        NotReadyError while the model's first load is running."""
         key = name or self.default_name
+        models = self._models
         if not key:
             raise InvalidInputError(
                 "this server has several models and none is the default; name one of: "
-                f"{', '.join(self._models)} (or set default_model / {REPOSITORY_FILE})",
+                f"{', '.join(models)} (or set default_model / {REPOSITORY_FILE})",
                 field="model",
             )
-        try:
-            return self._models[key]
-        except KeyError:
+        model = models.get(key)
+        if model is not None:
+            return model
+        available = f"available models: {', '.join(models) or 'none'}"
+        status = self._status.get(key)
+        which = f"model {shorten(key)}" if name else f"the default model {key!r}"
+        if status is not None and status.state is ModelState.LOADING:
+            raise NotReadyError(f"{which} is loading; retry shortly")
+        if status is not None:
             raise ModelNotFoundError(
-                f"model {shorten(name)} is not loaded; available models: {', '.join(self._models)}"
-            ) from None
+                f"{which} is not loaded ({status.reason}); load it (LoadModel) or name one of "
+                f"the {available}"
+            )
+        raise ModelNotFoundError(f"{which} is not loaded; {available}")
 
     def describe(self, name: str = "") -> ModelDescription:
-        return self.get(name).describe()
+        return self._described(self.get(name))
 
     def describe_all(self) -> list[ModelDescription]:
-        return [m.describe() for m in self._models.values()]
+        return [self._described(m) for m in self._models.values()]
+
+    def _described(self, model: LoadedModel) -> ModelDescription:
+        description = model.describe()
+        status = self._status.get(model.name)
+        if status is None or not status.reason:
+            return description
+        return dataclasses.replace(description, state_reason=status.reason)
+
+    def status(self, name: str) -> ModelStatus:
+        """One model's entry of :meth:`index` (UNAVAILABLE with a reason for a name the
+        directory does not hold)."""
+        for entry in self.index(only=name):
+            return entry
+        return ModelStatus(
+            name, ModelState.UNAVAILABLE, reason=f"no model {name!r} in {self.directory}"
+        )
+
+    def index(self, *, only: str | None = None) -> list[ModelStatus]:
+        """Every model of the directory and every model loaded, by name, with its state.
+
+        A model found in the directory but never loaded (added after start-up, or refused by
+        the scan) is UNAVAILABLE with the reason. ``only`` narrows it to one name.
+        """
+        models, statuses = self._models, dict(self._status)
+        entries = model_entries(self.directory)
+        names = set(models) | set(statuses) | set(entries)
+        if only is not None:
+            names &= {only}
+        out = []
+        for name in sorted(names):
+            model = models.get(name)
+            status = statuses.get(name)
+            if model is not None:
+                reason = status.reason if status is not None else ""
+                out.append(ModelStatus(name, ModelState.READY, model.config.version, reason))
+            elif status is not None:
+                out.append(status)
+            elif name.endswith(RAW_SUFFIX):
+                reason = f"refused: names ending in {RAW_SUFFIX!r} are reserved for raw views"
+                out.append(ModelStatus(name, ModelState.UNAVAILABLE, reason=reason))
+            else:
+                reason = "not loaded: found in the directory after start-up; load it"
+                out.append(ModelStatus(name, ModelState.UNAVAILABLE, reason=reason))
+        return out
+
+    def load(self, name: str, warm: Callable[[LoadedModel], None] | None = None) -> Swap:
+        """Load ``name`` from the directory afresh, or reload it when it is loaded.
+
+        The new version is read (files and model.yaml), its sessions made and warmed (``warm``
+        gets one more real call through it) while the old one keeps serving, then it replaces
+        the old one in one step. On failure the old version keeps serving, the index says why,
+        and the error (ModelLoadError naming the file) is raised. Blocks: call it in a thread.
+        """
+        check_model_name(name)
+        with self._lock(name):
+            old = self._models.get(name)
+            before = self._status.get(name)
+            if old is None:
+                self._status[name] = ModelStatus(name, ModelState.LOADING, reason="loading")
+            started = time.perf_counter()
+            try:
+                new = self._load(find_model(self.directory, name))
+                if warm is not None:
+                    warm(new)
+            except Exception as exc:
+                error = exc
+                if not isinstance(exc, VisionRPCError):  # a bug or an ORT error in the warm-up
+                    error = ModelLoadError(f"cannot load model {name!r}: {exc}")
+                self._failed(name, old, before, error)
+                if error is exc:
+                    raise
+                raise error from exc
+            with self._swap:
+                self._models = {**self._models, name: new}  # one assignment: the swap
+            self._status.pop(name, None)
+        log.info(
+            "model %s: version %s serving (generation %d)%s, loaded in %.2f s",
+            name,
+            new.config.version,
+            new.generation,
+            f", replacing version {old.config.version}" if old is not None else "",
+            time.perf_counter() - started,
+        )
+        return Swap(new, old)
+
+    def unload(self, name: str) -> LoadedModel | None:
+        """Stop serving ``name``: later requests for it fail with ModelNotFoundError, the
+        returned version (None when it was not loaded) is the caller's to retire."""
+        check_model_name(name)
+        with self._lock(name):
+            old = self._models.get(name)
+            if old is None:
+                if name not in self._status and name not in model_entries(self.directory):
+                    raise ModelNotFoundError(
+                        f"model {name!r} is neither loaded nor in {self.directory}; "
+                        f"loaded models: {', '.join(self._models) or 'none'}"
+                    )
+                return None
+            with self._swap:
+                self._models = {k: v for k, v in self._models.items() if k != name}
+            reason = "unloaded by request"
+            self._status[name] = ModelStatus(
+                name, ModelState.UNAVAILABLE, old.config.version, reason
+            )
+        log.info("model %s: version %s unloaded", name, old.config.version)
+        return old
+
+    def _failed(
+        self, name: str, old: LoadedModel | None, before: ModelStatus | None, error: Exception
+    ) -> None:
+        log.warning("model %s: load failed: %s", name, error)
+        if old is not None:
+            reason = f"reload failed, version {old.config.version} still serving: {error}"
+            self._status[name] = ModelStatus(name, ModelState.READY, old.config.version, reason)
+        elif isinstance(error, ModelNotFoundError):  # no such model: the index stays as it was
+            if before is None:
+                self._status.pop(name, None)
+            else:
+                self._status[name] = before
+        else:
+            reason = f"load failed: {error}"
+            self._status[name] = ModelStatus(name, ModelState.UNAVAILABLE, reason=reason)
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
 
     def _load(self, source: ModelSource) -> LoadedModel:
         name, onnx_path, config = source.name, source.onnx, source.config
@@ -295,6 +552,7 @@ class ModelRepository:
             batching,
             plan.instances,
             time.perf_counter() - started,
+            next(self._generations),
         )
 
     def _pick_default(self, configured: str, names: list[str]) -> str:

@@ -45,9 +45,16 @@ SERVICE_SCOPES: dict[str, Scope] = {
 }
 """The scope a token needs for every method of a service."""
 
-METHOD_SCOPES: dict[str, Scope] = {}
+METHOD_SCOPES: dict[str, Scope] = {
+    "/visionrpc.v1.InferenceMethods/LoadModel": "models",
+    "/visionrpc.v1.InferenceMethods/ReloadModel": "models",
+    "/visionrpc.v1.InferenceMethods/UnloadModel": "models",
+    "/inference.GRPCInferenceService/RepositoryModelLoad": "models",
+    "/inference.GRPCInferenceService/RepositoryModelUnload": "models",
+}
 """Per-method exceptions to SERVICE_SCOPES, by full method name (``/package.Service/Method``):
-model control methods (load, unload) map to ``models`` here."""
+model control (load, reload, unload) needs ``models``; listing the repository stays in its
+service's scope, as a reader of the models may want to know what is served."""
 
 HEADER = "authorization"
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")

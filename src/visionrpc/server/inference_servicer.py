@@ -3,12 +3,15 @@
 The servicer also owns the service's lifecycle for VisionServer (see ``server.app.Service``): it is
 registered before start-up (gRPC needs its handlers up front), loads the models in ``start`` and
 closes the pipeline in ``stop``; until the models are loaded its calls fail with UNAVAILABLE and
-health reports NOT_SERVING.
+health reports NOT_SERVING. It also holds the :class:`ModelControl` (and, when
+``model_control.poll_interval_s`` is set, the directory watch) that both APIs' model control
+methods use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,16 +22,18 @@ import numpy as np
 
 from visionrpc.errors import NotReadyError
 from visionrpc.runtime.budget import Deadline
+from visionrpc.runtime.control import ModelControl
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.raw import RawResult
-from visionrpc.runtime.repository import ModelRepository
+from visionrpc.runtime.repository import LoadedModel, ModelRepository
+from visionrpc.runtime.watch import ModelWatch
 from visionrpc.server.correlation import REQUEST_ID, new_request_id
 from visionrpc.server.fairness import client_key, in_flight_refusal
 from visionrpc.server.status import Context, map_errors, rich_status
 from visionrpc.server.streams import FrameHandler, StreamLimits, serve_frames
 from visionrpc.settings import Settings
-from visionrpc.types import InferenceInput, InferenceResult
+from visionrpc.types import InferenceInput, InferenceResult, ModelState
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.v1 import inference_pb2_grpc
 from visionrpc.wire.converters import (
@@ -64,6 +69,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self.settings = settings
         self._repository = repository
         self._pipeline: InferencePipeline | None = None
+        self._control: ModelControl | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._draining = asyncio.Event()
         # Per client: Infer calls and InferStream frames in work (max_in_flight_per_client)
         self._in_flight = ClientSlots(settings.fairness.max_in_flight_per_client)
@@ -108,6 +115,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
             raise NotReadyError("models are still loading; retry shortly")
         return self._repository
 
+    @property
+    def control(self) -> ModelControl:
+        """Loads, reloads and unloads models while serving (the typed and the protocol's RPCs)."""
+        if self._control is None:
+            raise NotReadyError("models are still loading; retry shortly")
+        return self._control
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceMethodsServicer_to_server(self, server)
 
@@ -123,7 +137,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
                 (repository.get(name) for name in repository.names), repository.default_name
             )
             pipeline.on_batch = self._meter.batch
+        control = ModelControl(pipeline, self.settings.model_control)
+        control.on_loaded.append(self._loaded)
+        control.on_unloaded.append(self._unloaded)
+        self._control = control
         self._pipeline = pipeline
+        interval = self.settings.model_control.poll_interval_s
+        if interval is not None:
+            self._watch = asyncio.create_task(ModelWatch(control, interval).run())
         for info in self._repository.describe_all():
             log.info(
                 "model %s v%s (%s, %dx%d, %s) ready%s",
@@ -142,8 +163,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self._draining.set()
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._control is not None:
+            await self._control.close()
         if self._pipeline is not None:
             await self._pipeline.close()
+
+    def _loaded(self, model: LoadedModel, replaced: LoadedModel | None) -> None:
+        if self._meter is not None:
+            if replaced is not None:
+                self._meter.model_unloaded(replaced)
+            self._meter.models_loaded([model], self.repository.default_name)
+
+    def _unloaded(self, model: LoadedModel) -> None:
+        if self._meter is not None:
+            self._meter.model_unloaded(model)
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -306,11 +343,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         repository = self.repository
-        return pb.ListModelsResponse(
-            models=[ModelInfoConverter.from_types(d) for d in repository.describe_all()],
-            default_model=repository.default_name,
-        )
+        models = [ModelInfoConverter.from_types(d) for d in repository.describe_all()]
+        if request.include_unavailable:  # the index lists the directory: off the event loop
+            index = await asyncio.to_thread(repository.index)
+            models += [
+                ModelInfoConverter.from_status(s) for s in index if s.state is not ModelState.READY
+            ]
+            models.sort(key=lambda m: m.name)
+        return pb.ListModelsResponse(models=models, default_model=repository.default_name)
 
     @map_errors
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         return ModelInfoConverter.from_types(self.repository.describe(request.name))
+
+    # -- model control (scope "models") ---------------------------------------------------------
+
+    @map_errors
+    async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.ModelInfo:
+        model = await self.control.load(request.name)
+        return ModelInfoConverter.from_types(model.describe())
+
+    @map_errors
+    async def ReloadModel(self, request: pb.ReloadModelRequest, context: Context) -> pb.ModelInfo:
+        model = await self.control.reload(request.name)
+        return ModelInfoConverter.from_types(model.describe())
+
+    @map_errors
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context: Context) -> pb.ModelInfo:
+        return ModelInfoConverter.from_status(await self.control.unload(request.name))

@@ -21,6 +21,7 @@ equivalents. Labels are bounded: no request ids and no peer addresses.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -158,6 +159,15 @@ class InferenceMeter:
             ).set(1)
             m.load_duration.labels(model.name, version).set(model.load_seconds)
             m.instances.labels(model.name).set(model.instances)
+
+    def model_unloaded(self, model: LoadedModel) -> None:
+        """A version stopped serving (unloaded, or replaced by a reload): its info series go, so
+        ``visionrpc_model_info`` lists what serves now; request counters stay, as counters do."""
+        m, version = self._m, model.config.version
+        with contextlib.suppress(KeyError):  # never recorded
+            m.model_info.remove(model.name, version, model.onnx.provider, model.onnx.task.value)
+            m.load_duration.remove(model.name, version)
+            m.instances.remove(model.name)
 
     def begin(self, model: str) -> Started:
         """A request for ``model`` ("" = the default) starts."""

@@ -89,6 +89,31 @@ TASK_DETECT: Task.ValueType  # 1
 TASK_SEGMENT: Task.ValueType  # 2
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    MODEL_STATE_READY: _ModelState.ValueType  # 1
+    """serving"""
+    MODEL_STATE_LOADING: _ModelState.ValueType  # 2
+    """its first load is running (a reload keeps the old one READY)"""
+    MODEL_STATE_UNAVAILABLE: _ModelState.ValueType  # 3
+    """not serving: unloaded, failed to load, or not loaded yet"""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper): ...
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+MODEL_STATE_READY: ModelState.ValueType  # 1
+"""serving"""
+MODEL_STATE_LOADING: ModelState.ValueType  # 2
+"""its first load is running (a reload keeps the old one READY)"""
+MODEL_STATE_UNAVAILABLE: ModelState.ValueType  # 3
+"""not serving: unloaded, failed to load, or not loaded yet"""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
 @_typing.final
 class RawImage(_message.Message):
     """A decoded frame: 8-bit, interleaved, row-major, no row padding.
@@ -541,12 +566,19 @@ Global___InferResponse: _TypeAlias = InferResponse  # noqa: Y015
 class ListModelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    include_unavailable: _builtins.bool
+    """Also list the models of the directory that are not serving (unloaded, loading, failed),
+    with only name, version (the last loaded, if any), state and state_reason set.
+    """
     def __init__(
         self,
+        *,
+        include_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_unavailable", b"include_unavailable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -617,6 +649,8 @@ class ModelInfo(_message.Message):
     DYNAMIC_BATCH_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     DEFAULT_AGNOSTIC_NMS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     display_name: _builtins.str
@@ -634,6 +668,11 @@ class ModelInfo(_message.Message):
     max_batch_size: _builtins.int
     default_agnostic_nms: _builtins.bool
     """class-agnostic NMS unless a request says otherwise"""
+    state: Global___ModelState.ValueType
+    state_reason: _builtins.str
+    """Why the model is not READY, or, for a READY one, why its last reload failed (the old version
+    kept serving); empty otherwise.
+    """
     @_builtins.property
     def class_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -654,11 +693,71 @@ class ModelInfo(_message.Message):
         dynamic_batch: _builtins.bool = ...,
         max_batch_size: _builtins.int = ...,
         default_agnostic_nms: _builtins.bool = ...,
+        state: Global___ModelState.ValueType = ...,
+        state_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "default_agnostic_nms", b"default_agnostic_nms", "default_confidence_threshold", b"default_confidence_threshold", "default_iou_threshold", b"default_iou_threshold", "default_max_detections", b"default_max_detections", "display_name", b"display_name", "dynamic_batch", b"dynamic_batch", "execution_provider", b"execution_provider", "input_height", b"input_height", "input_width", b"input_width", "layout", b"layout", "max_batch_size", b"max_batch_size", "name", b"name", "task", b"task", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "default_agnostic_nms", b"default_agnostic_nms", "default_confidence_threshold", b"default_confidence_threshold", "default_iou_threshold", b"default_iou_threshold", "default_max_detections", b"default_max_detections", "display_name", b"display_name", "dynamic_batch", b"dynamic_batch", "execution_provider", b"execution_provider", "input_height", b"input_height", "input_width", b"input_width", "layout", b"layout", "max_batch_size", b"max_batch_size", "name", b"name", "state", b"state", "state_reason", b"state_reason", "task", b"task", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class LoadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """a NAME.onnx file or NAME/ folder of the server's model directory"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadModelRequest: _TypeAlias = LoadModelRequest  # noqa: Y015
+
+@_typing.final
+class ReloadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadModelRequest: _TypeAlias = ReloadModelRequest  # noqa: Y015
+
+@_typing.final
+class UnloadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnloadModelRequest: _TypeAlias = UnloadModelRequest  # noqa: Y015

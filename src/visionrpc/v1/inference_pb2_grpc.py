@@ -54,6 +54,21 @@ class InferenceMethodsStub:
                 request_serializer=visionrpc_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/visionrpc.v1.InferenceMethods/LoadModel',
+                request_serializer=visionrpc_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/visionrpc.v1.InferenceMethods/ReloadModel',
+                request_serializer=visionrpc_dot_v1_dot_inference__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/visionrpc.v1.InferenceMethods/UnloadModel',
+                request_serializer=visionrpc_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class InferenceMethodsServicer:
@@ -87,6 +102,33 @@ class InferenceMethodsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Model control: these three need a token with the `models` scope when auth is on.
+        Loads a model of the server's model directory, or reloads it when it is loaded. A reload reads
+        the files afresh and loads and warms the new version while the old one serves, then swaps them;
+        requests already running finish on the old one. Answers the version now serving. A broken model
+        (its .onnx or model.yaml) is FAILED_PRECONDITION naming the file, and the old version (if any)
+        keeps serving; a name the directory does not hold is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadModel(self, request, context):
+        """LoadModel for a model that is loaded; NOT_FOUND when it is not (LoadModel loads it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stops serving a model: later requests for it get NOT_FOUND, requests already running finish.
+        Answers its entry afterwards (state UNAVAILABLE). Unloading an unloaded model does nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceMethodsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +150,21 @@ def add_InferenceMethodsServicer_to_server(servicer, server):
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
                     request_deserializer=visionrpc_dot_v1_dot_inference__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=visionrpc_dot_v1_dot_inference__pb2.LoadModelRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=visionrpc_dot_v1_dot_inference__pb2.ReloadModelRequest.FromString,
+                    response_serializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=visionrpc_dot_v1_dot_inference__pb2.UnloadModelRequest.FromString,
                     response_serializer=visionrpc_dot_v1_dot_inference__pb2.ModelInfo.SerializeToString,
             ),
     }
@@ -218,6 +275,87 @@ class InferenceMethods:
             target,
             '/visionrpc.v1.InferenceMethods/GetModelInfo',
             visionrpc_dot_v1_dot_inference__pb2.GetModelInfoRequest.SerializeToString,
+            visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionrpc.v1.InferenceMethods/LoadModel',
+            visionrpc_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
+            visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionrpc.v1.InferenceMethods/ReloadModel',
+            visionrpc_dot_v1_dot_inference__pb2.ReloadModelRequest.SerializeToString,
+            visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionrpc.v1.InferenceMethods/UnloadModel',
+            visionrpc_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
             visionrpc_dot_v1_dot_inference__pb2.ModelInfo.FromString,
             options,
             channel_credentials,

@@ -40,6 +40,20 @@ class InferenceMethodsStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _inference_pb2.ModelInfo]
     """NOT_FOUND for an unknown model; an empty name means the default model."""
+    LoadModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.LoadModelRequest, _inference_pb2.ModelInfo]
+    """Model control: these three need a token with the `models` scope when auth is on.
+    Loads a model of the server's model directory, or reloads it when it is loaded. A reload reads
+    the files afresh and loads and warms the new version while the old one serves, then swaps them;
+    requests already running finish on the old one. Answers the version now serving. A broken model
+    (its .onnx or model.yaml) is FAILED_PRECONDITION naming the file, and the old version (if any)
+    keeps serving; a name the directory does not hold is NOT_FOUND.
+    """
+    ReloadModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ReloadModelRequest, _inference_pb2.ModelInfo]
+    """LoadModel for a model that is loaded; NOT_FOUND when it is not (LoadModel loads it)."""
+    UnloadModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.UnloadModelRequest, _inference_pb2.ModelInfo]
+    """Stops serving a model: later requests for it get NOT_FOUND, requests already running finish.
+    Answers its entry afterwards (state UNAVAILABLE). Unloading an unloaded model does nothing.
+    """
 
 @_typing.type_check_only
 class InferenceMethodsAsyncStub(InferenceMethodsStub):
@@ -53,6 +67,20 @@ class InferenceMethodsAsyncStub(InferenceMethodsStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetModelInfoRequest, _inference_pb2.ModelInfo]  # type: ignore[assignment]
     """NOT_FOUND for an unknown model; an empty name means the default model."""
+    LoadModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.LoadModelRequest, _inference_pb2.ModelInfo]  # type: ignore[assignment]
+    """Model control: these three need a token with the `models` scope when auth is on.
+    Loads a model of the server's model directory, or reloads it when it is loaded. A reload reads
+    the files afresh and loads and warms the new version while the old one serves, then swaps them;
+    requests already running finish on the old one. Answers the version now serving. A broken model
+    (its .onnx or model.yaml) is FAILED_PRECONDITION naming the file, and the old version (if any)
+    keeps serving; a name the directory does not hold is NOT_FOUND.
+    """
+    ReloadModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.ReloadModelRequest, _inference_pb2.ModelInfo]  # type: ignore[assignment]
+    """LoadModel for a model that is loaded; NOT_FOUND when it is not (LoadModel loads it)."""
+    UnloadModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.UnloadModelRequest, _inference_pb2.ModelInfo]  # type: ignore[assignment]
+    """Stops serving a model: later requests for it get NOT_FOUND, requests already running finish.
+    Answers its entry afterwards (state UNAVAILABLE). Unloading an unloaded model does nothing.
+    """
 
 class InferenceMethodsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +115,37 @@ class InferenceMethodsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ModelInfo, _abc.Awaitable[_inference_pb2.ModelInfo]]:
         """NOT_FOUND for an unknown model; an empty name means the default model."""
+
+    @_abc_1.abstractmethod
+    def LoadModel(
+        self,
+        request: _inference_pb2.LoadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ModelInfo, _abc.Awaitable[_inference_pb2.ModelInfo]]:
+        """Model control: these three need a token with the `models` scope when auth is on.
+        Loads a model of the server's model directory, or reloads it when it is loaded. A reload reads
+        the files afresh and loads and warms the new version while the old one serves, then swaps them;
+        requests already running finish on the old one. Answers the version now serving. A broken model
+        (its .onnx or model.yaml) is FAILED_PRECONDITION naming the file, and the old version (if any)
+        keeps serving; a name the directory does not hold is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReloadModel(
+        self,
+        request: _inference_pb2.ReloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ModelInfo, _abc.Awaitable[_inference_pb2.ModelInfo]]:
+        """LoadModel for a model that is loaded; NOT_FOUND when it is not (LoadModel loads it)."""
+
+    @_abc_1.abstractmethod
+    def UnloadModel(
+        self,
+        request: _inference_pb2.UnloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ModelInfo, _abc.Awaitable[_inference_pb2.ModelInfo]]:
+        """Stops serving a model: later requests for it get NOT_FOUND, requests already running finish.
+        Answers its entry afterwards (state UNAVAILABLE). Unloading an unloaded model does nothing.
+        """
 
 def add_InferenceMethodsServicer_to_server(servicer: InferenceMethodsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

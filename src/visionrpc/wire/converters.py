@@ -38,6 +38,15 @@ _PIXEL_FORMATS = {
 _TASKS = {types.Task.DETECT: pb.TASK_DETECT, types.Task.SEGMENT: pb.TASK_SEGMENT}
 _TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
 _LAYOUTS = {layout.value: layout for layout in types.Layout}
+_STATES = {
+    types.ModelState.READY: pb.MODEL_STATE_READY,
+    types.ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    types.ModelState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
+}
+# a server from before model control reports no state: what it lists is serving
+_STATES_FROM_PB = {v: k for k, v in _STATES.items()} | {
+    pb.MODEL_STATE_UNSPECIFIED: types.ModelState.READY
+}
 """Layout names; one this client does not know (a newer server's) reads as the default, as an
 unknown task does, instead of failing the whole ListModels call."""
 
@@ -232,6 +241,18 @@ class ModelInfoConverter:
             dynamic_batch=info.dynamic_batch,
             max_batch_size=info.max_batch_size,
             default_agnostic_nms=info.default_agnostic_nms,
+            state=_STATES_FROM_PB.get(info.state, types.ModelState.UNAVAILABLE),
+            state_reason=info.state_reason,
+        )
+
+    @staticmethod
+    def from_status(status: types.ModelStatus) -> pb.ModelInfo:
+        """A model that is not serving: its name, version, state and why, nothing else."""
+        return pb.ModelInfo(
+            name=status.name,
+            version=status.version,
+            state=_STATES[status.state],
+            state_reason=status.reason,
         )
 
     @staticmethod
@@ -252,4 +273,6 @@ class ModelInfoConverter:
             dynamic_batch=info.dynamic_batch,
             max_batch_size=info.max_batch_size,
             default_agnostic_nms=info.default_agnostic_nms,
+            state=_STATES[info.state],
+            state_reason=info.state_reason,
         )

@@ -10,6 +10,7 @@ UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
@@ -23,6 +24,7 @@ from visionrpc.runtime.repository import LoadedModel
 from visionrpc.server.correlation import REQUEST_ID
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.oip import config, raw, statistics, vision
+from visionrpc.server.oip import repository as model_repository
 from visionrpc.server.oip.naming import ViewName, parse_view
 from visionrpc.server.status import Context, map_errors, status_for
 from visionrpc.server.streams import FrameHandler
@@ -39,7 +41,12 @@ RunRaw = Callable[[str, np.ndarray], Awaitable[RawResult]]
 
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-EXTENSIONS: tuple[str, ...] = ("model_configuration", "parameters", "statistics")
+EXTENSIONS: tuple[str, ...] = (
+    "model_configuration",
+    "parameters",
+    "statistics",
+    "model_repository",
+)
 """The protocol extensions (Triton's names) this server implements, for ServerMetadata."""
 
 
@@ -223,6 +230,40 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             message.name = name
             response.model_stats.append(message)
         return response
+
+    # -- model repository (load and unload need the "models" scope) ----------------------------
+
+    @map_errors
+    async def RepositoryIndex(
+        self, request: oip.RepositoryIndexRequest, context: Context
+    ) -> oip.RepositoryIndexResponse:
+        models = self._inference.repository
+        model_repository.check_repository(request.repository_name, models.directory)
+        statuses = await asyncio.to_thread(models.index)  # lists the directory
+        return model_repository.index(statuses, ready_only=request.ready)
+
+    @map_errors
+    async def RepositoryModelLoad(
+        self, request: oip.RepositoryModelLoadRequest, context: Context
+    ) -> oip.RepositoryModelLoadResponse:
+        """Load, or reload when loaded (zero-downtime): answers once the new version serves."""
+        model_repository.check_repository(
+            request.repository_name, self._inference.repository.directory
+        )
+        model_repository.check_load_parameters(request.parameters)
+        await self._inference.control.load(model_repository.model_name(request.model_name))
+        return oip.RepositoryModelLoadResponse()
+
+    @map_errors
+    async def RepositoryModelUnload(
+        self, request: oip.RepositoryModelUnloadRequest, context: Context
+    ) -> oip.RepositoryModelUnloadResponse:
+        model_repository.check_repository(
+            request.repository_name, self._inference.repository.directory
+        )
+        model_repository.check_unload_parameters(request.parameters)
+        await self._inference.control.unload(model_repository.model_name(request.model_name))
+        return oip.RepositoryModelUnloadResponse()
 
     def _version(self, name: str, version: str) -> tuple[str, str]:
         """The model's (name, version); ModelNotFoundError when this server does not hold it."""
