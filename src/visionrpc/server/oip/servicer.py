@@ -198,6 +198,8 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         task = self._inference.repository.describe(name).task
         wanted = vision.read(request, name, task)
         results = await run(wanted.inputs())
+        if results:  # the version that answered, should a reload have swapped it meanwhile
+            version = results[0].model_version
         response = oip.ModelInferResponse(model_name=name, model_version=version, id=request.id)
         for out_name, datatype, shape, content in vision.output_tensors(results, wanted.outputs):
             response.outputs.add(name=out_name, datatype=datatype, shape=shape)
