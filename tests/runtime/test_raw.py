@@ -1,6 +1,7 @@
 """The raw view's runtime side on tiny graphs: samples through the pipeline's batcher equal ONNX
-Runtime run directly, a batch's items are grouped into model calls by shape, and image inputs of
-a type the vision path cannot fill are refused at load."""
+Runtime run directly, a batch's items are grouped into model calls by shape (each call one
+execution in the statistics), and image inputs of a type the vision path cannot fill are refused
+at load."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def test_items_are_grouped_into_calls_by_shape(models: Path) -> None:
         return [[np.full(1, i)] for i in range(len(group))]
 
     sizes: list[int] = []
-    results = raw.run_grouped(run, model, items, own, sizes.append)
+    results = raw.run_grouped(run, model, items, own, lambda n, seconds: sizes.append(n))
     assert calls == [[items[0], items[1], items[3]], [items[2]]]
     assert sizes == [3]  # the failed call is not counted as a model run
     kept = [results[i] for i in (0, 1, 3)]
@@ -106,3 +107,52 @@ async def test_samples_above_the_pixel_limit_are_refused(models: Path) -> None:
     async with InferencePipeline(ModelRepository(settings), settings) as pipeline:
         with pytest.raises(ResourceLimitError, match=r"'images' is 64x64 = 4096 pixels.*4032"):
             await pipeline.infer_raw("finder", np.zeros((1, 3, 64, 64), np.float32))
+
+
+ONE_BATCH = Settings(
+    runtime={"instances": 1},
+    batching={"max_batch_size": 4, "max_queue_delay_us": 10_000_000},
+)
+"""One instance, and batches that wait for every admitted request (so concurrent requests share
+one batch)."""
+
+
+@pytest.fixture(scope="module")
+def dynamic() -> ModelRepository:
+    """The packaged models, whose graphs take any height and width."""
+    return ModelRepository(ONE_BATCH)
+
+
+@pytest.mark.parametrize(
+    ("other", "runs", "failures"),
+    [(640, {2: 1, 1: 1}, 0), (100, {2: 1}, 1)],  # 100 px: a size the graph's operators refuse
+    ids=["runs", "refused"],
+)
+async def test_statistics_count_each_model_call_of_a_batch(
+    dynamic: ModelRepository, other: int, runs: dict[int, int], failures: int
+) -> None:
+    """Two samples of the model's size and one of another size in one batch are two model calls
+    (as the batch-size metric counts them); a call the graph refuses is no execution, only its
+    sample's failure."""
+    model = dynamic.get("defects-fp32")
+    pipeline = InferencePipeline(dynamic, ONE_BATCH)
+    calls: list[int] = []
+    pipeline.on_batch = lambda name, n: calls.append(n)
+    rng = np.random.default_rng(2)
+    own = rng.random((2, 3, 320, 320), np.float32)
+    odd = rng.random((1, 3, other, other), np.float32)
+    try:
+        answers = await asyncio.gather(
+            pipeline.infer_raw(model.name, own),
+            pipeline.infer_raw(model.name, odd),
+            return_exceptions=True,
+        )
+    finally:
+        await pipeline.close()
+    assert not isinstance(answers[0], BaseException)
+    assert isinstance(answers[1], InvalidInputError) == bool(failures)
+    got = pipeline.statistics.snapshot(model.name, model.config.version)
+    assert sorted(calls) == sorted(n for n, k in runs.items() for _ in range(k))
+    assert {b.batch_size: b.compute_infer.count for b in got.batches} == runs
+    assert got.execution_count == sum(runs.values())
+    assert (got.inference_count, got.fail.count) == (3 - failures, failures)

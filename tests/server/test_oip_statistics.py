@@ -1,6 +1,7 @@
 """ModelStatistics over a real server: what both APIs did to a model, counted per model version as
 Triton reports it (inference_count = images, execution_count = model calls, success and fail with
-their durations, the stage durations of the successful ones, one entry per batch size)."""
+their durations, the stage durations of the successful ones, one entry per batch size). A raw
+view's samples count as images of its model, and ``NAME.raw`` reports ``NAME``'s figures."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 from tests.helpers import StartServer, make_settings
 from tests.runtime.onnx_builders import dent_model
 from tests.server.drain_helpers import JPEG
+from tests.server.test_oip_raw import LARGE, pixels, raw_request, serve, size_the_graph_refuses
+from visionrpc.runtime.repository import ModelRepository
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.oip import OpenInferenceServicer
 from visionrpc.v1 import grpc_service_pb2 as oip
@@ -134,3 +137,61 @@ async def test_asking_for_what_is_not_there_says_so(
     for word in words:
         assert word in (caught.value.details() or ""), caught.value.details()
     assert len(await statistics(served)) == 2  # the server still answers
+
+
+# -- the raw view (NAME.raw): the same loaded model, so the same counters ---------------------
+
+
+@pytest.fixture(scope="module")
+def packaged() -> ModelRepository:
+    """The packaged models, taking raw requests of up to 4 samples."""
+    return ModelRepository(make_settings(batching={"max_batch_size": 4}))
+
+
+@pytest.fixture
+async def raw_served(start_server: StartServer, packaged: ModelRepository) -> AsyncIterator[Served]:
+    running = await serve(start_server, packaged)
+    async with grpc.aio.insecure_channel(running.address, options=LARGE) as channel:
+        yield Served(
+            grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel),
+            inference_pb2_grpc.InferenceMethodsStub(channel),
+            {"defects": packaged.get("defects").config.version},
+        )
+
+
+async def test_raw_requests_are_counted_per_sample(raw_served: Served) -> None:
+    served, version = raw_served, raw_served.versions["defects"]
+    await served.oip.ModelInfer(raw_request("defects.raw", pixels(1)))
+    (one,) = await statistics(served, "defects")
+    assert (one.inference_count, one.inference_stats.success.count) == (1, 1)
+    assert one.execution_count == 1  # a lone sample is one model call of batch size 1
+    assert [(b.batch_size, b.compute_infer.count) for b in one.batch_stats] == [(1, 1)]
+
+    await served.oip.ModelInfer(raw_request("defects.raw", pixels(2)))  # two samples
+    (three,) = await statistics(served, "defects")
+    assert (three.name, three.version) == ("defects", version)
+    assert (three.inference_count, three.inference_stats.success.count) == (3, 3)
+    assert three.inference_stats.success.ns > one.inference_stats.success.ns
+    assert three.execution_count > one.execution_count
+    assert three.execution_count == sum(b.compute_infer.count for b in three.batch_stats)
+    assert sum(b.batch_size * b.compute_infer.count for b in three.batch_stats) == 3
+    assert three.inference_stats.fail.count == 0
+
+    # a sample the graph's operators refuse fails in the model call: one failure, no inference
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await served.oip.ModelInfer(size_the_graph_refuses())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (failed,) = await statistics(served, "defects")
+    assert (failed.inference_count, failed.inference_stats.success.count) == (3, 3)
+    assert failed.inference_stats.fail.count == 1 and failed.inference_stats.fail.ns > 0
+
+    # the raw view reports its model's figures under the name asked for
+    (as_raw,) = await statistics(served, "defects.raw")
+    assert await statistics(served, "defects.raw", version) == [as_raw]
+    assert as_raw.name == "defects.raw"
+    as_raw.name = "defects"
+    assert as_raw == failed
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await statistics(served, "defects.raw", "not-" + version)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "defects.raw" in (caught.value.details() or "")

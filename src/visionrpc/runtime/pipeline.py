@@ -217,6 +217,7 @@ class BatchRunner:
         n = len(items)
         first = items[0]
         if isinstance(first, RawSample) and first.array.shape != self.slot_shape:
+            self._local.input_s = 0.0  # stacked as they are: no normalising
             outputs = self._model.run(
                 np.stack([item.array for item in items if isinstance(item, RawSample)])
             )
@@ -236,7 +237,7 @@ class BatchRunner:
 
     @property
     def input_seconds(self) -> float:
-        """How long this thread's last batch took to normalise into the input buffer."""
+        """How long this thread's last call took to fill its input (read in the same thread)."""
         return float(getattr(self._local, "input_s", 0.0))
 
 
@@ -613,13 +614,15 @@ class InferencePipeline:
             t0 = time.perf_counter()
             fed = [j.prepared if isinstance(j, Job) else j for j in (jobs[i] for i in live)]
             on_batch = self.on_batch
-            outputs = raw.run_grouped(
-                runner,
-                model.onnx,
-                fed,
-                runner.slot_shape,
-                lambda n: None if on_batch is None else on_batch(model.name, n),
-            )
+            calls: list[tuple[int, float, float]] = []  # per model call: size, input s, infer s
+
+            def on_call(n: int, seconds: float) -> None:
+                input_s = runner.input_seconds
+                calls.append((n, input_s, seconds - input_s))
+                if on_batch is not None:
+                    on_batch(model.name, n)
+
+            outputs = raw.run_grouped(runner, model.onnx, fed, runner.slot_shape, on_call)
             t1 = time.perf_counter()
             run_ms = (t1 - t0) * 1000
             for i, out in zip(live, outputs, strict=True):
@@ -633,15 +636,12 @@ class InferencePipeline:
                     )
                 except Exception as exc:  # one job's failure is its own
                     outcomes[i] = exc
-            input_s = runner.input_seconds
-            self.statistics.executed(
-                model.name,
-                model.config.version,
-                len(live),
-                input_s,
-                t1 - t0 - input_s,
-                time.perf_counter() - t1,
-            )
+            output_s = time.perf_counter() - t1
+            for k, (n, input_s, infer_s) in enumerate(calls):
+                # post-processing is the images', and images only run in the first call
+                self.statistics.executed(
+                    model.name, model.config.version, n, input_s, infer_s, 0.0 if k else output_s
+                )
         return [outcomes[i] for i in range(len(jobs))]
 
     def _prepare(

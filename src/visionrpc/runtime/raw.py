@@ -11,6 +11,7 @@ a model call of their own within the same batch, grouped by shape.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -149,12 +150,14 @@ def run_grouped(
     model: OnnxModel,
     items: Sequence[Fed],
     slot_shape: tuple[int, ...],
-    on_call: Callable[[int], None],
+    on_call: Callable[[int, float], None],
 ) -> list[ItemOutputs | Exception]:
     """Run a batch's items in as few model calls as shapes allow: every image and every raw
-    sample of the model's own size together, each other sample shape in a call of its own.
+    sample of the model's own size together (the first call), each other sample shape in a call
+    of its own.
 
-    A failing call fails its own items only; ``on_call(n)`` is told each call's size.
+    A failing call fails its own items only; ``on_call(n, seconds)`` is told each successful
+    call's size and duration, in the thread that made it.
     """
     groups: dict[tuple[int, ...], list[int]] = {slot_shape: []}
     for i, item in enumerate(items):
@@ -164,6 +167,7 @@ def run_grouped(
     for shape, members in groups.items():
         if not members:
             continue
+        started = time.perf_counter()
         try:
             outputs = run([items[i] for i in members])
         except Exception as exc:
@@ -171,7 +175,7 @@ def run_grouped(
             for i in members:
                 results[i] = error
             continue
-        on_call(len(members))
+        on_call(len(members), time.perf_counter() - started)
         for i, out in zip(members, outputs, strict=True):
             results[i] = out
     return results

@@ -215,7 +215,9 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         """Per model version, what the pipeline counted for every request (both APIs)."""
         repository = self._inference.repository
         if request.name:
-            models = [self._version(request.name, request.version)]
+            view, model = self._model(request.name, request.version)
+            # a model's views share its loaded model, so NAME.raw reports NAME's figures
+            models = [(view.protocol_name, model.name, model.config.version)]
         elif request.version:
             raise InvalidInputError(
                 f"version {request.version!r} given without a model name; name the model, or "
@@ -223,13 +225,12 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 field="version",
             )
         else:
-            models = [(d.name, d.version) for d in repository.describe_all()]
+            models = [(d.name, d.name, d.version) for d in repository.describe_all()]
         counted = self._inference.pipeline.statistics
         response = oip.ModelStatisticsResponse()
-        for name, version in models:
-            # a model's views share its loaded model, so they report the same figures
-            message = statistics.to_message(counted.snapshot(parse_view(name).model, version))
-            message.name = name
+        for shown, name, version in models:
+            message = statistics.to_message(counted.snapshot(name, version))
+            message.name = shown  # the name asked for
             response.model_stats.append(message)
         return response
 
