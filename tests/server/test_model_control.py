@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -363,7 +363,7 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 async def test_model_control_needs_the_models_scope(guarded: Stubs) -> None:
     station, ops = bearer(INFERENCE_TOKEN), bearer(MODELS_TOKEN)
-    calls = {
+    calls: dict[str, Callable[[Any], Awaitable[object]]] = {
         "/visionrpc.v1.InferenceMethods/LoadModel": lambda md: guarded.typed.LoadModel(
             pb.LoadModelRequest(name="defects"), metadata=md
         ),
@@ -465,7 +465,7 @@ def test_reload_under_continuous_load_fails_no_request(
                         version = api.ModelInfer(model_infer(), timeout=30).model_version
                 except grpc.RpcError as exc:
                     with lock:
-                        failures.append(f"{exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
+                        failures.append(f"{exc.code()}: {exc.details()}")
                     continue
                 with lock:
                     answered[version] += 1
