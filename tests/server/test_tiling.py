@@ -1,0 +1,94 @@
+"""Tiled inference on a real server over a real socket with the shipped model: more small
+defects found in a large frame with tiles than without, the response says how the frame was
+tiled, ModelInfo shows the defaults, and bad tiling requests get INVALID_ARGUMENT naming what to
+change while the server keeps serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from bench.tiling import jpeg, matches, small_defect_frame
+from tests.helpers import StartServer
+from tests.server.test_limits import assert_still_serves, expect_error, serving
+from visionrpc.v1 import inference_pb2 as pb
+from visionrpc.wire.converters import InferResponseConverter
+
+SEED = 7000  # frames 0 and 1 of this stream at 4 MP: 9 small defects (checked by the test)
+
+
+def tiled(mode: int, **tiling: Any) -> pb.Tiling:
+    return pb.Tiling(mode=mode, **tiling)
+
+
+async def test_tiles_find_small_defects_the_letterboxed_frame_misses(
+    start_server: StartServer,
+) -> None:
+    samples = [small_defect_frame(SEED, i, 4) for i in range(2)]
+    async with serving(start_server) as (stub, _):
+        found = {pb.TILING_MODE_OFF: 0, pb.TILING_MODE_ON: 0}
+        for sample in samples:
+            for mode in found:
+                reply = await stub.Infer(
+                    pb.InferRequest(image_bytes=jpeg(sample), tiling=tiled(mode)), timeout=120
+                )
+                result = InferResponseConverter.to_types(reply)
+                found[mode] += matches(result, sample)
+                assert (result.image_width, result.image_height) == (sample.width, sample.height)
+                if mode == pb.TILING_MODE_ON:
+                    assert result.tiling is not None
+                    assert (result.tiling.columns, result.tiling.rows) == (9, 7)
+                    assert result.tiling.tiles == 63 and result.tiling.thumbnail
+                else:
+                    assert not reply.HasField("tiling")
+    planted = sum(len(s.defects) for s in samples)
+    assert planted == 9
+    assert found[pb.TILING_MODE_ON] > found[pb.TILING_MODE_OFF]
+    assert found[pb.TILING_MODE_ON] >= planted * 2 // 3
+
+
+async def test_model_info_shows_the_tiling_defaults(start_server: StartServer) -> None:
+    async with serving(start_server) as (stub, _):
+        info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+    t = info.default_tiling
+    assert (t.mode, t.tile_size, t.thumbnail) == (pb.TILING_MODE_OFF, 0, True)
+    assert t.overlap == pytest.approx(0.2) and t.auto_factor == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("tiling", "words"),
+    [
+        (tiled(pb.TILING_MODE_ON, overlap=0.8), ("tiling.overlap is 0.8", "[0, 0.5]")),
+        (tiled(pb.TILING_MODE_ON, tile_size=4), ("tiling.tile_size is 4", "at least 32")),
+        (pb.Tiling(mode=9), ("unknown tiling.mode 9", "OFF, ON or AUTO")),
+        (
+            tiled(pb.TILING_MODE_ON, tile_size=32, overlap=0.5),
+            ("tiles, more than the server's limit of 512", "limits.max_tiles"),
+        ),
+    ],
+)
+async def test_bad_tiling_is_invalid_argument(
+    start_server: StartServer, tiling: pb.Tiling, words: tuple[str, ...]
+) -> None:
+    frame = jpeg(small_defect_frame(SEED, 0, 1))
+    async with serving(start_server) as (stub, _):
+        await expect_error(
+            stub, grpc.StatusCode.INVALID_ARGUMENT, *words, image_bytes=frame, tiling=tiling
+        )
+
+
+async def test_the_tile_limit_is_a_setting(start_server: StartServer) -> None:
+    frame = jpeg(small_defect_frame(SEED, 0, 4))
+    async with serving(start_server, limits={"max_tiles": 20}) as (stub, _):
+        await expect_error(
+            stub,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "= 63 tiles",
+            "limit of 20",
+            "VISIONRPC_LIMITS__MAX_TILES",
+            image_bytes=frame,
+            tiling=tiled(pb.TILING_MODE_ON),
+        )
+        await assert_still_serves(stub)
