@@ -25,9 +25,10 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -1030,7 +1031,7 @@ class _TiledFrame:
 
 async def _windowed(
     loop: asyncio.AbstractEventLoop,
-    work: Sequence[Callable[[], Awaitable[FrameDetections]]],
+    work: Sequence[Callable[[], Coroutine[Any, Any, FrameDetections]]],
     window: int,
 ) -> list[FrameDetections]:
     """Run ``work`` with at most ``window`` of it at once; the first failure cancels the rest

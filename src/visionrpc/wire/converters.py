@@ -321,7 +321,9 @@ class TilingConverter:
     @staticmethod
     def from_types(tiling: types.TilingOptions) -> pb.Tiling:
         out = pb.Tiling(
-            mode=_TILING_MODES_TO_PB[tiling.mode] if tiling.mode is not None else 0,
+            mode=_TILING_MODES_TO_PB[tiling.mode]
+            if tiling.mode is not None
+            else pb.TILING_MODE_UNSPECIFIED,
             tile_size=tiling.tile_size,
             auto_factor=tiling.auto_factor,
         )
