@@ -136,14 +136,15 @@ def run(client: Client, sizes: Sequence[float], images: int, seed: int) -> list[
 
 def markdown(rows: Sequence[Row]) -> str:
     lines = [
-        "| frame | mode | images | defects | recall | precision | tiles/image | images/s |",
+        "| frame | mode | frames | defects | recall | precision | tiles/frame | frames/s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         w, h = frame_size(r.megapixels)
+        precision = f"{r.precision:.2f}" if r.detections else "–"  # nothing detected
         lines.append(
             f"| {w}x{h} ({r.megapixels:g} MP) | {r.mode} | {r.images} | {r.defects} | "
-            f"{r.recall:.2f} | {r.precision:.2f} | {r.tiles / r.images:.0f} | "
+            f"{r.recall:.2f} | {precision} | {r.tiles / r.images:.0f} | "
             f"{r.images / r.seconds:.2f} |"
         )
     return "\n".join(lines)
