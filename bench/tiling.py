@@ -121,7 +121,7 @@ def run(client: Client, sizes: Sequence[float], images: int, seed: int) -> list[
             for mode, options in MODES.items():  # interleaved: drift hits every mode alike
                 row = by_mode[mode]
                 t0 = time.perf_counter()
-                result = client.infer(data, timeout=600, **options)  # type: ignore[arg-type]
+                result = client.infer(data, timeout=600, **options)
                 row.seconds += time.perf_counter() - t0
                 found = matches(result, sample)
                 row.images += 1

@@ -31,7 +31,7 @@ def encoded(megapixels: float) -> bytes:
     return jpeg(sample(megapixels))
 
 
-def tiled(mode: int, **tiling: Any) -> pb.Tiling:
+def tiled(mode: pb.TilingMode.ValueType, **tiling: Any) -> pb.Tiling:
     return pb.Tiling(mode=mode, **tiling)
 
 
@@ -73,7 +73,7 @@ async def test_model_info_shows_the_tiling_defaults(start_server: StartServer) -
     [
         (tiled(pb.TILING_MODE_ON, overlap=0.8), ("tiling.overlap is 0.8", "[0, 0.5]")),
         (tiled(pb.TILING_MODE_ON, tile_size=4), ("tiling.tile_size is 4", "at least 32")),
-        (pb.Tiling(mode=9), ("unknown tiling.mode 9", "OFF, ON or AUTO")),
+        (pb.Tiling(mode=9), ("unknown tiling.mode 9", "OFF, ON or AUTO")),  # type: ignore[arg-type]
         (
             tiled(pb.TILING_MODE_ON, tile_size=32, overlap=0.5),
             ("tiles, more than the server's limit of 512", "limits.max_tiles"),
