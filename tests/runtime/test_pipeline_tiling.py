@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.runtime.onnx_builders import box_finder_model
-from visionrpc.errors import InvalidInputError, ResourceLimitError
+from visionrpc.errors import DeadlineExpiredError, InvalidInputError, ResourceLimitError
 from visionrpc.runtime.budget import Deadline
 from visionrpc.runtime.pipeline import InferencePipeline
 from visionrpc.runtime.repository import ModelRepository
@@ -148,12 +148,43 @@ def test_too_many_tiles_is_refused_before_the_model_runs(repo_dir: Path) -> None
     assert calls == []
 
 
-def test_the_time_budget_covers_the_whole_tiled_request(repo_dir: Path) -> None:
-    p = make_pipeline(repo_dir)
-    try:
-        deadline = Deadline()
-        p.settings.limits.max_request_seconds = 1e-9
-        with pytest.raises(ResourceLimitError, match=r"limits\.max_request_seconds"):
-            p.infer_sync(request(np.zeros((1200, 1600, 3), np.uint8), mode=TilingMode.ON), deadline)
-    finally:
-        p.shutdown()
+@pytest.mark.parametrize(
+    ("stop", "error", "words"),
+    [
+        ("budget", ResourceLimitError, r"limits\.max_request_seconds.*before the model call"),
+        ("cancel", DeadlineExpiredError, r"cancelled; stopped before the model call"),
+    ],
+)
+def test_a_request_stopped_between_tiles_runs_no_more_of_them(
+    repo_dir: Path, stop: str, error: type[Exception], words: str
+) -> None:
+    """The server's time budget running out (or the caller going away) after the first model
+    call: the remaining tiles are not run, the request fails naming why, nothing stays queued,
+    and the next request is served."""
+    frame = np.zeros((1200, 1600, 3), np.uint8)
+    frame[300:340, 500:900] = 255
+    sizes: list[int] = []
+    deadline = Deadline()
+
+    def after_call(model: str, n: int) -> None:
+        sizes.append(n)
+        if stop == "budget":
+            deadline.budget_s, deadline.budget_at = 30.0, 0.0  # the budget ran out
+        else:
+            deadline.cancel()
+
+    async def main() -> None:
+        p = make_pipeline(repo_dir, batching={"max_batch_size": 4}, runtime={"instances": 1})
+        p.on_batch = after_call
+        try:
+            with pytest.raises(error, match=words):
+                await p.infer(request(frame, mode=TilingMode.ON), deadline)
+            assert p.load()["finder"].queue_depth == 0
+            p.on_batch = None
+            again = await p.infer(request(frame, mode=TilingMode.ON, thumbnail=False))
+            assert boxes(again) == [(500.0, 300.0, 900.0, 340.0)]
+        finally:
+            await p.close()
+
+    asyncio.run(main())
+    assert 1 <= sum(sizes) <= 4  # one model call of at most a batch, of the 31 items

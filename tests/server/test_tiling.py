@@ -9,7 +9,9 @@ import functools
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+from pycocotools import mask as coco_mask
 
 from bench.tiling import jpeg, matches, small_defect_frame
 from tests.helpers import StartServer
@@ -38,25 +40,34 @@ def tiled(mode: pb.TilingMode.ValueType, **tiling: Any) -> pb.Tiling:
 async def test_tiles_find_small_defects_the_letterboxed_frame_misses(
     start_server: StartServer,
 ) -> None:
-    samples = [sample(4)]
+    frame = sample(4)
+    assert len(frame.defects) == 4
     async with serving(start_server) as (stub, _):
-        found = {pb.TILING_MODE_OFF: 0, pb.TILING_MODE_ON: 0}
-        for frame in samples:
-            for mode in found:
-                reply = await stub.Infer(
-                    pb.InferRequest(image_bytes=encoded(4), tiling=tiled(mode)), timeout=120
+        found = {}
+        for mode in (pb.TILING_MODE_OFF, pb.TILING_MODE_ON):
+            reply = await stub.Infer(
+                pb.InferRequest(image_bytes=encoded(4), tiling=tiled(mode), return_masks=True),
+                timeout=120,
+            )
+            result = InferResponseConverter.to_types(reply)
+            found[mode] = matches(result, frame)
+            assert (result.image_width, result.image_height) == (frame.width, frame.height)
+            if mode == pb.TILING_MODE_ON:
+                assert result.tiling is not None
+                assert (result.tiling.columns, result.tiling.rows) == (9, 7)
+                assert result.tiling.tiles == 63 and result.tiling.thumbnail
+            else:
+                assert not reply.HasField("tiling")
+            for d in result.detections:  # masks in original pixels, inside their boxes
+                assert d.mask is not None
+                pixels = coco_mask.decode(
+                    {"size": list(d.mask.rle_size), "counts": d.mask.rle_counts}
                 )
-                result = InferResponseConverter.to_types(reply)
-                found[mode] += matches(result, frame)
-                assert (result.image_width, result.image_height) == (frame.width, frame.height)
-                if mode == pb.TILING_MODE_ON:
-                    assert result.tiling is not None
-                    assert (result.tiling.columns, result.tiling.rows) == (9, 7)
-                    assert result.tiling.tiles == 63 and result.tiling.thumbnail
-                else:
-                    assert not reply.HasField("tiling")
-    planted = sum(len(s.defects) for s in samples)
-    assert planted == 4
+                assert pixels.shape == (frame.height, frame.width)
+                ys, xs = np.nonzero(pixels)
+                assert len(xs) == d.mask_area_px > 0
+                assert d.box.x_min - 1 <= xs.min() and xs.max() <= d.box.x_max + 1
+                assert d.box.y_min - 1 <= ys.min() and ys.max() <= d.box.y_max + 1
     assert found[pb.TILING_MODE_ON] >= 3 > found[pb.TILING_MODE_OFF]
 
 
