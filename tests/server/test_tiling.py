@@ -65,7 +65,7 @@ async def test_tiles_find_small_defects_the_letterboxed_frame_misses(
                 )
                 assert pixels.shape == (frame.height, frame.width)
                 ys, xs = np.nonzero(pixels)
-                assert len(xs) == d.mask_area_px > 0
+                assert d.mask_area_px is not None and len(xs) == d.mask_area_px > 0
                 assert d.box.x_min - 1 <= xs.min() and xs.max() <= d.box.x_max + 1
                 assert d.box.y_min - 1 <= ys.min() and ys.max() <= d.box.y_max + 1
     assert found[pb.TILING_MODE_ON] >= 3 > found[pb.TILING_MODE_OFF]
