@@ -188,3 +188,42 @@ def test_a_request_stopped_between_tiles_runs_no_more_of_them(
 
     asyncio.run(main())
     assert 1 <= sum(sizes) <= 4  # one model call of at most a batch, of the 31 items
+
+
+def test_tiles_share_batches_with_other_clients_requests(repo_dir: Path) -> None:
+    """A plain request of another client, sent while a tiled frame's tiles are queued, is served
+    in the tiles' batches (one item per client per turn) instead of after all of them."""
+    frame = np.zeros((2400, 3200, 3), np.uint8)
+    frame[300:340, 500:900] = 255
+    small = np.zeros((240, 320, 3), np.uint8)
+    small[100:120, 100:140] = 255
+    batches: list[list[str]] = []
+
+    async def main() -> None:
+        p = make_pipeline(repo_dir, batching={"max_batch_size": 4}, runtime={"instances": 1})
+        run_jobs = p._run_jobs
+
+        def recording(model, runner, jobs):
+            batches.append([type(j).__name__ for j in jobs])
+            return run_jobs(model, runner, jobs)
+
+        p._run_jobs = recording  # type: ignore[method-assign]
+        try:
+            tiled = asyncio.create_task(p.infer(request(frame, mode=TilingMode.ON), client="a"))
+            while not batches:  # the tiles are queued and running
+                await asyncio.sleep(0.001)
+            plain = await asyncio.gather(
+                *(p.infer(request(small, mode=TilingMode.OFF), client="b") for _ in range(3))
+            )
+            result = await tiled
+        finally:
+            await p.close()
+        assert all(boxes(r) == [(100.0, 100.0, 140.0, 120.0)] for r in plain)
+        assert result.tiling is not None and result.tiling.tiles == 130
+        assert not tiled.cancelled()
+
+    asyncio.run(main())
+    mixed = [b for b in batches if "TileJob" in b and "Job" in b]
+    assert mixed, batches
+    tiles_after = sum(b.count("TileJob") for b in batches[batches.index(mixed[-1]) + 1 :])
+    assert tiles_after > 0  # the plain requests did not wait for the last tile
