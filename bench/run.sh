@@ -19,6 +19,9 @@
 #   bench/run.sh --statistics-cost  then print what ModelStatistics' per-model accounting costs per
 #                                request (bench/statistics_cost.py, ~1 min; also runs alone:
 #                                PYTHONPATH=src:. python -m bench.statistics_cost)
+#   bench/run.sh --tiling        then print recall and images/s with and without tiled inference on
+#                                generated 4, 12 and 20 MP frames with small defects (bench/tiling.py,
+#                                a few minutes; also runs alone: PYTHONPATH=src:. python -m bench.tiling)
 # Extra arguments go to `python -m bench.harness` (run from any folder: PYTHONPATH is set here). Peer rows ($PEER_RESULTS, default
 # bench/peers/peers-results.json) are merged into the JSON and the Markdown when present.
 set -euo pipefail
@@ -34,9 +37,11 @@ json="$out/bench-$stamp.json"
 args=()
 with_peers=0
 statistics_cost=0
+tiling=0
 for arg in "$@"; do
   if [[ "$arg" == "--with-peers" ]]; then with_peers=1
   elif [[ "$arg" == "--statistics-cost" ]]; then statistics_cost=1
+  elif [[ "$arg" == "--tiling" ]]; then tiling=1
   else args+=("$arg"); fi
 done
 
@@ -60,4 +65,7 @@ echo "JSON: $json"
 echo "Markdown: $out/bench-$stamp.md"
 if [[ $statistics_cost == 1 ]]; then
   "$root/.venv/bin/python" -m bench.statistics_cost
+fi
+if [[ $tiling == 1 ]]; then
+  "$root/.venv/bin/python" -m bench.tiling
 fi

@@ -26,6 +26,10 @@ OPTIONS = types.InferenceOptions(
     return_masks=True,
     mask_format=types.MaskFormat.POLYGON,
     agnostic_nms=True,
+    tiling=types.TilingOptions(types.TilingMode.AUTO, 640, 0.25, True, 3.0),
+)
+TILING = pb.Tiling(
+    mode=pb.TILING_MODE_AUTO, tile_size=640, overlap=0.25, thumbnail=True, auto_factor=3.0
 )
 
 
@@ -70,6 +74,7 @@ def test_request_with_encoded_bytes_carries_every_option() -> None:
         mask_format=pb.MASK_FORMAT_POLYGON,
         agnostic_nms=True,
         request_id="r1",
+        tiling=TILING,
     )
     wire = pb.InferRequest.FromString(request.SerializeToString())
     expected = types.InferenceInput(
@@ -101,6 +106,10 @@ def test_request_defaults_map_to_none_and_no_image_stays_none() -> None:
     assert empty.image_bytes == b"" and empty.raw is None
     off = InferRequestConverter.to_types(pb.InferRequest(agnostic_nms=False))
     assert off.options.agnostic_nms is False
+    # overlap 0 and thumbnail off are choices, not "the model's default"
+    zero = pb.InferRequest(tiling=pb.Tiling(overlap=0.0, thumbnail=False))
+    tiling = InferRequestConverter.to_types(zero).options.tiling
+    assert (tiling.mode, tiling.overlap, tiling.thumbnail) == (None, 0.0, False)
 
 
 def test_request_with_unknown_enums_is_refused() -> None:
@@ -108,6 +117,9 @@ def test_request_with_unknown_enums_is_refused() -> None:
         InferRequestConverter.to_types(pb.InferRequest(mask_format=9))  # type: ignore[arg-type]
     request = pb.InferRequest(raw=pb.RawImage(pixel_format=77))  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="unknown pixel_format 77"):
+        InferRequestConverter.to_types(request)
+    request = pb.InferRequest(tiling=pb.Tiling(mode=5))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"unknown tiling\.mode 5"):
         InferRequestConverter.to_types(request)
 
 
@@ -179,6 +191,7 @@ def _result() -> types.InferenceResult:
         ),
         timings=types.Timings(1.0, 2.0, 3.0, 4.0, 0.5, 10.5),
         request_id="frame-7",
+        tiling=types.TilingReport(12, 4, 3, 320, 320, 64, 64, True),
     )
 
 
@@ -194,6 +207,9 @@ def test_response_round_trips_every_field() -> None:
     )
     # float32 on the wire: the values above are exact in float32, area_fraction is a double
     assert back == result
+    untiled = InferResponseConverter.from_types(dataclasses.replace(result, tiling=None))
+    assert not untiled.HasField("tiling")
+    assert InferResponseConverter.to_types(untiled).tiling is None
 
 
 def test_response_polygon_masks_round_trip() -> None:
@@ -232,6 +248,7 @@ def test_model_info_round_trips(task: types.Task, layout: types.Layout) -> None:
         default_agnostic_nms=True,
         state=types.ModelState.READY,
         state_reason="reload failed, version interim still serving: cannot load model.onnx",
+        default_tiling=types.TilingOptions(types.TilingMode.ON, 640, 0.25, True, 3.0),
     )
     assert_every_field_set(info)
     proto = ModelInfoConverter.from_types(info)

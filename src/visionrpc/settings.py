@@ -118,6 +118,13 @@ class LimitsSettings(BaseModel):
         "is built. Mask areas of requests without return_masks are estimated on a coarser grid "
         "instead of refused.",
     )
+    max_tiles: int = Field(
+        512,
+        ge=1,
+        description="Most tiles a tiled request may cut its frame into (the thumbnail pass not "
+        "counted); more is refused with INVALID_ARGUMENT before the model runs. A 20 MP frame "
+        "makes about 330 tiles of 320 px with 20% overlap.",
+    )
     trim_memory_above_bytes: int = Field(
         64 * MiB,
         ge=0,

@@ -56,6 +56,40 @@ class RawImage:
     data: bytes
 
 
+class TilingMode(StrEnum):
+    """Whether a frame is cut into tiles at model resolution (see runtime.tiling)."""
+
+    OFF = "off"
+    ON = "on"
+    AUTO = "auto"  # tile only frames much larger than the tile (the model's auto_factor)
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """Tiling asked for by a request (``None`` / 0: the model's default) or set as a model's
+    default (every field set)."""
+
+    mode: TilingMode | None = None
+    tile_size: int = 0  # tile side in frame pixels; 0: the model's input size
+    overlap: float | None = None  # fraction of the tile side shared with the next tile
+    thumbnail: bool | None = None  # also run the whole frame letterboxed, and combine
+    auto_factor: float = 0.0  # AUTO tiles frames more than this many tile sides long; models only
+
+
+@dataclass(frozen=True)
+class TilingReport:
+    """How a tiled request ran (absent when it was not tiled)."""
+
+    tiles: int  # tiles run through the model, the thumbnail not counted
+    columns: int
+    rows: int
+    tile_width: int  # frame pixels per tile
+    tile_height: int
+    overlap_x: int  # frame pixels shared by neighbouring tiles (the last one may share more)
+    overlap_y: int
+    thumbnail: bool  # the whole frame also ran, letterboxed, and its detections were combined
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """Per-request knobs; ``None`` / 0 / empty mean "the model's default"."""
@@ -68,6 +102,7 @@ class InferenceOptions:
     return_masks: bool = False
     mask_format: MaskFormat = MaskFormat.RLE
     agnostic_nms: bool | None = None  # None: the model's default
+    tiling: TilingOptions = TilingOptions()
 
 
 @dataclass(frozen=True)
@@ -148,6 +183,7 @@ class InferenceResult:
     defects: tuple[DefectSummary, ...]
     timings: Timings = field(default_factory=Timings)
     request_id: str = ""
+    tiling: TilingReport | None = None  # set when the frame ran as tiles
 
 
 @dataclass(frozen=True)
@@ -171,6 +207,7 @@ class ModelDescription:
     default_agnostic_nms: bool = False
     state: ModelState = ModelState.READY
     state_reason: str = ""  # why it is not READY, or why its last reload failed
+    default_tiling: TilingOptions | None = None  # every field set for a loaded model
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,27 @@ def images(tmp_path: Path) -> list[Path]:
     return paths
 
 
+def test_infer_tiled(inference_server: RunningServer, tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    frame = generate_sample(7000, 0, size=(1600, 1200), defect_unit=1.0, jpeg=False)
+    assert cv2.imwrite(str(path), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+    args = ("infer", str(path), "--target", inference_server.address, "--tiling", "on")
+    result = invoke(*args, "--tile-overlap", "0", "--json")
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)
+    tiling = entry["result"]["tiling"]
+    assert (tiling["columns"], tiling["rows"], tiling["tiles"]) == (5, 4, 20)
+    assert tiling["overlap_x"] == 0 and tiling["thumbnail"] is True
+    table = invoke(*args)
+    assert table.exit_code == 0 and "30 tiles" in table.stdout  # overlap 0.2: 6 x 5
+    plain = json.loads(
+        invoke("infer", str(path), "--target", inference_server.address, "--json").stdout
+    )
+    assert "tiling" not in plain[0]["result"]
+    bad = invoke(*args, "--tile-overlap", "0.9")
+    assert bad.exit_code == 1 and "tiling.overlap is 0.9" in bad.output
+
+
 def test_infer_json(inference_server: RunningServer, images: list[Path]) -> None:
     result = invoke("infer", str(images[0]), "--target", inference_server.address, "--json")
     assert result.exit_code == 0, result.output

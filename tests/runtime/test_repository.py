@@ -21,7 +21,7 @@ from visionrpc.runtime.model import (
 )
 from visionrpc.runtime.repository import ModelRepository, scan_repository
 from visionrpc.settings import RuntimeSettings, Settings
-from visionrpc.types import Layout, Task
+from visionrpc.types import Layout, Task, TilingMode, TilingOptions
 
 NAMES = {0: "scratch", 1: "dent", 2: "stain"}
 
@@ -215,6 +215,10 @@ def test_repository_load_errors_name_the_path(tmp_path: Path) -> None:
         ("class_names: [a, b]\n", "lists 2 names but the model has 3 classes"),
         ("class_names: {7: x}\n", "id 7"),
         ("- just\n- a list\n", "mapping"),
+        ("tiling:\n  overlap: 0.9\n", "tiling.overlap"),
+        ("tiling:\n  tile_size: 8\n", "tiling.tile_size"),
+        ("tiling:\n  mode: sometimes\n", "tiling.mode"),
+        ("tiling:\n  tile: 640\n", "tiling.tile: Extra inputs are not permitted"),
     ],
 )
 def test_invalid_model_yaml(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -297,3 +301,16 @@ def test_a_model_name_ending_in_the_raw_suffix_is_refused(tmp_path: Path) -> Non
     detect_model(tmp_path / "parts.raw.onnx")
     with pytest.raises(ModelLoadError, match=r"ends in '\.raw'.*rename it"):
         scan_repository(tmp_path)
+
+
+def test_model_yaml_tiling_defaults(tmp_path: Path) -> None:
+    """A bare ``mode: off`` (a YAML boolean) or ``on`` reads as the mode; ModelInfo shows them."""
+    detect_model(tmp_path / "m" / "model.onnx")
+    (tmp_path / "m" / "model.yaml").write_text(
+        "tiling:\n  mode: on\n  tile_size: 640\n  overlap: 0.25\n  thumbnail: false\n"
+    )
+    tiling = ModelRepository(Settings(models_dir=tmp_path)).describe("m").default_tiling
+    assert tiling == TilingOptions(TilingMode.ON, 640, 0.25, False, 2.0)
+    (tmp_path / "m" / "model.yaml").write_text("tiling:\n  mode: off\n")
+    tiling = ModelRepository(Settings(models_dir=tmp_path)).describe("m").default_tiling
+    assert tiling is not None and tiling.mode is TilingMode.OFF

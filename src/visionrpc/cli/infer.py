@@ -34,7 +34,7 @@ from visionrpc.cli.common import (
     table_console,
     usage_error,
 )
-from visionrpc.types import InferenceResult, MaskFormat
+from visionrpc.types import InferenceResult, MaskFormat, TilingMode
 
 if TYPE_CHECKING:
     from visionrpc.client import Client
@@ -59,6 +59,26 @@ AgnosticNms = Annotated[
 Masks = Annotated[bool, typer.Option("--masks", help="Return segmentation masks.")]
 MaskFmt = Annotated[MaskFormat, typer.Option("--mask-format", help="rle, png or polygon.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Tiling = Annotated[
+    TilingMode | None,
+    typer.Option(
+        "--tiling",
+        help="Cut large frames into tiles at model resolution: off, on or auto (default: the "
+        "model's setting).",
+        show_default=False,
+    ),
+]
+TileSize = Annotated[
+    int, typer.Option("--tile-size", help="Tile side in image pixels; 0 = the model's input.")
+]
+TileOverlap = Annotated[
+    float | None,
+    typer.Option(
+        "--tile-overlap",
+        help="Fraction of a tile shared with its neighbour, 0 to 0.5 (default: the model's).",
+        show_default=False,
+    ),
+]
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -113,6 +133,8 @@ def result_to_json(result: InferenceResult) -> dict[str, Any]:
         ],
         "timings": {k: round(v, 3) for k, v in asdict(result.timings).items()},
     }
+    if result.tiling is not None:
+        out["tiling"] = asdict(result.tiling)
     for d in result.detections:
         det: dict[str, Any] = {
             "box": {k: round(v, 2) for k, v in asdict(d.box).items()},
@@ -147,7 +169,8 @@ def entry_json(
 def print_result(out: Console, name: str, result: InferenceResult) -> None:
     out.print(
         f"{name}: {result.image_width}×{result.image_height}, model "
-        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms",
+        f"{result.model} v{result.model_version}, {result.timings.total_ms:.1f} ms"
+        + (f", {result.tiling.tiles} tiles" if result.tiling is not None else ""),
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -287,6 +310,9 @@ def infer(
     agnostic_nms: AgnosticNms = None,
     masks: Masks = False,
     mask_format: MaskFmt = MaskFormat.RLE,
+    tiling: Tiling = None,
+    tile_size: TileSize = 0,
+    tile_overlap: TileOverlap = None,
     json_out: Json = False,
     save_annotated: Annotated[
         Path | None,
@@ -324,6 +350,7 @@ def infer(
                 options = request_options(
                     model, conf, iou, max_det, classes, agnostic_nms, masks or annotated is not None
                 )
+                options.update(tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
                 result, error = _infer_one(client, path, mask_format=mask_format, **options)
                 entry = entry_json(str(path), result, error)
                 if result is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from visionrpc.types import MaskFormat
+from visionrpc.types import MaskFormat, TilingMode
 from visionrpc.v1 import inference_pb2
 
 ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any
@@ -18,6 +18,11 @@ _MASK_FORMATS = {
     MaskFormat.RLE: inference_pb2.MASK_FORMAT_RLE,
     MaskFormat.PNG: inference_pb2.MASK_FORMAT_PNG,
     MaskFormat.POLYGON: inference_pb2.MASK_FORMAT_POLYGON,
+}
+_TILING_MODES = {
+    TilingMode.OFF: inference_pb2.TILING_MODE_OFF,
+    TilingMode.ON: inference_pb2.TILING_MODE_ON,
+    TilingMode.AUTO: inference_pb2.TILING_MODE_AUTO,
 }
 _ARRAY_FORMATS = {
     1: inference_pb2.PIXEL_FORMAT_GRAY,
@@ -55,10 +60,16 @@ def infer_request(
     mask_format: MaskFormat | str = MaskFormat.RLE,
     agnostic_nms: bool | None = None,
     request_id: str = "",
+    tiling: TilingMode | str | None = None,
+    tile_size: int = 0,
+    tile_overlap: float | None = None,
+    tile_thumbnail: bool | None = None,
 ) -> inference_pb2.InferRequest:
     """Build an ``InferRequest`` from any supported image type (arrays and PIL images go raw).
 
     ``None`` (and 0 for the thresholds) leave the choice to the model's configuration.
+    ``tiling`` ("off", "on", "auto") and the ``tile_*`` options cut a large frame into tiles
+    at model resolution (the README's "Tiled inference of large frames").
     """
     request = inference_pb2.InferRequest(
         model=model,
@@ -72,6 +83,14 @@ def infer_request(
     )
     if agnostic_nms is not None:
         request.agnostic_nms = agnostic_nms
+    if tiling is not None:
+        request.tiling.mode = _TILING_MODES[TilingMode(tiling)]
+    if tile_size:
+        request.tiling.tile_size = tile_size
+    if tile_overlap is not None:
+        request.tiling.overlap = tile_overlap
+    if tile_thumbnail is not None:
+        request.tiling.thumbnail = tile_thumbnail
     if isinstance(image, str | os.PathLike):
         with open(image, "rb") as f:
             request.image_bytes = f.read()

@@ -9,27 +9,31 @@ Requests carry a *client* key (a plain string from the server): the batcher serv
 lines round-robin, and each client has at most ``fairness.decodes_per_client`` images in the
 decode pool, so a quiet client's image is not decoded after all of a busy client's backlog.
 ``infer_sync`` does the same work in the calling thread, one image per model call. ``infer_raw``
-puts ready tensors (the raw view, :mod:`visionrpc.runtime.raw`) into the same batchers.
+puts ready tensors (the raw view, :mod:`visionrpc.runtime.raw`) into the same batchers, and a
+tiled request (:mod:`visionrpc.runtime.tiling`) puts each tile into them as an item of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import itertools
 import logging
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
-from visionrpc.runtime import raw
+from visionrpc.runtime import raw, tiling
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
 from visionrpc.runtime.fairness import ClientSlots
@@ -45,6 +49,7 @@ from visionrpc.runtime.masks import MaskEncoder
 from visionrpc.runtime.raw import RawResult, RawSample
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.statistics import InferenceStatistics
+from visionrpc.runtime.tiling import FrameDetections, TileJob, TilePlan, TilingSpec
 from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
 from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
@@ -59,6 +64,7 @@ from visionrpc.types import (
     PixelFormat,
     RawImage,
     Task,
+    TilingMode,
     Timings,
 )
 
@@ -102,8 +108,10 @@ class Job:
 
 
 JobOutcome = InferenceResult | Exception  # per job, so one bad result fails only its request
-BatchItem = Job | RawSample  # what a model's batcher queues: images and raw-view samples alike
-Outcome = JobOutcome | ItemOutputs  # a raw sample's outcome is the graph's outputs
+BatchItem = Job | RawSample | TileJob  # what a model's batcher queues: images, raw-view samples
+# and tiles alike
+Outcome = JobOutcome | ItemOutputs | FrameDetections  # raw sample: the graph's outputs; a tile:
+# its detections in frame pixels
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,7 @@ class BatchRunner:
     def slot_shape(self) -> tuple[int, ...]:
         return self._shape[1:]
 
-    def __call__(self, items: Sequence[PreparedImage | RawSample]) -> list[ItemOutputs]:
+    def __call__(self, items: Sequence[PreparedImage | TileJob | RawSample]) -> list[ItemOutputs]:
         n = len(items)
         first = items[0]
         if isinstance(first, RawSample) and first.array.shape != self.slot_shape:
@@ -285,7 +293,11 @@ class InferencePipeline:
         try:
             options = resolve_options(item.options, model)
             check_limits(options, self.settings.limits)
-            result = self._run_alone(item, model, options, start, deadline, all_cores=True)
+            spec = self._tiling(item, model)
+            if spec is not None:
+                result = self._infer_tiled_sync(item, model, options, spec, start, deadline)
+            else:
+                result = self._run_alone(item, model, options, start, deadline, all_cores=True)
         except BaseException:
             self._failed(model, start)
             raise
@@ -377,6 +389,9 @@ class InferencePipeline:
         loop = asyncio.get_running_loop()
         options = resolve_options(item.options, model)
         check_limits(options, self.settings.limits)
+        spec = self._tiling(item, model)
+        if spec is not None:
+            return await self._infer_tiled(item, model, options, spec, start, deadline, client)
         batcher = self._batcher(model, loop)
 
         def alone(all_cores: bool) -> InferenceResult:
@@ -631,6 +646,9 @@ class InferencePipeline:
                     outcomes[i] = out
                     continue
                 try:
+                    if isinstance(job, TileJob):
+                        outcomes[i] = tiling.tile_detections(model.onnx.spec, job, out)
+                        continue
                     outcomes[i] = self._finish(
                         job.item, model, job.options, job.prepared, out, run_ms, 0.0, job.start
                     )
@@ -658,7 +676,9 @@ class InferencePipeline:
         canvas, transform = letterbox_uint8(image, model.onnx.input_size)
         return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1), deadline)
 
-    def _decode(self, item: InferenceInput, model: LoadedModel) -> DecodedImage:
+    def _decode(
+        self, item: InferenceInput, model: LoadedModel, *, reduced: bool = True
+    ) -> DecodedImage:
         s = self.settings
         if item.image_bytes is not None and item.raw is not None:
             raise InvalidInputError("send either image_bytes or raw, not both", field="image")
@@ -673,7 +693,7 @@ class InferencePipeline:
             max_pixels=s.max_image_pixels,
             max_side=s.max_image_side,
             input_size=model.onnx.input_size,
-            reduced_decode=s.reduced_decode,
+            reduced_decode=s.reduced_decode and reduced,
         )
 
     def _finish(
@@ -758,6 +778,288 @@ class InferencePipeline:
                 boxes, raw.scores, raw.class_ids, areas, encoded, strict=True
             )
         )
+
+    # -- tiled inference (see runtime.tiling) ------------------------------------------------
+
+    def _tiling(self, item: InferenceInput, model: LoadedModel) -> TilingSpec | None:
+        """The request's tiling when its frame is to be tiled, else None (the ordinary path).
+        Auto mode decides from the header, before decoding."""
+        spec = tiling.resolve_tiling(
+            item.options.tiling, model.config.tiling.options(), model.onnx.input_size
+        )
+        if spec.mode is TilingMode.OFF:
+            return None
+        if spec.mode is TilingMode.AUTO:
+            size = tiling.frame_size(item)
+            if size is None or not tiling.wants_tiles(*size, spec):
+                return None
+        return dataclasses.replace(spec, mode=TilingMode.ON)
+
+    def _cut_frame(
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        options: ResolvedOptions,
+        spec: TilingSpec,
+        deadline: Deadline,
+    ) -> _TiledFrame:
+        """Decode at full size (tiles need every pixel), plan the tiles, letterbox the thumbnail."""
+        deadline.check("before decode")
+        t0 = time.perf_counter()
+        image = self._decode(item, model, reduced=False)
+        t1 = time.perf_counter()
+        trim_above = self.settings.limits.trim_memory_above_bytes
+        if trim_above and image.rgb.nbytes > trim_above:
+            self._trim_pending = True
+        deadline.check("after decode")
+        plan = tiling.plan_tiles(image.width, image.height, spec, self.settings.limits.max_tiles)
+        if plan is None:  # pragma: no cover - spec.mode is ON here
+            raise RuntimeError("a tiled request got no tiles")
+        thumbnail = None
+        if plan.thumbnail:
+            canvas, transform = letterbox_uint8(
+                tiling.shrink(image, model.onnx.input_size), model.onnx.input_size
+            )
+            whole = tiling.Tile(-1, 0, 0, image.width, image.height)
+            thumbnail = TileJob(
+                canvas,
+                transform,
+                whole,
+                image.width,
+                image.height,
+                options.params,
+                deadline,
+                self.settings.limits.max_mask_pixels,
+            )
+        return _TiledFrame(image, plan, thumbnail, (t1 - t0) * 1000, _ms_since(t1))
+
+    async def _infer_tiled(
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        options: ResolvedOptions,
+        spec: TilingSpec,
+        start: float,
+        deadline: Deadline,
+        client: str,
+    ) -> InferenceResult:
+        """Each tile (and the thumbnail) is an item of the model's batcher, in ``client``'s line:
+        tiles share batches and instances with other requests, and a window of them in flight at
+        a time bounds what the request holds of the queue (tiles are cut as they enter it)."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batcher(model, loop)
+        self._hold(model)
+        try:
+            await self._decoding.acquire(client)
+            try:
+                frame = await loop.run_in_executor(
+                    self._decode_pool, self._cut_frame, item, model, options, spec, deadline
+                )
+            finally:
+                self._decoding.release(client)
+            make = tiling.tile_jobs(
+                frame.image,
+                frame.plan,
+                model.onnx.input_size,
+                options.params,
+                deadline,
+                self.settings.limits.max_mask_pixels,
+            )
+            slow = tiling.needs_resize(frame.plan, model.onnx.input_size)
+            window = max(
+                1,
+                min(
+                    self.settings.fairness.max_queue_per_client,
+                    2 * model.max_batch_size * model.instances,
+                ),
+            )
+
+            async def run(tile: tiling.Tile | None) -> FrameDetections:
+                with batcher.admit(client) as slot:  # sheds load before a tile is cut
+                    if tile is None:
+                        assert frame.thumbnail is not None
+                        job = frame.thumbnail
+                    elif slow:
+                        job = await loop.run_in_executor(self._decode_pool, make, tile)
+                    else:
+                        job = make(tile)
+                    value = (await slot.submit(job)).value
+                if isinstance(value, Exception):
+                    raise value
+                assert isinstance(value, FrameDetections)
+                return value
+
+            work: list[tiling.Tile | None] = [None] if frame.thumbnail is not None else []
+            work += frame.plan.tiles
+            t0 = time.perf_counter()
+            parts = await _windowed(loop, [functools.partial(run, t) for t in work], window)
+            inference_ms = _ms_since(t0)
+            return await loop.run_in_executor(
+                self._decode_pool,
+                self._tiled_result,
+                item,
+                model,
+                options,
+                frame,
+                parts,
+                deadline,
+                Timings(frame.decode_ms, frame.preprocess_ms, inference_ms),
+                start,
+            )
+        except asyncio.CancelledError:
+            deadline.cancel()
+            raise
+        finally:
+            self._let_go(model)
+            if self._trim_pending:
+                loop.run_in_executor(self._decode_pool, self._trim)
+
+    def _infer_tiled_sync(
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        options: ResolvedOptions,
+        spec: TilingSpec,
+        start: float,
+        deadline: Deadline,
+    ) -> InferenceResult:
+        """The tiles one by one in the calling thread (``infer_sync``: no batching)."""
+        frame = self._cut_frame(item, model, options, spec, deadline)
+        make = tiling.tile_jobs(
+            frame.image,
+            frame.plan,
+            model.onnx.input_size,
+            options.params,
+            deadline,
+            self.settings.limits.max_mask_pixels,
+        )
+        jobs = [frame.thumbnail] if frame.thumbnail is not None else []
+        parts = []
+        t0 = time.perf_counter()
+        for job in itertools.chain(jobs, map(make, frame.plan.tiles)):
+            deadline.check("before the model call")
+            t1 = time.perf_counter()
+            tensor = to_chw(job.canvas, model.onnx.input_dtype)[None]
+            t2 = time.perf_counter()
+            outputs = model.onnx.run(tensor, all_cores=True)
+            t3 = time.perf_counter()
+            parts.append(tiling.tile_detections(model.onnx.spec, job, [o[0] for o in outputs]))
+            self.statistics.executed(
+                model.name, model.config.version, 1, t2 - t1, t3 - t2, time.perf_counter() - t3
+            )
+            if self.on_batch is not None:
+                self.on_batch(model.name, 1)
+        timings = Timings(frame.decode_ms, frame.preprocess_ms, _ms_since(t0))
+        return self._tiled_result(item, model, options, frame, parts, deadline, timings, start)
+
+    def _tiled_result(
+        self,
+        item: InferenceInput,
+        model: LoadedModel,
+        options: ResolvedOptions,
+        frame: _TiledFrame,
+        parts: Sequence[FrameDetections],
+        deadline: Deadline,
+        timings: Timings,
+        start: float,
+    ) -> InferenceResult:
+        """Merge the tiles' detections across borders and answer as for one image."""
+        deadline.check("before post-processing")
+        t0 = time.perf_counter()
+        p = options.params
+        merged = tiling.merge_detections(
+            parts,
+            iou=p.iou,
+            max_detections=p.max_detections,
+            agnostic=p.agnostic,
+            deadline=deadline,
+        )
+        width, height = frame.image.width, frame.image.height
+        segment = model.onnx.task is Task.SEGMENT
+        encoder = MaskEncoder(width, height)
+        if options.return_masks:
+            pixels = sum(m.mask.mask.size for m in merged if m.mask is not None)
+            budget = self.settings.limits.max_mask_pixels
+            if pixels > budget or any(m.mask is None for m in merged):
+                raise ResourceLimitError(
+                    f"the masks of the {len(merged)} detections would cover more than the "
+                    f"server's limit of {budget} pixels ({MASK_PIXELS_SETTING}); send a higher "
+                    "confidence_threshold or a lower max_detections, or unset return_masks",
+                    limit="limits.max_mask_pixels",
+                )
+            deadline.check("before masks")
+        detections = tuple(
+            Detection(
+                box=BoxXYXY(*m.box),
+                score=m.score,
+                class_id=m.class_id,
+                class_name=model.class_name(m.class_id),
+                mask=(
+                    encoder.encode(m.mask, options.mask_format)
+                    if options.return_masks and m.mask is not None
+                    else None
+                ),
+                mask_area_px=m.mask.area if segment and m.mask is not None else None,
+            )
+            for m in merged
+        )
+        timings.postprocess_ms = _ms_since(t0)
+        timings.total_ms = _ms_since(start)
+        return InferenceResult(
+            model=model.name,
+            model_version=model.config.version,
+            image_width=width,
+            image_height=height,
+            detections=detections,
+            defects=summarize_defects(detections, width, height),
+            timings=timings,
+            request_id=item.request_id,
+            tiling=frame.plan.report(),
+        )
+
+
+@dataclass(frozen=True)
+class _TiledFrame:
+    """A decoded frame cut into tiles: what a tiled request holds while its tiles run."""
+
+    image: DecodedImage
+    plan: TilePlan
+    thumbnail: TileJob | None
+    decode_ms: float
+    preprocess_ms: float
+
+
+async def _windowed(
+    loop: asyncio.AbstractEventLoop,
+    work: Sequence[Callable[[], Coroutine[Any, Any, FrameDetections]]],
+    window: int,
+) -> list[FrameDetections]:
+    """Run ``work`` with at most ``window`` of it at once; the first failure cancels the rest
+    and is raised."""
+    results: list[FrameDetections] = []
+    running: set[asyncio.Task[FrameDetections]] = set()
+
+    async def collect() -> None:
+        nonlocal running
+        done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        errors = [e for task in done if (e := task.exception()) is not None]
+        if errors:
+            raise errors[0]
+        results.extend(task.result() for task in done)
+
+    try:
+        for step in work:
+            if len(running) >= window:
+                await collect()
+            running.add(loop.create_task(step()))
+        while running:
+            await collect()
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+    return results
 
 
 def _join(threads: Sequence[ThreadPoolExecutor]) -> None:

@@ -35,17 +35,58 @@ from visionrpc.errors import (
 )
 from visionrpc.runtime.model import OnnxModel, plan_instances
 from visionrpc.settings import BatchingSettings, Settings
-from visionrpc.types import ModelDescription, ModelState, ModelStatus
+from visionrpc.types import (
+    ModelDescription,
+    ModelState,
+    ModelStatus,
+    TilingMode,
+    TilingOptions,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_DETECTIONS_LIMIT = 10_000  # per image; more is refused as a request error
+MAX_TILE_OVERLAP = 0.5  # beyond it every pixel runs through the model four times or more
+MIN_TILE_SIZE = 32  # one cell of a stride-32 YOLO head
 CONFIG_FILE = "model.yaml"
 REPOSITORY_FILE = "repository.yaml"
 RAW_SUFFIX = ".raw"
 """A name ending in it selects the raw view of a model (``defects.raw`` = the ONNX graph of
 ``defects``), so no model of the directory may have such a name. The server imports it from here:
 the runtime knows no server code."""
+
+
+class TilingConfig(BaseModel):
+    """model.yaml ``tiling:``: how this model cuts large frames into tiles unless a request says
+    otherwise (see runtime.tiling and the README's "Tiled inference of large frames")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: TilingMode = TilingMode.OFF
+    tile_size: int = Field(default=0, ge=0)  # tile side in frame pixels; 0: the model input
+    overlap: float = Field(default=0.2, ge=0, le=MAX_TILE_OVERLAP)
+    thumbnail: bool = True
+    auto_factor: float = Field(default=2.0, gt=1)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare off / on as a boolean
+        if isinstance(value, bool):
+            return TilingMode.ON if value else TilingMode.OFF
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_size(cls, value: int) -> int:
+        if 0 < value < MIN_TILE_SIZE:
+            raise ValueError(f"send 0 (the model input) or at least {MIN_TILE_SIZE} pixels")
+        return value
+
+    def options(self) -> TilingOptions:
+        return TilingOptions(
+            self.mode, self.tile_size, self.overlap, self.thumbnail, self.auto_factor
+        )
 
 
 class ModelConfig(BaseModel):
@@ -65,6 +106,7 @@ class ModelConfig(BaseModel):
     max_queue_delay_us: int | None = Field(default=None, ge=0)
     max_queue_size: int | None = Field(default=None, ge=1)
     instances: int | None = Field(default=None, ge=1)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
 
     @field_validator("version", "display_name", mode="before")
     @classmethod
@@ -286,6 +328,7 @@ class LoadedModel:
             layout=self.onnx.spec.layout,
             dynamic_batch=self.onnx.dynamic_batch,
             max_batch_size=self.max_batch_size,
+            default_tiling=self.config.tiling.options(),
         )
 
 

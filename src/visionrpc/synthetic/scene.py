@@ -80,15 +80,19 @@ def generate_sample(
     max_side: int = 1280,
     max_defects: int = 4,
     jpeg: bool | None = None,
+    defect_unit: float | None = None,
 ) -> Sample:
     """Generate image ``index`` of the stream identified by ``seed`` (reproducible).
 
     ``size`` is (width, height); by default a random size with sides in [min_side, max_side].
-    ``jpeg`` forces JPEG artefacts on or off (default: random, 80% on).
+    ``jpeg`` forces JPEG artefacts on or off (default: random, 80% on). ``defect_unit`` is the
+    image pixels per model pixel of the defects (and of the blur): by default the long side /
+    320, so defects keep their size relative to the frame; 1.0 on a large frame makes them as
+    small as on a 320 px image, what a tile at model resolution sees (tiled inference).
     """
     rng = np.random.default_rng([seed, index])
     width, height = size if size is not None else _pick_size(rng, min_side, max_side)
-    unit = max(width, height) / MODEL_SIZE
+    unit = defect_unit if defect_unit is not None else max(width, height) / MODEL_SIZE
     texture_name = str(rng.choice(sorted(TEXTURES)))
     image = TEXTURES[texture_name](rng, height, width)
 

@@ -114,6 +114,36 @@ MODEL_STATE_UNAVAILABLE: ModelState.ValueType  # 3
 """not serving: unloaded, failed to load, or not loaded yet"""
 Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
+class _TilingMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TilingModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TilingMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TILING_MODE_UNSPECIFIED: _TilingMode.ValueType  # 0
+    """in a request: the model's default"""
+    TILING_MODE_OFF: _TilingMode.ValueType  # 1
+    """the whole frame letterboxed into the model input"""
+    TILING_MODE_ON: _TilingMode.ValueType  # 2
+    """tiles at model resolution, run as a batch, merged"""
+    TILING_MODE_AUTO: _TilingMode.ValueType  # 3
+    """tiles when the frame is more than auto_factor tiles long"""
+
+class TilingMode(_TilingMode, metaclass=_TilingModeEnumTypeWrapper):
+    """---- Tiled inference of large frames (issue 13, item 3): fields 40-49 of InferRequest,
+    InferResponse and ModelInfo ----
+    """
+
+TILING_MODE_UNSPECIFIED: TilingMode.ValueType  # 0
+"""in a request: the model's default"""
+TILING_MODE_OFF: TilingMode.ValueType  # 1
+"""the whole frame letterboxed into the model input"""
+TILING_MODE_ON: TilingMode.ValueType  # 2
+"""tiles at model resolution, run as a batch, merged"""
+TILING_MODE_AUTO: TilingMode.ValueType  # 3
+"""tiles when the frame is more than auto_factor tiles long"""
+Global___TilingMode: _TypeAlias = TilingMode  # noqa: Y015
+
 @_typing.final
 class RawImage(_message.Message):
     """A decoded frame: 8-bit, interleaved, row-major, no row padding.
@@ -164,6 +194,7 @@ class InferRequest(_message.Message):
     MASK_FORMAT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     AGNOSTIC_NMS_FIELD_NUMBER: _builtins.int
+    TILING_FIELD_NUMBER: _builtins.int
     image_bytes: _builtins.bytes
     """JPEG, PNG, BMP, WebP or TIFF"""
     model: _builtins.str
@@ -189,6 +220,10 @@ class InferRequest(_message.Message):
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """keep only these class names; empty: all"""
 
+    @_builtins.property
+    def tiling(self) -> Global___Tiling:
+        """Tiled inference of large frames: unset fields take the model's defaults (see Tiling)."""
+
     def __init__(
         self,
         *,
@@ -203,10 +238,11 @@ class InferRequest(_message.Message):
         mask_format: Global___MaskFormat.ValueType = ...,
         request_id: _builtins.str = ...,
         agnostic_nms: _builtins.bool | None = ...,
+        tiling: Global___Tiling | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "image", b"image", "image_bytes", b"image_bytes", "raw", b"raw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "image", b"image", "image_bytes", b"image_bytes", "raw", b"raw", "tiling", b"tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "classes", b"classes", "confidence_threshold", b"confidence_threshold", "image", b"image", "image_bytes", b"image_bytes", "iou_threshold", b"iou_threshold", "mask_format", b"mask_format", "max_detections", b"max_detections", "model", b"model", "raw", b"raw", "request_id", b"request_id", "return_masks", b"return_masks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "classes", b"classes", "confidence_threshold", b"confidence_threshold", "image", b"image", "image_bytes", b"image_bytes", "iou_threshold", b"iou_threshold", "mask_format", b"mask_format", "max_detections", b"max_detections", "model", b"model", "raw", b"raw", "request_id", b"request_id", "return_masks", b"return_masks", "tiling", b"tiling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agnostic_nms: _TypeAlias = _typing.Literal["agnostic_nms"]  # noqa: Y015
     _WhichOneofArgType__agnostic_nms: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms"]  # noqa: Y015
@@ -526,6 +562,7 @@ class InferResponse(_message.Message):
     DEFECTS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TILING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     model_version: _builtins.str
@@ -541,6 +578,10 @@ class InferResponse(_message.Message):
     def error(self) -> _status_pb2.Status:
         """InferStream only: set when this frame failed; the other fields are then empty but request_id."""
 
+    @_builtins.property
+    def tiling(self) -> Global___TilingReport:
+        """Set when the frame ran as tiles: how many, and how they were laid out."""
+
     def __init__(
         self,
         *,
@@ -553,10 +594,11 @@ class InferResponse(_message.Message):
         defects: _abc.Iterable[Global___Defect] | None = ...,
         timings: Global___Timings | None = ...,
         error: _status_pb2.Status | None = ...,
+        tiling: Global___TilingReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "tiling", b"tiling", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defects", b"defects", "detections", b"detections", "error", b"error", "image_height", b"image_height", "image_width", b"image_width", "model", b"model", "model_version", b"model_version", "request_id", b"request_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defects", b"defects", "detections", b"detections", "error", b"error", "image_height", b"image_height", "image_width", b"image_width", "model", b"model", "model_version", b"model_version", "request_id", b"request_id", "tiling", b"tiling", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -651,6 +693,7 @@ class ModelInfo(_message.Message):
     DEFAULT_AGNOSTIC_NMS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
+    DEFAULT_TILING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     display_name: _builtins.str
@@ -675,6 +718,10 @@ class ModelInfo(_message.Message):
     """
     @_builtins.property
     def class_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def default_tiling(self) -> Global___Tiling:
+        """How the model tiles large frames unless a request says otherwise (`tiling` in model.yaml)."""
+
     def __init__(
         self,
         *,
@@ -695,10 +742,11 @@ class ModelInfo(_message.Message):
         default_agnostic_nms: _builtins.bool = ...,
         state: Global___ModelState.ValueType = ...,
         state_reason: _builtins.str = ...,
+        default_tiling: Global___Tiling | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_tiling", b"default_tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "default_agnostic_nms", b"default_agnostic_nms", "default_confidence_threshold", b"default_confidence_threshold", "default_iou_threshold", b"default_iou_threshold", "default_max_detections", b"default_max_detections", "display_name", b"display_name", "dynamic_batch", b"dynamic_batch", "execution_provider", b"execution_provider", "input_height", b"input_height", "input_width", b"input_width", "layout", b"layout", "max_batch_size", b"max_batch_size", "name", b"name", "state", b"state", "state_reason", b"state_reason", "task", b"task", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "default_agnostic_nms", b"default_agnostic_nms", "default_confidence_threshold", b"default_confidence_threshold", "default_iou_threshold", b"default_iou_threshold", "default_max_detections", b"default_max_detections", "default_tiling", b"default_tiling", "display_name", b"display_name", "dynamic_batch", b"dynamic_batch", "execution_provider", b"execution_provider", "input_height", b"input_height", "input_width", b"input_width", "layout", b"layout", "max_batch_size", b"max_batch_size", "name", b"name", "state", b"state", "state_reason", b"state_reason", "task", b"task", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -761,3 +809,94 @@ class UnloadModelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnloadModelRequest: _TypeAlias = UnloadModelRequest  # noqa: Y015
+
+@_typing.final
+class Tiling(_message.Message):
+    """How a frame is cut into tiles, in frame pixels. Tiles are spread evenly from edge to edge,
+    neighbours sharing at least `overlap` of a tile; detections and masks are merged across tile
+    borders and reported in original pixels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    TILE_SIZE_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_FIELD_NUMBER: _builtins.int
+    AUTO_FACTOR_FIELD_NUMBER: _builtins.int
+    mode: Global___TilingMode.ValueType
+    tile_size: _builtins.int
+    """tile side; 0: the model's input size (no scaling)"""
+    overlap: _builtins.float
+    """fraction of the tile side shared by neighbours, [0, 0.5]"""
+    thumbnail: _builtins.bool
+    """also run the whole frame letterboxed and combine (large defects)"""
+    auto_factor: _builtins.float
+    """ModelInfo only (model.yaml): AUTO's threshold"""
+    def __init__(
+        self,
+        *,
+        mode: Global___TilingMode.ValueType = ...,
+        tile_size: _builtins.int = ...,
+        overlap: _builtins.float | None = ...,
+        thumbnail: _builtins.bool | None = ...,
+        auto_factor: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_overlap", b"_overlap", "_thumbnail", b"_thumbnail", "overlap", b"overlap", "thumbnail", b"thumbnail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_overlap", b"_overlap", "_thumbnail", b"_thumbnail", "auto_factor", b"auto_factor", "mode", b"mode", "overlap", b"overlap", "thumbnail", b"thumbnail", "tile_size", b"tile_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__overlap: _TypeAlias = _typing.Literal["overlap"]  # noqa: Y015
+    _WhichOneofArgType__overlap: _TypeAlias = _typing.Literal["_overlap", b"_overlap"]  # noqa: Y015
+    _WhichOneofReturnType__thumbnail: _TypeAlias = _typing.Literal["thumbnail"]  # noqa: Y015
+    _WhichOneofArgType__thumbnail: _TypeAlias = _typing.Literal["_thumbnail", b"_thumbnail"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__overlap) -> _WhichOneofReturnType__overlap | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbnail) -> _WhichOneofReturnType__thumbnail | None: ...
+
+Global___Tiling: _TypeAlias = Tiling  # noqa: Y015
+
+@_typing.final
+class TilingReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TILES_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    TILE_WIDTH_FIELD_NUMBER: _builtins.int
+    TILE_HEIGHT_FIELD_NUMBER: _builtins.int
+    OVERLAP_X_FIELD_NUMBER: _builtins.int
+    OVERLAP_Y_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_FIELD_NUMBER: _builtins.int
+    tiles: _builtins.int
+    """tiles run (the thumbnail not counted)"""
+    columns: _builtins.int
+    rows: _builtins.int
+    tile_width: _builtins.int
+    """frame pixels"""
+    tile_height: _builtins.int
+    overlap_x: _builtins.int
+    """frame pixels neighbours share at least"""
+    overlap_y: _builtins.int
+    thumbnail: _builtins.bool
+    """the whole frame ran too and its detections were combined"""
+    def __init__(
+        self,
+        *,
+        tiles: _builtins.int = ...,
+        columns: _builtins.int = ...,
+        rows: _builtins.int = ...,
+        tile_width: _builtins.int = ...,
+        tile_height: _builtins.int = ...,
+        overlap_x: _builtins.int = ...,
+        overlap_y: _builtins.int = ...,
+        thumbnail: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "overlap_x", b"overlap_x", "overlap_y", b"overlap_y", "rows", b"rows", "thumbnail", b"thumbnail", "tile_height", b"tile_height", "tile_width", b"tile_width", "tiles", b"tiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TilingReport: _TypeAlias = TilingReport  # noqa: Y015

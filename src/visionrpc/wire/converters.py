@@ -75,6 +75,7 @@ class InferRequestConverter:
             return_masks=request.return_masks,
             mask_format=_MASK_FORMATS[request.mask_format],
             agnostic_nms=request.agnostic_nms if request.HasField("agnostic_nms") else None,
+            tiling=TilingConverter.to_types(request.tiling),
         )
         which = request.WhichOneof("image")
         if which == "raw":
@@ -186,6 +187,9 @@ class InferResponseConverter:
             ),
             timings=types.Timings(**{f.name: getattr(t, f.name) for f in fields(types.Timings)}),
             request_id=response.request_id,
+            tiling=TilingConverter.report_to_types(response.tiling)
+            if response.HasField("tiling")
+            else None,
         )
 
     @staticmethod
@@ -198,6 +202,8 @@ class InferResponseConverter:
             image_height=result.image_height,
             timings=pb.Timings(**asdict(result.timings)),
         )
+        if result.tiling is not None:
+            response.tiling.CopyFrom(pb.TilingReport(**asdict(result.tiling)))
         for d in result.detections:
             det = response.detections.add(
                 box=pb.BoundingBox(
@@ -243,6 +249,9 @@ class ModelInfoConverter:
             default_agnostic_nms=info.default_agnostic_nms,
             state=_STATES_FROM_PB.get(info.state, types.ModelState.UNAVAILABLE),
             state_reason=info.state_reason,
+            default_tiling=TilingConverter.to_types(info.default_tiling)
+            if info.HasField("default_tiling")
+            else None,
         )
 
     @staticmethod
@@ -275,4 +284,57 @@ class ModelInfoConverter:
             default_agnostic_nms=info.default_agnostic_nms,
             state=_STATES[info.state],
             state_reason=info.state_reason,
+            default_tiling=TilingConverter.from_types(info.default_tiling)
+            if info.default_tiling is not None
+            else None,
+        )
+
+
+_TILING_MODES = {
+    pb.TILING_MODE_UNSPECIFIED: None,
+    pb.TILING_MODE_OFF: types.TilingMode.OFF,
+    pb.TILING_MODE_ON: types.TilingMode.ON,
+    pb.TILING_MODE_AUTO: types.TilingMode.AUTO,
+}
+_TILING_MODES_TO_PB = {v: k for k, v in _TILING_MODES.items() if v is not None}
+
+
+class TilingConverter:
+    """``Tiling`` ↔ :class:`types.TilingOptions`, ``TilingReport`` → :class:`types.TilingReport`."""
+
+    @staticmethod
+    def to_types(tiling: pb.Tiling) -> types.TilingOptions:
+        if tiling.mode not in _TILING_MODES:
+            raise InvalidInputError(
+                f"unknown tiling.mode {tiling.mode}; use OFF, ON or AUTO (or leave it unset for "
+                "the model's default)",
+                field="tiling.mode",
+            )
+        return types.TilingOptions(
+            mode=_TILING_MODES[tiling.mode],
+            tile_size=tiling.tile_size,
+            overlap=f32(tiling.overlap) if tiling.HasField("overlap") else None,
+            thumbnail=tiling.thumbnail if tiling.HasField("thumbnail") else None,
+            auto_factor=f32(tiling.auto_factor),
+        )
+
+    @staticmethod
+    def from_types(tiling: types.TilingOptions) -> pb.Tiling:
+        out = pb.Tiling(
+            mode=_TILING_MODES_TO_PB[tiling.mode]
+            if tiling.mode is not None
+            else pb.TILING_MODE_UNSPECIFIED,
+            tile_size=tiling.tile_size,
+            auto_factor=tiling.auto_factor,
+        )
+        if tiling.overlap is not None:
+            out.overlap = tiling.overlap
+        if tiling.thumbnail is not None:
+            out.thumbnail = tiling.thumbnail
+        return out
+
+    @staticmethod
+    def report_to_types(report: pb.TilingReport) -> types.TilingReport:
+        return types.TilingReport(
+            **{f.name: getattr(report, f.name) for f in fields(types.TilingReport)}
         )
