@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from visionrpc.types import MaskFormat
+from visionrpc.types import MaskFormat, RuleSet
 from visionrpc.v1 import inference_pb2
+from visionrpc.wire.converters import RuleSetConverter
 
 ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any
 """A path, encoded bytes (JPEG/PNG/BMP/WebP/TIFF), an RGB/gray/RGBA uint8 array or a PIL image."""
@@ -55,10 +56,15 @@ def infer_request(
     mask_format: MaskFormat | str = MaskFormat.RLE,
     agnostic_nms: bool | None = None,
     request_id: str = "",
+    measure: bool = False,
+    pixels_per_mm: float | None = None,
+    rules: RuleSet | None = None,
 ) -> inference_pb2.InferRequest:
     """Build an ``InferRequest`` from any supported image type (arrays and PIL images go raw).
 
     ``None`` (and 0 for the thresholds) leave the choice to the model's configuration.
+    ``measure`` asks for each detection's length and width; ``pixels_per_mm`` replaces the model's
+    scale; ``rules`` replace the model's rules (an empty RuleSet: no verdict).
     """
     request = inference_pb2.InferRequest(
         model=model,
@@ -72,6 +78,10 @@ def infer_request(
     )
     if agnostic_nms is not None:
         request.agnostic_nms = agnostic_nms
+    request.measure = measure
+    request.pixels_per_mm = pixels_per_mm or 0.0
+    if rules is not None:
+        request.rules.CopyFrom(RuleSetConverter.from_types(rules))
     if isinstance(image, str | os.PathLike):
         with open(image, "rb") as f:
             request.image_bytes = f.read()
