@@ -13,7 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.cli.test_serve_cli import serve as serve_cli
 from tests.helpers import StartServer, make_settings
+from tests.runtime.onnx_builders import dent_model
 from tests.server.test_inference_service import (
     FOUND_SAMPLES,
     box_iou,
@@ -22,9 +24,7 @@ from tests.server.test_inference_service import (
     serve,
 )
 from visionrpc.client import AsyncClient, infer_request
-from visionrpc.errors import ModelLoadError
 from visionrpc.runtime.repository import ModelRepository
-from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.synthetic import PlantedDefect, Sample, generate_sample
 from visionrpc.types import (
     Detection,
@@ -75,9 +75,11 @@ async def test_measurements_match_the_generators_sizes(
         m = det.measurement
         assert m is not None and m.from_mask
         assert m.length_px is not None and m.width_px is not None
-        assert m.area_px == pytest.approx(defect.area, rel=0.35)
-        assert m.length_px == pytest.approx(defect.length, rel=0.3)
-        assert m.width_px == pytest.approx(defect.width, rel=0.5)
+        # the model's masks come from prototypes at a quarter of its input resolution: a thin
+        # crack's mask is wider than the crack (README: measured accuracy); its length holds
+        assert m.length_px == pytest.approx(defect.length, rel=0.25)
+        assert 0.6 < m.area_px / defect.area < 1.7
+        assert 0.6 < m.width_px / defect.width < 2.0
         assert (m.area_mm2, m.length_mm, m.width_mm) == pytest.approx(
             (m.area_px / SCALE**2, m.length_px / SCALE, m.width_px / SCALE)
         )
@@ -250,12 +252,14 @@ async def test_model_yaml_rules_judge_every_request_and_a_request_replaces_them(
 
 
 def test_a_bad_rule_in_model_yaml_stops_the_start_up(tmp_path: Path) -> None:
-    bad = {
-        "rules": [
-            {"name": "tiny-crack", "class": "crak", "metric": "count", "min": 1, "verdict": "FAIL"}
-        ]
-    }
-    copy_model(tmp_path / "judged", bad)
-    with pytest.raises(ModelLoadError, match="rule 'tiny-crack': unknown class 'crak'") as info:
-        InferenceServicer(make_settings(models_dir=tmp_path, access_log=False))
-    assert "model.yaml" in str(info.value)
+    """``visionrpc serve`` as a user runs it: exit 1 and one line naming the file and the rule."""
+    dent_model(tmp_path / "parts" / "model.onnx")
+    config = tmp_path / "parts" / "model.yaml"
+    config.write_text(
+        "rules:\n  - {name: tiny-crack, class: crack, metric: count, min: 1, verdict: FAIL}\n"
+    )
+    result = serve_cli("--port", "0", "--models", str(tmp_path), "--log-level", "warning")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: {config}: rule 'tiny-crack': unknown class 'crack'; valid: dent\n"
+    )
