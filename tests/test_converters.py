@@ -233,12 +233,11 @@ def _result() -> types.InferenceResult:
 
 def test_response_round_trips_every_field() -> None:
     result = _result()
+    assert result.verdict is not None
+    first_hit = dataclasses.replace(result.verdict, hits=result.verdict.hits[:1])
     assert_every_field_set(
         dataclasses.replace(
-            result,
-            detections=result.detections[:1],
-            defects=result.defects[1:],
-            verdict=dataclasses.replace(result.verdict, hits=result.verdict.hits[:1]),  # type: ignore[arg-type]
+            result, detections=result.detections[:1], defects=result.defects[1:], verdict=first_hit
         )
     )
     assert result.detections[1].mask is None and result.detections[1].mask_area_px == 9

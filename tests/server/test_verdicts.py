@@ -103,14 +103,19 @@ def sample_with_defects() -> tuple[Sample, PlantedDefect]:
     return sample, max(sample.defects, key=lambda d: d.length)
 
 
+Zones = tuple[tuple[str, tuple[tuple[float, float], ...]], ...]
+Polygons = tuple[tuple[tuple[float, float], ...], ...]
+
+
 async def judged(
-    client: AsyncClient, sample: Sample, *rules: Rule, **kw: object
+    client: AsyncClient,
+    sample: Sample,
+    *rules: Rule,
+    zones: Zones = (),
+    ignore_zones: Polygons = (),
 ) -> InferenceResult:
-    result = await client.infer(
-        encode(sample.image),
-        rules=RuleSet(rules=rules, **kw),
-        pixels_per_mm=SCALE,  # type: ignore[arg-type]
-    )
+    rule_set = RuleSet(rules=rules, zones=zones, ignore_zones=ignore_zones)
+    result = await client.infer(encode(sample.image), rules=rule_set, pixels_per_mm=SCALE)
     assert result.verdict is not None
     return result
 
