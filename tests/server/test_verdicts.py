@@ -268,3 +268,21 @@ def test_a_bad_rule_in_model_yaml_stops_the_start_up(tmp_path: Path) -> None:
     assert result.stderr == (
         f"error: {config}: rule 'tiny-crack': unknown class 'crack'; valid: dent\n"
     )
+
+
+async def test_a_stream_judges_each_frame_and_a_bad_rule_fails_only_its_frame(
+    client: AsyncClient,
+) -> None:
+    sample = generate_sample(*FOUND_SAMPLES[0])
+    anything = RuleSet(rules=(Rule("anything", Metric.COUNT, Verdict.FAIL, minimum=1),))
+    frames = [r async for r in client.infer_stream([sample.image, sample.image], rules=anything)]
+    assert [(f.ok, f.result.verdict.verdict) for f in frames if f.result and f.result.verdict] == [
+        (True, Verdict.FAIL),
+        (True, Verdict.FAIL),
+    ]
+    bad = RuleSet(rules=(Rule("odd", Metric.COUNT, Verdict.FAIL, "dent", minimum=1),))
+    frames = [r async for r in client.infer_stream([sample.image], rules=bad)]
+    assert [(f.ok, f.error_code) for f in frames] == [(False, "INVALID_ARGUMENT")]
+    assert "rule 'odd': unknown class 'dent'" in frames[0].error_message
+    after = [r async for r in client.infer_stream([sample.image])]
+    assert after[0].ok and after[0].result is not None and after[0].result.verdict is None
