@@ -26,11 +26,24 @@ OPTIONS = types.InferenceOptions(
     return_masks=True,
     mask_format=types.MaskFormat.POLYGON,
     agnostic_nms=True,
+    measure=True,
+    pixels_per_mm=4.0,
+    rules=types.RuleSet(
+        rules=(
+            types.Rule("long", types.Metric.LENGTH_MM, types.Verdict.FAIL, "crack", 1.5, 2.5, "z"),
+        ),
+        zones=(("z", ((1.0, 2.0), (4.0, 2.0), (4.0, 6.0))),),
+        ignore_zones=(((1.5, 1.0), (2.0, 1.0), (2.0, 2.5)),),
+    ),
     tiling=types.TilingOptions(types.TilingMode.AUTO, 640, 0.25, True, 3.0),
 )
 TILING = pb.Tiling(
     mode=pb.TILING_MODE_AUTO, tile_size=640, overlap=0.25, thumbnail=True, auto_factor=3.0
 )
+
+
+ZONE = ((1.0, 2.0), (4.0, 2.0), (4.0, 6.0))
+IGNORED = ((1.5, 1.0), (2.0, 1.0), (2.0, 2.5))
 
 
 def _polygons_equal(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool:
@@ -75,6 +88,23 @@ def test_request_with_encoded_bytes_carries_every_option() -> None:
         agnostic_nms=True,
         request_id="r1",
         tiling=TILING,
+        measure=True,
+        pixels_per_mm=4.0,
+        rules=pb.RuleSet(
+            rules=[
+                pb.Rule(
+                    name="long",
+                    class_name="crack",
+                    metric=pb.RULE_METRIC_LENGTH_MM,
+                    min=1.5,
+                    max=2.5,
+                    verdict=pb.VERDICT_FAIL,
+                    zone="z",
+                )
+            ],
+            zones=[pb.Zone(name="z", points=[pb.Point(x=x, y=y) for x, y in ZONE])],
+            ignore_zones=[pb.Polygon(points=[pb.Point(x=x, y=y) for x, y in IGNORED])],
+        ),
     )
     wire = pb.InferRequest.FromString(request.SerializeToString())
     expected = types.InferenceInput(
@@ -169,6 +199,7 @@ def _result() -> types.InferenceResult:
             class_name="spot",
             mask=MASKS[0],
             mask_area_px=12,
+            measurement=types.Measurement(12.0, 8.5, 1.5, 0.75, 2.125, 0.375, from_mask=True),
         ),
         # a segmentation result without masks requested: the area still travels
         types.Detection(
@@ -187,17 +218,41 @@ def _result() -> types.InferenceResult:
         detections=detections,
         defects=(
             types.DefectSummary("crack", 1, 0.5, 32.0, 0.16),
-            types.DefectSummary("spot", 1, 0.875, 12.0, 0.06),
+            types.DefectSummary("spot", 1, 0.875, 12.0, 0.06, 0.75, 8.5, 2.125),
         ),
         timings=types.Timings(1.0, 2.0, 3.0, 4.0, 0.5, 10.5),
         request_id="frame-7",
         tiling=types.TilingReport(12, 4, 3, 320, 320, 64, 64, True),
+        verdict=types.InspectionVerdict(
+            types.Verdict.FAIL,
+            (
+                types.RuleHit(
+                    "long",
+                    types.Verdict.FAIL,
+                    types.Metric.LENGTH_MM,
+                    2.125,
+                    "spot",
+                    1.5,
+                    2.5,
+                    1,
+                    "z",
+                ),
+                types.RuleHit("many", types.Verdict.REVIEW, types.Metric.COUNT, 2.0, "", 2.0),
+            ),
+        ),
+        pixels_per_mm=4.0,
     )
 
 
 def test_response_round_trips_every_field() -> None:
     result = _result()
-    assert_every_field_set(dataclasses.replace(result, detections=result.detections[:1]))
+    assert result.verdict is not None
+    first_hit = dataclasses.replace(result.verdict, hits=result.verdict.hits[:1])
+    assert_every_field_set(
+        dataclasses.replace(
+            result, detections=result.detections[:1], defects=result.defects[1:], verdict=first_hit
+        )
+    )
     assert result.detections[1].mask is None and result.detections[1].mask_area_px == 9
     response = InferResponseConverter.from_types(result)
     assert not response.HasField("error")

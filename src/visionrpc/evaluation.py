@@ -21,7 +21,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from visionrpc.synthetic import CLASS_NAMES, Sample, generate_sample
-from visionrpc.types import Detection, InferenceResult, Task
+from visionrpc.types import (
+    BoxXYXY,
+    Detection,
+    InferenceResult,
+    Measurement,
+    RuleSet,
+    Task,
+    Verdict,
+)
 
 EVAL_SEED = 1000  # never used for training (training/train.py uses 1 and 2)
 DUPLICATE_IOU = 0.5  # two detections of different classes overlapping this much: one defect
@@ -40,12 +48,23 @@ class ServedModel:
     infer: InferFn  # every candidate (confidence 0.001), masks as COCO RLE
     confidence_threshold: float  # the model's default: where detections are counted
     agnostic_nms: bool  # what this evaluation runs with
+    judge: InferFn | None = None  # at the default confidence with the rules, for verdicts
+    rules: RuleSet | None = None
+    pixels_per_mm: float | None = None
 
 
-def served(client: Client, model: str = "", *, agnostic_nms: bool | None = None) -> ServedModel:
+def served(
+    client: Client,
+    model: str = "",
+    *,
+    agnostic_nms: bool | None = None,
+    rules: RuleSet | None = None,
+    pixels_per_mm: float | None = None,
+) -> ServedModel:
     """How an evaluation calls a server: every candidate (confidence 0.001, at most 100 per image
     as COCO mAP expects, or the model's default maximum if lower) with masks as COCO RLE;
-    ``agnostic_nms`` None is the model's default."""
+    ``agnostic_nms`` None is the model's default. With ``rules``, each image is also sent as a
+    line would send it (default confidence) with the rules, for the verdict."""
     info = client.get_model_info(model)
     agnostic = info.default_agnostic_nms if agnostic_nms is None else agnostic_nms
     max_detections = min(100, info.default_max_detections)
@@ -60,7 +79,85 @@ def served(client: Client, model: str = "", *, agnostic_nms: bool | None = None)
             agnostic_nms=agnostic,
         )
 
-    return ServedModel(info.name, infer, info.default_confidence_threshold, agnostic)
+    def judge(data: bytes) -> InferenceResult:
+        return client.infer(
+            data,
+            model=info.name,
+            agnostic_nms=agnostic,
+            rules=rules,
+            pixels_per_mm=pixels_per_mm,
+        )
+
+    return ServedModel(
+        info.name,
+        infer,
+        info.default_confidence_threshold,
+        agnostic,
+        judge if rules is not None else None,
+        rules,
+        pixels_per_mm,
+    )
+
+
+@dataclass
+class VerdictReport:
+    """The server's verdicts against those the same rules give on the planted defects."""
+
+    rules: int
+    accuracy: float  # share of images whose verdict is the truth's
+    confusion: dict[str, dict[str, int]]  # truth's verdict -> server's verdict -> images
+    per_rule_agreement: dict[str, float] = field(default_factory=dict)
+    """Per rule: share of images where it fired on both sides or on neither."""
+
+
+def truth_detections(sample: Sample, pixels_per_mm: float | None) -> list[Detection]:
+    """The planted defects as a perfect model would report them, with their exact sizes."""
+    k = pixels_per_mm
+    out = []
+    for defect in sample.defects:
+        area, length, width = defect.area, defect.length, defect.width
+        m = Measurement(
+            area_px=area,
+            length_px=length,
+            width_px=width,
+            area_mm2=area / (k * k) if k else None,
+            length_mm=length / k if k else None,
+            width_mm=width / k if k else None,
+            from_mask=True,
+        )
+        box = BoxXYXY(*defect.bbox)
+        out.append(Detection(box, 1.0, defect.class_id, defect.class_name, measurement=m))
+    return out
+
+
+def verdict_accuracy(
+    samples: Sequence[Sample],
+    results: Sequence[InferenceResult],
+    rules: RuleSet,
+    pixels_per_mm: float | None,
+) -> VerdictReport:
+    from visionrpc.runtime.rules import evaluate as judge  # needs OpenCV, as this module does
+
+    names = [v.value for v in Verdict]
+    confusion = {t: dict.fromkeys(names, 0) for t in names}
+    agree = dict.fromkeys((r.name for r in rules.rules), 0)
+    right = 0
+    for sample, result in zip(samples, results, strict=True):
+        truth = judge(rules, truth_detections(sample, pixels_per_mm))
+        got = result.verdict or judge(rules, ())  # no verdict back: as if nothing fired
+        confusion[truth.verdict.value][got.verdict.value] += 1
+        right += truth.verdict is got.verdict
+        fired_truth = {h.rule for h in truth.hits}
+        fired_got = {h.rule for h in got.hits}
+        for name in agree:
+            agree[name] += (name in fired_truth) == (name in fired_got)
+    n = len(samples) or 1
+    return VerdictReport(
+        rules=len(rules.rules),
+        accuracy=right / n,
+        confusion=confusion,
+        per_rule_agreement={name: count / n for name, count in agree.items()},
+    )
 
 
 @dataclass
@@ -92,6 +189,7 @@ class EvalReport:
     per_class_box_map50: dict[str, float] = field(default_factory=dict)
     per_class_mask_map50: dict[str, float] = field(default_factory=dict)
     mean_latency_ms: float = 0.0
+    verdicts: VerdictReport | None = None  # when evaluated with rules
 
 
 def encode_for_eval(sample: Sample) -> bytes:
@@ -252,10 +350,14 @@ def evaluate(
         raise ValueError(f"count is {count}; evaluate at least one image")
     samples: list[Sample] = []
     results: list[InferenceResult] = []
+    judged: list[InferenceResult] = []
     for index in progress(range(count)):
         sample = generate_sample(seed, index)
         samples.append(sample)
-        results.append(model.infer(encode_for_eval(sample)))
+        data = encode_for_eval(sample)
+        results.append(model.infer(data))
+        if model.judge is not None:
+            judged.append(model.judge(data))
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = _ground_truth(samples)
@@ -276,4 +378,9 @@ def evaluate(
         per_class_box_map50=box_cls,
         per_class_mask_map50=mask_cls,
         mean_latency_ms=float(np.mean(latencies)) if latencies else 0.0,
+        verdicts=(
+            verdict_accuracy(samples, judged, model.rules, model.pixels_per_mm)
+            if model.rules is not None and model.judge is not None
+            else None
+        ),
     )

@@ -103,6 +103,9 @@ class InferenceOptions:
     mask_format: MaskFormat = MaskFormat.RLE
     agnostic_nms: bool | None = None  # None: the model's default
     tiling: TilingOptions = TilingOptions()
+    measure: bool = False  # length and width of each detection (area is always cheap)
+    pixels_per_mm: float | None = None  # None: the model's scale, if any
+    rules: RuleSet | None = None  # None: the model's rules; replaces them when set
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,87 @@ class EncodedMask:
     polygons: tuple[np.ndarray, ...] = ()  # POLYGON: (N, 2) float arrays, x/y
 
 
+# -- measurements and verdicts (issue 13) ------------------------------------------------
+
+
+class Verdict(StrEnum):
+    """An inspection's decision; the order PASS < REVIEW < FAIL is how fired rules combine."""
+
+    PASS = "PASS"
+    REVIEW = "REVIEW"
+    FAIL = "FAIL"
+
+
+class Metric(StrEnum):
+    """What a rule compares: the number of matching detections, or a value of each one."""
+
+    COUNT = "count"
+    SCORE = "score"
+    AREA_PX = "area_px"
+    AREA_MM2 = "area_mm2"
+    LENGTH_PX = "length_px"
+    LENGTH_MM = "length_mm"
+    WIDTH_PX = "width_px"
+    WIDTH_MM = "width_mm"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One detection's size. ``length``/``width`` are None when not measured (not asked for);
+    the mm values are None without a scale."""
+
+    area_px: float
+    length_px: float | None = None
+    width_px: float | None = None
+    area_mm2: float | None = None
+    length_mm: float | None = None
+    width_mm: float | None = None
+    from_mask: bool = False  # False: from the box (a detect-only model)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Fires when the metric lies in [minimum, maximum] (either bound may be open)."""
+
+    name: str
+    metric: Metric
+    verdict: Verdict
+    class_name: str = ""  # empty: every class
+    minimum: float | None = None
+    maximum: float | None = None
+    zone: str = ""  # empty: anywhere; else only detections whose box centre is in that zone
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Rules with the zones they name; detections centred in an ignore zone are left out."""
+
+    rules: tuple[Rule, ...] = ()
+    zones: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+    ignore_zones: tuple[tuple[tuple[float, float], ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    """A rule that fired: the value measured and the bounds it fell within."""
+
+    rule: str
+    verdict: Verdict
+    metric: Metric
+    value: float
+    class_name: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    detection: int | None = None  # index in the result's detections; None for a count
+    zone: str = ""
+
+
+@dataclass(frozen=True)
+class InspectionVerdict:
+    verdict: Verdict
+    hits: tuple[RuleHit, ...] = ()
+
+
 @dataclass(frozen=True)
 class Detection:
     box: BoxXYXY
@@ -148,6 +232,7 @@ class Detection:
     class_name: str
     mask: EncodedMask | None = None
     mask_area_px: int | None = None  # set for segmentation models, even when no mask is returned
+    measurement: Measurement | None = None  # when measuring was asked for (or rules need it)
 
 
 @dataclass(frozen=True)
@@ -159,6 +244,9 @@ class DefectSummary:
     max_score: float
     total_area_px: float
     area_fraction: float
+    total_area_mm2: float | None = None  # with a scale
+    total_length_px: float | None = None  # when lengths were measured
+    total_length_mm: float | None = None
 
 
 @dataclass
@@ -184,6 +272,8 @@ class InferenceResult:
     timings: Timings = field(default_factory=Timings)
     request_id: str = ""
     tiling: TilingReport | None = None  # set when the frame ran as tiles
+    verdict: InspectionVerdict | None = None  # when rules applied (the model's or the request's)
+    pixels_per_mm: float | None = None  # the scale the mm values use
 
 
 @dataclass(frozen=True)

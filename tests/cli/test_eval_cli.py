@@ -77,3 +77,42 @@ def test_eval_with_a_broken_model_says_which_file_in_one_line(tmp_path: Path) ->
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: cannot load ONNX model ") and "broken.onnx" in line
+
+
+def test_eval_scores_verdicts_against_the_planted_defects(
+    twice_server: RunningServer, tmp_path: Path
+) -> None:
+    """The model reports one defect on every image: a rule failing any defect agrees with the
+    planted truth exactly on the images that have defects."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "pixels_per_mm: 2\n"
+        "rules:\n"
+        "  - {name: any, metric: count, min: 1, verdict: FAIL}\n"
+        "  - {name: huge, metric: area_mm2, min: 1.0e9, verdict: REVIEW}\n"
+    )
+    argv = ["eval", "--count", "4", "--json", "--agnostic-nms", "--rules", str(rules)]
+    result = runner.invoke(app, [*argv, "--target", twice_server.address], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    verdicts = json.loads(result.stdout)["verdicts"]
+    planted = [len(generate_sample(1000, i).defects) for i in range(4)]
+    with_defects = sum(n > 0 for n in planted)
+    assert verdicts["rules"] == 2
+    assert verdicts["accuracy"] == pytest.approx(with_defects / 4)
+    assert verdicts["confusion"]["FAIL"]["FAIL"] == with_defects
+    assert verdicts["confusion"]["PASS"]["FAIL"] == 4 - with_defects
+    assert verdicts["per_rule_agreement"] == {"any": with_defects / 4, "huge": 1.0}
+    without_json = [a for a in argv if a != "--json"]
+    table = runner.invoke(
+        app, [*without_json, "--target", twice_server.address], env={"COLUMNS": "200"}
+    )
+    assert table.exit_code == 0, table.output
+    assert "of images get the verdict the rules give on the planted defects" in table.stdout
+
+
+def test_eval_refuses_a_bad_rules_file_naming_the_rule(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: odd, metric: sharpness, min: 1, verdict: FAIL}\n")
+    result = runner.invoke(app, ["eval", "--rules", str(rules), "--target", "127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "rule 'odd'" in result.output and "Traceback" not in result.output

@@ -114,3 +114,35 @@ async def test_the_tile_limit_is_a_setting(start_server: StartServer) -> None:
             tiling=tiled(pb.TILING_MODE_ON),
         )
         await assert_still_serves(stub)
+
+
+async def test_a_tiled_frame_is_measured_and_judged_like_one_image(
+    start_server: StartServer,
+) -> None:
+    """Measurements and verdicts apply to the merged detections of a tiled frame."""
+    rules = pb.RuleSet(
+        rules=[
+            pb.Rule(name="any defect", metric=pb.RULE_METRIC_COUNT, min=1, verdict=pb.VERDICT_FAIL)
+        ]
+    )
+    async with serving(start_server) as (stub, _):
+        reply = await stub.Infer(
+            pb.InferRequest(
+                image_bytes=encoded(4),
+                tiling=tiled(pb.TILING_MODE_ON),
+                measure=True,
+                pixels_per_mm=10.0,
+                rules=rules,
+            ),
+            timeout=120,
+        )
+    assert reply.tiling.tiles == 63 and len(reply.detections) >= 3
+    assert reply.verdict.verdict == pb.VERDICT_FAIL
+    (hit,) = reply.verdict.hits
+    assert (hit.rule, hit.value) == ("any defect", len(reply.detections))
+    assert reply.pixels_per_mm == 10.0
+    for d in reply.detections:
+        m = d.measurement
+        assert m.from_mask and m.area_px == d.mask_area_px > 0
+        assert m.area_mm2 == pytest.approx(m.area_px / 100.0)
+        assert m.HasField("length_px") and m.length_px > 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from visionrpc.synthetic import CLASS_NAMES, generate_sample, write_yolo_dataset, yolo_label_lines
+from visionrpc.synthetic.defects import ribbon_axis
 from visionrpc.synthetic.textures import TEXTURES
 
 
@@ -85,3 +86,29 @@ def test_dataset_writer_lays_out_images_labels_and_data_yaml(tmp_path) -> None:
     assert [p.stem for p in train_images] == [p.stem for p in train_labels]
     assert cv2.imread(str(train_images[0])) is not None
     assert len(list((tmp_path / "images" / "val").iterdir())) == 2
+
+
+def test_planted_defects_know_their_exact_sizes() -> None:
+    """Area from the polygon; scratches and cracks measure along the centreline they were drawn
+    on (length) and area / length (mean width); spots by their minimum-area rectangle."""
+    seen = set()
+    for i in range(30):
+        sample = generate_sample(21, i)
+        for defect in sample.defects:
+            seen.add(defect.class_name)
+            # drawn 8 times finer over its box, so the edge pixels OpenCV fills count little
+            x0, y0, _, _ = defect.bbox
+            fine = (defect.polygon - [x0 - 1, y0 - 1]) * 8
+            drawn = np.zeros((int(fine[:, 1].max()) + 9, int(fine[:, 0].max()) + 9), np.uint8)
+            cv2.fillPoly(drawn, [np.round(fine * 16).astype(np.int32)], 1, shift=4)
+            assert defect.area == pytest.approx(drawn.sum() / 64, rel=0.06)
+            if defect.class_name == "spot":
+                assert defect.width <= defect.length
+                assert defect.area < defect.length * defect.width
+                continue
+            centreline, widths = ribbon_axis(defect.polygon)
+            chord = float(np.linalg.norm(centreline[-1] - centreline[0]))
+            assert chord <= defect.length <= 2.5 * chord
+            assert defect.length * defect.width == pytest.approx(defect.area)
+            assert widths.min() <= defect.width <= widths.max()
+    assert seen == set(CLASS_NAMES)

@@ -34,6 +34,14 @@ def evaluate(
     ] = 200,
     seed: Annotated[int, typer.Option(help="Generator seed; training used 1 and 2.")] = 1000,
     agnostic_nms: AgnosticNms = None,
+    rules_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="Also score verdicts: a YAML file with model.yaml's rules, zones, ignore_zones "
+            "(and pixels_per_mm), sent with each image and applied to the planted defects.",
+        ),
+    ] = None,
     json_out: Json = False,
     *,
     connection: Connection,
@@ -42,13 +50,30 @@ def evaluate(
     accuracy (reported vs planted defects per image) at the model's default confidence.
 
     Without --target a server is started in this process on a free loopback port (needs the
-    server extra); with --target only the images extra is needed (the generator and COCO scoring).
+    server extra); with --target only the images extra is needed (the generator and COCO scoring),
+    unless --rules asks for verdicts too (the rules engine is the server's).
     """
     with rpc_errors(target):
-        require_extra("images" if target else "server", "eval")
+        require_extra("images" if target and rules_file is None else "server", "eval")
     from visionrpc.client import Client
     from visionrpc.evaluation import evaluate as run_eval
     from visionrpc.evaluation import served
+
+    rule_set, scale = None, None
+    if rules_file is not None:
+        from visionrpc.runtime.rules import MM_METRICS, read_rules_file
+
+        try:
+            rule_set, scale = read_rules_file(rules_file)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--rules") from None
+        in_mm = [r.name for r in rule_set.rules if r.metric in MM_METRICS]
+        if in_mm and scale is None:
+            raise typer.BadParameter(
+                f"rule(s) {', '.join(in_mm)} measure in mm: set pixels_per_mm in {rules_file} "
+                "(the planted defects are measured with it too)",
+                param_hint="--rules",
+            )
 
     def go(address: str, local: Connection = connection) -> None:
         with (
@@ -63,7 +88,9 @@ def evaluate(
                     yield i
                     bar.advance(task)
 
-            chosen = served(client, model, agnostic_nms=agnostic_nms)
+            chosen = served(
+                client, model, agnostic_nms=agnostic_nms, rules=rule_set, pixels_per_mm=scale
+            )
             report = run_eval(chosen, seed=seed, count=count, progress=progress)
         if json_out:
             typer.echo(json.dumps(asdict(report), indent=2))
@@ -103,6 +130,23 @@ def evaluate(
             f"{counts.duplicate_pairs} duplicate pair(s) (different classes, box IoU >= 0.5) in "
             f"{counts.images_with_duplicates} image(s)"
         )
+        if report.verdicts is not None:
+            v = report.verdicts
+            console.print(
+                f"verdicts ({v.rules} rules, at the default confidence): {v.accuracy:.1%} of "
+                "images get the verdict the rules give on the planted defects"
+            )
+            matrix = Table(title="verdicts: planted (rows) vs server (columns), images")
+            matrix.add_column("planted")
+            for name in v.confusion:
+                matrix.add_column(name)
+            for truth, row in v.confusion.items():
+                matrix.add_row(truth, *(str(n) for n in row.values()))
+            console.print(matrix)
+            console.print(
+                "per rule, images where it fired on both sides or neither: "
+                + ", ".join(f"{k} {a:.1%}" for k, a in v.per_rule_agreement.items())
+            )
 
     if target:
         go(target)

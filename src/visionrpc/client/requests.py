@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from visionrpc.types import MaskFormat, TilingMode
+from visionrpc.types import MaskFormat, RuleSet, TilingMode
 from visionrpc.v1 import inference_pb2
+from visionrpc.wire.converters import RuleSetConverter
 
 ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Any
 """A path, encoded bytes (JPEG/PNG/BMP/WebP/TIFF), an RGB/gray/RGBA uint8 array or a PIL image."""
@@ -64,12 +65,17 @@ def infer_request(
     tile_size: int = 0,
     tile_overlap: float | None = None,
     tile_thumbnail: bool | None = None,
+    measure: bool = False,
+    pixels_per_mm: float | None = None,
+    rules: RuleSet | None = None,
 ) -> inference_pb2.InferRequest:
     """Build an ``InferRequest`` from any supported image type (arrays and PIL images go raw).
 
     ``None`` (and 0 for the thresholds) leave the choice to the model's configuration.
     ``tiling`` ("off", "on", "auto") and the ``tile_*`` options cut a large frame into tiles
     at model resolution (the README's "Tiled inference of large frames").
+    ``measure`` asks for each detection's length and width; ``pixels_per_mm`` replaces the model's
+    scale; ``rules`` replace the model's rules (an empty RuleSet: no verdict).
     """
     request = inference_pb2.InferRequest(
         model=model,
@@ -91,6 +97,10 @@ def infer_request(
         request.tiling.overlap = tile_overlap
     if tile_thumbnail is not None:
         request.tiling.thumbnail = tile_thumbnail
+    request.measure = measure
+    request.pixels_per_mm = pixels_per_mm or 0.0
+    if rules is not None:
+        request.rules.CopyFrom(RuleSetConverter.from_types(rules))
     if isinstance(image, str | os.PathLike):
         with open(image, "rb") as f:
             request.image_bytes = f.read()

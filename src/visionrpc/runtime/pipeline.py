@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
-from visionrpc.runtime import raw, tiling
+from visionrpc.runtime import measure, raw, rules, tiling
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
 from visionrpc.runtime.fairness import ClientSlots
@@ -50,7 +50,7 @@ from visionrpc.runtime.raw import RawResult, RawSample
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.statistics import InferenceStatistics
 from visionrpc.runtime.tiling import FrameDetections, TileJob, TilePlan, TilingSpec
-from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_masks
+from visionrpc.runtime.yolo import BoxMask, DecodeParams, decode_detections, instance_masks
 from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
     BoxXYXY,
@@ -80,6 +80,7 @@ class ResolvedOptions:
     params: DecodeParams
     return_masks: bool
     mask_format: MaskFormat
+    inspection: rules.InspectionPlan | None = None  # None: no measurements, no verdict
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
         DecodeParams(confidence, iou, max_det, class_ids, agnostic),
         options.return_masks,
         options.mask_format,
+        rules.plan_inspection(options, model),
     )
 
 
@@ -709,9 +711,17 @@ class InferencePipeline:
     ) -> InferenceResult:
         prepared.deadline.check("before post-processing")
         t0 = time.perf_counter()
-        detections = self._detections(
+        detections, masks = self._detections(
             model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
         )
+        plan, verdict = options.inspection, None
+        if plan is not None:
+            prepared.deadline.check("before measuring")
+            detections = measure.measure(
+                detections, masks, pixels_per_mm=plan.pixels_per_mm, shape=plan.shape
+            )
+            if plan.rules is not None:
+                verdict = rules.evaluate(plan.rules, detections)
         tr = prepared.transform
         timings = Timings(
             decode_ms=prepared.decode_ms,
@@ -730,6 +740,8 @@ class InferencePipeline:
             defects=summarize_defects(detections, tr.orig_width, tr.orig_height),
             timings=timings,
             request_id=item.request_id,
+            verdict=verdict,
+            pixels_per_mm=plan.pixels_per_mm if plan is not None else None,
         )
 
     @staticmethod
@@ -740,12 +752,14 @@ class InferencePipeline:
         outputs: ItemOutputs,
         deadline: Deadline,
         limits: LimitsSettings,
-    ) -> tuple[Detection, ...]:
+    ) -> tuple[tuple[Detection, ...], list[BoxMask] | None]:
+        """The detections, and their masks (in original pixels) when the model segments."""
         spec = model.onnx.spec
         raw = decode_detections(outputs, spec, options.params)
         boxes = transform.boxes_to_original(raw.boxes)
         areas: list[int | None] = [None] * len(raw)
         encoded: list[EncodedMask | None] = [None] * len(raw)
+        masks: list[BoxMask] | None = None
         if spec.task is Task.SEGMENT and raw.coeffs is not None and len(raw):
             deadline.check("before masks")
             step = 1
@@ -765,7 +779,7 @@ class InferencePipeline:
             if options.return_masks:
                 encoder = MaskEncoder(transform.orig_width, transform.orig_height)
                 encoded = [encoder.encode(m, options.mask_format) for m in masks]
-        return tuple(
+        detections = tuple(
             Detection(
                 box=BoxXYXY(*(float(v) for v in box)),
                 score=float(score),
@@ -778,6 +792,7 @@ class InferencePipeline:
                 boxes, raw.scores, raw.class_ids, areas, encoded, strict=True
             )
         )
+        return detections, masks
 
     # -- tiled inference (see runtime.tiling) ------------------------------------------------
 
@@ -1003,6 +1018,18 @@ class InferencePipeline:
             )
             for m in merged
         )
+        plan, verdict = options.inspection, None
+        if plan is not None:  # measurements and verdicts, as for one image (see _finish)
+            deadline.check("before measuring")
+            masks = [m.mask for m in merged] if segment else None
+            detections = measure.measure(
+                detections,
+                None if masks is None or None in masks else [m for m in masks if m is not None],
+                pixels_per_mm=plan.pixels_per_mm,
+                shape=plan.shape,
+            )
+            if plan.rules is not None:
+                verdict = rules.evaluate(plan.rules, detections)
         timings.postprocess_ms = _ms_since(t0)
         timings.total_ms = _ms_since(start)
         return InferenceResult(
@@ -1015,6 +1042,8 @@ class InferencePipeline:
             timings=timings,
             request_id=item.request_id,
             tiling=frame.plan.report(),
+            verdict=verdict,
+            pixels_per_mm=plan.pixels_per_mm if plan is not None else None,
         )
 
 
@@ -1081,6 +1110,7 @@ def summarize_defects(
         total = float(
             sum(d.mask_area_px if d.mask_area_px is not None else d.box.area for d in dets)
         )
+        area_mm2, length_px, length_mm = measure.class_totals(dets)
         summaries.append(
             DefectSummary(
                 class_name=name,
@@ -1088,6 +1118,9 @@ def summarize_defects(
                 max_score=max(d.score for d in dets),
                 total_area_px=total,
                 area_fraction=total / image_area,
+                total_area_mm2=area_mm2,
+                total_length_px=length_px,
+                total_length_mm=length_mm,
             )
         )
     return tuple(summaries)

@@ -34,11 +34,13 @@ from visionrpc.errors import (
     shorten,
 )
 from visionrpc.runtime.model import OnnxModel, plan_instances
+from visionrpc.runtime.rules import InspectionConfig, model_inspection
 from visionrpc.settings import BatchingSettings, Settings
 from visionrpc.types import (
     ModelDescription,
     ModelState,
     ModelStatus,
+    RuleSet,
     TilingMode,
     TilingOptions,
 )
@@ -89,8 +91,9 @@ class TilingConfig(BaseModel):
         )
 
 
-class ModelConfig(BaseModel):
-    """The keys a model.yaml may hold; unknown keys are refused so typos do not go unnoticed."""
+class ModelConfig(InspectionConfig):
+    """The keys a model.yaml may hold; unknown keys are refused so typos do not go unnoticed.
+    Measurement and verdict keys (scale, zones, rules) come from :class:`InspectionConfig`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -282,6 +285,8 @@ class LoadedModel:
     """Which load of the repository made it (unique, increasing): a reload makes a new
     LoadedModel, and the pipeline keys its batchers and threads by this, not by the name, so the
     old and the new version run side by side until the old one is done."""
+    pixels_per_mm: float | None = None  # model.yaml's scale or its calibration file's
+    rules: RuleSet | None = None  # model.yaml's rules, checked
 
     @property
     def max_batch_size(self) -> int:
@@ -569,6 +574,11 @@ class ModelRepository:
         )
         model = OnnxModel(onnx_path, plan.runtime, lone_threads=plan.lone_threads)
         class_names = _class_names(model, config, source.config_path or onnx_path)
+        where = source.config_path or onnx_path
+        try:
+            pixels_per_mm, rules = model_inspection(config, class_names, where.parent)
+        except ValueError as exc:
+            raise ModelLoadError(f"{where}: {exc}") from None
         batching = BatchingSettings(
             max_batch_size=plan.max_batch_size,
             max_queue_delay_us=(
@@ -596,6 +606,8 @@ class ModelRepository:
             plan.instances,
             time.perf_counter() - started,
             next(self._generations),
+            pixels_per_mm,
+            rules,
         )
 
     def _pick_default(self, configured: str, names: list[str]) -> str:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("scratch", "spot", "crack")
+RIBBONS = frozenset({"scratch", "crack"})  # drawn by _ribbon: they have a centreline
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,41 @@ class PlantedDefect:
         x_min, y_min = self.polygon.min(axis=0)
         x_max, y_max = self.polygon.max(axis=0)
         return float(x_min), float(y_min), float(x_max), float(y_max)
+
+    @property
+    def area(self) -> float:
+        """Exact area of the polygon (shoelace), image pixels²."""
+        x, y = self.polygon[:, 0], self.polygon[:, 1]
+        return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+    @property
+    def length(self) -> float:
+        """Scratches and cracks: the length of the centreline they were drawn along; spots: the
+        long side of their minimum-area rectangle. Image pixels."""
+        if self.class_name in RIBBONS:
+            centreline, _ = ribbon_axis(self.polygon)
+            return float(np.linalg.norm(np.diff(centreline, axis=0), axis=1).sum())
+        return max(_rect_sides(self.polygon))
+
+    @property
+    def width(self) -> float:
+        """Scratches and cracks: the mean width, area / length; spots: the short side of their
+        minimum-area rectangle. Image pixels."""
+        if self.class_name in RIBBONS:
+            return self.area / self.length
+        return min(_rect_sides(self.polygon))
+
+
+def ribbon_axis(polygon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The centreline and the widths along it of an outline made by :func:`_ribbon`."""
+    n = len(polygon) // 2
+    left, right = polygon[:n], polygon[n:][::-1]
+    return (left + right) / 2, np.linalg.norm(left - right, axis=1)
+
+
+def _rect_sides(polygon: np.ndarray) -> tuple[float, float]:
+    (_, _), (w, h), _ = cv2.minAreaRect(polygon.astype(np.float32))
+    return float(w), float(h)
 
 
 def _ribbon(centerline: np.ndarray, widths: np.ndarray) -> np.ndarray:

@@ -72,6 +72,60 @@ MASK_FORMAT_POLYGON: MaskFormat.ValueType  # 3
 """outer contours, image pixels"""
 Global___MaskFormat: _TypeAlias = MaskFormat  # noqa: Y015
 
+class _Verdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
+    """no rules applied"""
+    VERDICT_PASS: _Verdict.ValueType  # 1
+    VERDICT_REVIEW: _Verdict.ValueType  # 2
+    VERDICT_FAIL: _Verdict.ValueType  # 3
+
+class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper): ...
+
+VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
+"""no rules applied"""
+VERDICT_PASS: Verdict.ValueType  # 1
+VERDICT_REVIEW: Verdict.ValueType  # 2
+VERDICT_FAIL: Verdict.ValueType  # 3
+Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
+
+class _RuleMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RuleMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RULE_METRIC_UNSPECIFIED: _RuleMetric.ValueType  # 0
+    RULE_METRIC_COUNT: _RuleMetric.ValueType  # 1
+    """number of detections the rule picks"""
+    RULE_METRIC_SCORE: _RuleMetric.ValueType  # 2
+    """each picked detection's value from here on"""
+    RULE_METRIC_AREA_PX: _RuleMetric.ValueType  # 3
+    RULE_METRIC_AREA_MM2: _RuleMetric.ValueType  # 4
+    RULE_METRIC_LENGTH_PX: _RuleMetric.ValueType  # 5
+    RULE_METRIC_LENGTH_MM: _RuleMetric.ValueType  # 6
+    RULE_METRIC_WIDTH_PX: _RuleMetric.ValueType  # 7
+    RULE_METRIC_WIDTH_MM: _RuleMetric.ValueType  # 8
+
+class RuleMetric(_RuleMetric, metaclass=_RuleMetricEnumTypeWrapper): ...
+
+RULE_METRIC_UNSPECIFIED: RuleMetric.ValueType  # 0
+RULE_METRIC_COUNT: RuleMetric.ValueType  # 1
+"""number of detections the rule picks"""
+RULE_METRIC_SCORE: RuleMetric.ValueType  # 2
+"""each picked detection's value from here on"""
+RULE_METRIC_AREA_PX: RuleMetric.ValueType  # 3
+RULE_METRIC_AREA_MM2: RuleMetric.ValueType  # 4
+RULE_METRIC_LENGTH_PX: RuleMetric.ValueType  # 5
+RULE_METRIC_LENGTH_MM: RuleMetric.ValueType  # 6
+RULE_METRIC_WIDTH_PX: RuleMetric.ValueType  # 7
+RULE_METRIC_WIDTH_MM: RuleMetric.ValueType  # 8
+Global___RuleMetric: _TypeAlias = RuleMetric  # noqa: Y015
+
 class _Task:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -195,6 +249,9 @@ class InferRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     AGNOSTIC_NMS_FIELD_NUMBER: _builtins.int
     TILING_FIELD_NUMBER: _builtins.int
+    MEASURE_FIELD_NUMBER: _builtins.int
+    PIXELS_PER_MM_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
     image_bytes: _builtins.bytes
     """JPEG, PNG, BMP, WebP or TIFF"""
     model: _builtins.str
@@ -214,6 +271,12 @@ class InferRequest(_message.Message):
     """Class-agnostic NMS: overlapping boxes of different classes count as one detection (the best
     scoring). Unset: the model's default (`agnostic_nms` in its model.yaml).
     """
+    measure: _builtins.bool
+    """Issue 13, measurements and verdicts (fields 30-39).
+    Measure each detection's length and width (area is always given once anything is measured).
+    """
+    pixels_per_mm: _builtins.float
+    """Scale for the millimetre values; 0: the model's (model.yaml pixels_per_mm or calibration)."""
     @_builtins.property
     def raw(self) -> Global___RawImage: ...
     @_builtins.property
@@ -223,6 +286,12 @@ class InferRequest(_message.Message):
     @_builtins.property
     def tiling(self) -> Global___Tiling:
         """Tiled inference of large frames: unset fields take the model's defaults (see Tiling)."""
+
+    @_builtins.property
+    def rules(self) -> Global___RuleSet:
+        """Rules for the verdict, replacing the model's (model.yaml `rules`); an empty RuleSet that is
+        set turns the model's rules off for this request.
+        """
 
     def __init__(
         self,
@@ -239,10 +308,13 @@ class InferRequest(_message.Message):
         request_id: _builtins.str = ...,
         agnostic_nms: _builtins.bool | None = ...,
         tiling: Global___Tiling | None = ...,
+        measure: _builtins.bool = ...,
+        pixels_per_mm: _builtins.float = ...,
+        rules: Global___RuleSet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "image", b"image", "image_bytes", b"image_bytes", "raw", b"raw", "tiling", b"tiling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "image", b"image", "image_bytes", b"image_bytes", "raw", b"raw", "rules", b"rules", "tiling", b"tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "classes", b"classes", "confidence_threshold", b"confidence_threshold", "image", b"image", "image_bytes", b"image_bytes", "iou_threshold", b"iou_threshold", "mask_format", b"mask_format", "max_detections", b"max_detections", "model", b"model", "raw", b"raw", "request_id", b"request_id", "return_masks", b"return_masks", "tiling", b"tiling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "classes", b"classes", "confidence_threshold", b"confidence_threshold", "image", b"image", "image_bytes", b"image_bytes", "iou_threshold", b"iou_threshold", "mask_format", b"mask_format", "max_detections", b"max_detections", "measure", b"measure", "model", b"model", "pixels_per_mm", b"pixels_per_mm", "raw", b"raw", "request_id", b"request_id", "return_masks", b"return_masks", "rules", b"rules", "tiling", b"tiling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agnostic_nms: _TypeAlias = _typing.Literal["agnostic_nms"]  # noqa: Y015
     _WhichOneofArgType__agnostic_nms: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms"]  # noqa: Y015
@@ -445,6 +517,7 @@ class Detection(_message.Message):
     CLASS_NAME_FIELD_NUMBER: _builtins.int
     MASK_FIELD_NUMBER: _builtins.int
     MASK_AREA_PX_FIELD_NUMBER: _builtins.int
+    MEASUREMENT_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     class_id: _builtins.int
     class_name: _builtins.str
@@ -458,6 +531,10 @@ class Detection(_message.Message):
     def mask(self) -> Global___Mask:
         """only when return_masks is set and the model segments"""
 
+    @_builtins.property
+    def measurement(self) -> Global___Measurement:
+        """Issue 13: set when the request measures (measure, a scale, or rules)."""
+
     def __init__(
         self,
         *,
@@ -467,10 +544,11 @@ class Detection(_message.Message):
         class_name: _builtins.str = ...,
         mask: Global___Mask | None = ...,
         mask_area_px: _builtins.int | None = ...,
+        measurement: Global___Measurement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "mask", b"mask", "mask_area_px", b"mask_area_px"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "mask", b"mask", "mask_area_px", b"mask_area_px", "measurement", b"measurement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "class_id", b"class_id", "class_name", b"class_name", "mask", b"mask", "mask_area_px", b"mask_area_px", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "class_id", b"class_id", "class_name", b"class_name", "mask", b"mask", "mask_area_px", b"mask_area_px", "measurement", b"measurement", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mask_area_px: _TypeAlias = _typing.Literal["mask_area_px"]  # noqa: Y015
     _WhichOneofArgType__mask_area_px: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px"]  # noqa: Y015
@@ -489,6 +567,9 @@ class Defect(_message.Message):
     MAX_SCORE_FIELD_NUMBER: _builtins.int
     TOTAL_AREA_PX_FIELD_NUMBER: _builtins.int
     AREA_FRACTION_FIELD_NUMBER: _builtins.int
+    TOTAL_AREA_MM2_FIELD_NUMBER: _builtins.int
+    TOTAL_LENGTH_PX_FIELD_NUMBER: _builtins.int
+    TOTAL_LENGTH_MM_FIELD_NUMBER: _builtins.int
     class_name: _builtins.str
     count: _builtins.int
     max_score: _builtins.float
@@ -496,6 +577,10 @@ class Defect(_message.Message):
     """mask area when the model segments, else box area"""
     area_fraction: _builtins.float
     """total_area_px / image area (overlaps are counted once per detection)"""
+    total_area_mm2: _builtins.float
+    """Issue 13: totals of the class's measurements, when they are known."""
+    total_length_px: _builtins.float
+    total_length_mm: _builtins.float
     def __init__(
         self,
         *,
@@ -504,12 +589,26 @@ class Defect(_message.Message):
         max_score: _builtins.float = ...,
         total_area_px: _builtins.float = ...,
         area_fraction: _builtins.float = ...,
+        total_area_mm2: _builtins.float | None = ...,
+        total_length_px: _builtins.float | None = ...,
+        total_length_mm: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_area_mm2", b"_total_area_mm2", "_total_length_mm", b"_total_length_mm", "_total_length_px", b"_total_length_px", "total_area_mm2", b"total_area_mm2", "total_length_mm", b"total_length_mm", "total_length_px", b"total_length_px"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area_fraction", b"area_fraction", "class_name", b"class_name", "count", b"count", "max_score", b"max_score", "total_area_px", b"total_area_px"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_area_mm2", b"_total_area_mm2", "_total_length_mm", b"_total_length_mm", "_total_length_px", b"_total_length_px", "area_fraction", b"area_fraction", "class_name", b"class_name", "count", b"count", "max_score", b"max_score", "total_area_mm2", b"total_area_mm2", "total_area_px", b"total_area_px", "total_length_mm", b"total_length_mm", "total_length_px", b"total_length_px"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__total_area_mm2: _TypeAlias = _typing.Literal["total_area_mm2"]  # noqa: Y015
+    _WhichOneofArgType__total_area_mm2: _TypeAlias = _typing.Literal["_total_area_mm2", b"_total_area_mm2"]  # noqa: Y015
+    _WhichOneofReturnType__total_length_mm: _TypeAlias = _typing.Literal["total_length_mm"]  # noqa: Y015
+    _WhichOneofArgType__total_length_mm: _TypeAlias = _typing.Literal["_total_length_mm", b"_total_length_mm"]  # noqa: Y015
+    _WhichOneofReturnType__total_length_px: _TypeAlias = _typing.Literal["total_length_px"]  # noqa: Y015
+    _WhichOneofArgType__total_length_px: _TypeAlias = _typing.Literal["_total_length_px", b"_total_length_px"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_area_mm2) -> _WhichOneofReturnType__total_area_mm2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_length_mm) -> _WhichOneofReturnType__total_length_mm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_length_px) -> _WhichOneofReturnType__total_length_px | None: ...
 
 Global___Defect: _TypeAlias = Defect  # noqa: Y015
 
@@ -563,11 +662,15 @@ class InferResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     TILING_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    PIXELS_PER_MM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     model_version: _builtins.str
     image_width: _builtins.int
     image_height: _builtins.int
+    pixels_per_mm: _builtins.float
+    """the scale the mm values use; 0: none"""
     @_builtins.property
     def detections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Detection]: ...
     @_builtins.property
@@ -582,6 +685,10 @@ class InferResponse(_message.Message):
     def tiling(self) -> Global___TilingReport:
         """Set when the frame ran as tiles: how many, and how they were laid out."""
 
+    @_builtins.property
+    def verdict(self) -> Global___InspectionVerdict:
+        """Issue 13: set when rules applied (the model's or the request's)."""
+
     def __init__(
         self,
         *,
@@ -595,14 +702,274 @@ class InferResponse(_message.Message):
         timings: Global___Timings | None = ...,
         error: _status_pb2.Status | None = ...,
         tiling: Global___TilingReport | None = ...,
+        verdict: Global___InspectionVerdict | None = ...,
+        pixels_per_mm: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "tiling", b"tiling", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "tiling", b"tiling", "timings", b"timings", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defects", b"defects", "detections", b"detections", "error", b"error", "image_height", b"image_height", "image_width", b"image_width", "model", b"model", "model_version", b"model_version", "request_id", b"request_id", "tiling", b"tiling", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defects", b"defects", "detections", b"detections", "error", b"error", "image_height", b"image_height", "image_width", b"image_width", "model", b"model", "model_version", b"model_version", "pixels_per_mm", b"pixels_per_mm", "request_id", b"request_id", "tiling", b"tiling", "timings", b"timings", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InferResponse: _TypeAlias = InferResponse  # noqa: Y015
+
+@_typing.final
+class Measurement(_message.Message):
+    """---- Issue 13 items 1-2: measurements and verdicts by rules ----
+
+    A detection's size in original-image pixels (and millimetres, given a scale). Length and width
+    of a mask come from its skeleton: the centreline's length, and area / length (the mean width);
+    without a mask, the box's long and short sides.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AREA_PX_FIELD_NUMBER: _builtins.int
+    LENGTH_PX_FIELD_NUMBER: _builtins.int
+    WIDTH_PX_FIELD_NUMBER: _builtins.int
+    AREA_MM2_FIELD_NUMBER: _builtins.int
+    LENGTH_MM_FIELD_NUMBER: _builtins.int
+    WIDTH_MM_FIELD_NUMBER: _builtins.int
+    FROM_MASK_FIELD_NUMBER: _builtins.int
+    area_px: _builtins.float
+    """mask pixels, or the box's area without a mask"""
+    length_px: _builtins.float
+    """unset unless lengths were measured"""
+    width_px: _builtins.float
+    area_mm2: _builtins.float
+    """unset without a scale"""
+    length_mm: _builtins.float
+    width_mm: _builtins.float
+    from_mask: _builtins.bool
+    """false: from the box"""
+    def __init__(
+        self,
+        *,
+        area_px: _builtins.float = ...,
+        length_px: _builtins.float | None = ...,
+        width_px: _builtins.float | None = ...,
+        area_mm2: _builtins.float | None = ...,
+        length_mm: _builtins.float | None = ...,
+        width_mm: _builtins.float | None = ...,
+        from_mask: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_area_mm2", b"_area_mm2", "_length_mm", b"_length_mm", "_length_px", b"_length_px", "_width_mm", b"_width_mm", "_width_px", b"_width_px", "area_mm2", b"area_mm2", "length_mm", b"length_mm", "length_px", b"length_px", "width_mm", b"width_mm", "width_px", b"width_px"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_area_mm2", b"_area_mm2", "_length_mm", b"_length_mm", "_length_px", b"_length_px", "_width_mm", b"_width_mm", "_width_px", b"_width_px", "area_mm2", b"area_mm2", "area_px", b"area_px", "from_mask", b"from_mask", "length_mm", b"length_mm", "length_px", b"length_px", "width_mm", b"width_mm", "width_px", b"width_px"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__area_mm2: _TypeAlias = _typing.Literal["area_mm2"]  # noqa: Y015
+    _WhichOneofArgType__area_mm2: _TypeAlias = _typing.Literal["_area_mm2", b"_area_mm2"]  # noqa: Y015
+    _WhichOneofReturnType__length_mm: _TypeAlias = _typing.Literal["length_mm"]  # noqa: Y015
+    _WhichOneofArgType__length_mm: _TypeAlias = _typing.Literal["_length_mm", b"_length_mm"]  # noqa: Y015
+    _WhichOneofReturnType__length_px: _TypeAlias = _typing.Literal["length_px"]  # noqa: Y015
+    _WhichOneofArgType__length_px: _TypeAlias = _typing.Literal["_length_px", b"_length_px"]  # noqa: Y015
+    _WhichOneofReturnType__width_mm: _TypeAlias = _typing.Literal["width_mm"]  # noqa: Y015
+    _WhichOneofArgType__width_mm: _TypeAlias = _typing.Literal["_width_mm", b"_width_mm"]  # noqa: Y015
+    _WhichOneofReturnType__width_px: _TypeAlias = _typing.Literal["width_px"]  # noqa: Y015
+    _WhichOneofArgType__width_px: _TypeAlias = _typing.Literal["_width_px", b"_width_px"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__area_mm2) -> _WhichOneofReturnType__area_mm2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__length_mm) -> _WhichOneofReturnType__length_mm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__length_px) -> _WhichOneofReturnType__length_px | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__width_mm) -> _WhichOneofReturnType__width_mm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__width_px) -> _WhichOneofReturnType__width_px | None: ...
+
+Global___Measurement: _TypeAlias = Measurement  # noqa: Y015
+
+@_typing.final
+class Rule(_message.Message):
+    """Picks detections (of class_name, or all; in zone, or anywhere) and fires when the metric lies in
+    [min, max]; give at least one bound.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    ZONE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """unique; reported when it fires"""
+    class_name: _builtins.str
+    """empty: every class"""
+    metric: Global___RuleMetric.ValueType
+    min: _builtins.float
+    max: _builtins.float
+    verdict: Global___Verdict.ValueType
+    """FAIL or REVIEW"""
+    zone: _builtins.str
+    """a zone of the RuleSet: only detections whose box centre lies in it"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        class_name: _builtins.str = ...,
+        metric: Global___RuleMetric.ValueType = ...,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "class_name", b"class_name", "max", b"max", "metric", b"metric", "min", b"min", "name", b"name", "verdict", b"verdict", "zone", b"zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___Rule: _TypeAlias = Rule  # noqa: Y015
+
+@_typing.final
+class Zone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___Point]:
+        """polygon, image pixels, at least 3 points"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        points: _abc.Iterable[Global___Point] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Zone: _TypeAlias = Zone  # noqa: Y015
+
+@_typing.final
+class RuleSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    ZONES_FIELD_NUMBER: _builtins.int
+    IGNORE_ZONES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]: ...
+    @_builtins.property
+    def zones(self) -> _containers.RepeatedCompositeFieldContainer[Global___Zone]: ...
+    @_builtins.property
+    def ignore_zones(self) -> _containers.RepeatedCompositeFieldContainer[Global___Polygon]:
+        """detections centred here take part in no rule"""
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___Rule] | None = ...,
+        zones: _abc.Iterable[Global___Zone] | None = ...,
+        ignore_zones: _abc.Iterable[Global___Polygon] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ignore_zones", b"ignore_zones", "rules", b"rules", "zones", b"zones"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleSet: _TypeAlias = RuleSet  # noqa: Y015
+
+@_typing.final
+class RuleHit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    DETECTION_FIELD_NUMBER: _builtins.int
+    ZONE_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    verdict: Global___Verdict.ValueType
+    metric: Global___RuleMetric.ValueType
+    class_name: _builtins.str
+    """the detection's class; the rule's for a count"""
+    value: _builtins.float
+    """what was measured"""
+    min: _builtins.float
+    """the rule's bounds"""
+    max: _builtins.float
+    detection: _builtins.int
+    """index in detections; unset for a count"""
+    zone: _builtins.str
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        verdict: Global___Verdict.ValueType = ...,
+        metric: Global___RuleMetric.ValueType = ...,
+        class_name: _builtins.str = ...,
+        value: _builtins.float = ...,
+        min: _builtins.float | None = ...,
+        max: _builtins.float | None = ...,
+        detection: _builtins.int | None = ...,
+        zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_detection", b"_detection", "_max", b"_max", "_min", b"_min", "detection", b"detection", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_detection", b"_detection", "_max", b"_max", "_min", b"_min", "class_name", b"class_name", "detection", b"detection", "max", b"max", "metric", b"metric", "min", b"min", "rule", b"rule", "value", b"value", "verdict", b"verdict", "zone", b"zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__detection: _TypeAlias = _typing.Literal["detection"]  # noqa: Y015
+    _WhichOneofArgType__detection: _TypeAlias = _typing.Literal["_detection", b"_detection"]  # noqa: Y015
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__detection) -> _WhichOneofReturnType__detection | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___RuleHit: _TypeAlias = RuleHit  # noqa: Y015
+
+@_typing.final
+class InspectionVerdict(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    verdict: Global___Verdict.ValueType
+    """FAIL if a FAIL rule fired, else REVIEW if one did, else PASS"""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleHit]:
+        """every rule that fired (per detection for per-detection metrics)"""
+
+    def __init__(
+        self,
+        *,
+        verdict: Global___Verdict.ValueType = ...,
+        hits: _abc.Iterable[Global___RuleHit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectionVerdict: _TypeAlias = InspectionVerdict  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -14,6 +14,7 @@ the converter, refuses them where they make no sense (thresholds).
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,9 @@ class InferRequestConverter:
             mask_format=_MASK_FORMATS[request.mask_format],
             agnostic_nms=request.agnostic_nms if request.HasField("agnostic_nms") else None,
             tiling=TilingConverter.to_types(request.tiling),
+            measure=request.measure,
+            pixels_per_mm=request.pixels_per_mm or None,
+            rules=RuleSetConverter.to_types(request.rules) if request.HasField("rules") else None,
         )
         which = request.WhichOneof("image")
         if which == "raw":
@@ -172,6 +176,11 @@ class InferResponseConverter:
                     class_name=d.class_name,
                     mask=MaskConverter.to_types(d.mask) if d.HasField("mask") else None,
                     mask_area_px=d.mask_area_px if d.HasField("mask_area_px") else None,
+                    measurement=(
+                        MeasurementConverter.to_types(d.measurement)
+                        if d.HasField("measurement")
+                        else None
+                    ),
                 )
                 for d in response.detections
             ),
@@ -182,6 +191,9 @@ class InferResponseConverter:
                     max_score=s.max_score,
                     total_area_px=s.total_area_px,
                     area_fraction=s.area_fraction,
+                    total_area_mm2=_opt(s, "total_area_mm2"),
+                    total_length_px=_opt(s, "total_length_px"),
+                    total_length_mm=_opt(s, "total_length_mm"),
                 )
                 for s in response.defects
             ),
@@ -190,6 +202,12 @@ class InferResponseConverter:
             tiling=TilingConverter.report_to_types(response.tiling)
             if response.HasField("tiling")
             else None,
+            verdict=(
+                VerdictConverter.to_types(response.verdict)
+                if response.HasField("verdict")
+                else None
+            ),
+            pixels_per_mm=response.pixels_per_mm or None,
         )
 
     @staticmethod
@@ -217,6 +235,8 @@ class InferResponseConverter:
                 det.mask.CopyFrom(MaskConverter.from_types(d.mask))
             if d.mask_area_px is not None:
                 det.mask_area_px = d.mask_area_px
+            if d.measurement is not None:
+                det.measurement.CopyFrom(MeasurementConverter.from_types(d.measurement))
         for s in result.defects:
             response.defects.add(
                 class_name=s.class_name,
@@ -224,8 +244,163 @@ class InferResponseConverter:
                 max_score=s.max_score,
                 total_area_px=s.total_area_px,
                 area_fraction=s.area_fraction,
+                total_area_mm2=s.total_area_mm2,
+                total_length_px=s.total_length_px,
+                total_length_mm=s.total_length_mm,
             )
+        if result.verdict is not None:
+            response.verdict.CopyFrom(VerdictConverter.from_types(result.verdict))
+        if result.pixels_per_mm is not None:
+            response.pixels_per_mm = result.pixels_per_mm
         return response
+
+
+def _opt(message: Any, name: str) -> Any:
+    """An optional field's value, or None when unset."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+_VERDICTS = {
+    types.Verdict.PASS: pb.VERDICT_PASS,
+    types.Verdict.REVIEW: pb.VERDICT_REVIEW,
+    types.Verdict.FAIL: pb.VERDICT_FAIL,
+}
+_VERDICTS_FROM_PB = {v: k for k, v in _VERDICTS.items()}
+_METRICS = {
+    types.Metric.COUNT: pb.RULE_METRIC_COUNT,
+    types.Metric.SCORE: pb.RULE_METRIC_SCORE,
+    types.Metric.AREA_PX: pb.RULE_METRIC_AREA_PX,
+    types.Metric.AREA_MM2: pb.RULE_METRIC_AREA_MM2,
+    types.Metric.LENGTH_PX: pb.RULE_METRIC_LENGTH_PX,
+    types.Metric.LENGTH_MM: pb.RULE_METRIC_LENGTH_MM,
+    types.Metric.WIDTH_PX: pb.RULE_METRIC_WIDTH_PX,
+    types.Metric.WIDTH_MM: pb.RULE_METRIC_WIDTH_MM,
+}
+_METRICS_FROM_PB = {v: k for k, v in _METRICS.items()}
+
+
+class MeasurementConverter:
+    @staticmethod
+    def to_types(m: pb.Measurement) -> types.Measurement:
+        return types.Measurement(
+            area_px=m.area_px,
+            length_px=_opt(m, "length_px"),
+            width_px=_opt(m, "width_px"),
+            area_mm2=_opt(m, "area_mm2"),
+            length_mm=_opt(m, "length_mm"),
+            width_mm=_opt(m, "width_mm"),
+            from_mask=m.from_mask,
+        )
+
+    @staticmethod
+    def from_types(m: types.Measurement) -> pb.Measurement:
+        return pb.Measurement(
+            area_px=m.area_px,
+            length_px=m.length_px,
+            width_px=m.width_px,
+            area_mm2=m.area_mm2,
+            length_mm=m.length_mm,
+            width_mm=m.width_mm,
+            from_mask=m.from_mask,
+        )
+
+
+class RuleSetConverter:
+    """``RuleSet`` ↔ :class:`types.RuleSet`; the runtime checks what the rules say."""
+
+    @staticmethod
+    def to_types(rule_set: pb.RuleSet) -> types.RuleSet:
+        rules = []
+        for i, r in enumerate(rule_set.rules):
+            name = r.name or f"#{i + 1}"
+            if r.metric not in _METRICS_FROM_PB:
+                raise InvalidInputError(
+                    f"rules: rule {name!r} has no metric (or an unknown one, {r.metric}); use "
+                    "COUNT, SCORE, AREA_PX, AREA_MM2, LENGTH_PX, LENGTH_MM, WIDTH_PX or WIDTH_MM",
+                    field="rules",
+                )
+            if r.verdict not in (pb.VERDICT_FAIL, pb.VERDICT_REVIEW):
+                raise InvalidInputError(
+                    f"rules: rule {name!r} has verdict {r.verdict}; use FAIL or REVIEW",
+                    field="rules",
+                )
+            rules.append(
+                types.Rule(
+                    name=r.name,
+                    metric=_METRICS_FROM_PB[r.metric],
+                    verdict=_VERDICTS_FROM_PB[r.verdict],
+                    class_name=r.class_name,
+                    minimum=_opt(r, "min"),
+                    maximum=_opt(r, "max"),
+                    zone=r.zone,
+                )
+            )
+        return types.RuleSet(
+            rules=tuple(rules),
+            zones=tuple((z.name, tuple((p.x, p.y) for p in z.points)) for z in rule_set.zones),
+            ignore_zones=tuple(
+                tuple((p.x, p.y) for p in poly.points) for poly in rule_set.ignore_zones
+            ),
+        )
+
+    @staticmethod
+    def from_types(rule_set: types.RuleSet) -> pb.RuleSet:
+        out = pb.RuleSet()
+        for r in rule_set.rules:
+            out.rules.add(
+                name=r.name,
+                class_name=r.class_name,
+                metric=_METRICS[r.metric],
+                min=r.minimum,
+                max=r.maximum,
+                verdict=_VERDICTS[r.verdict],
+                zone=r.zone,
+            )
+        for name, points in rule_set.zones:
+            out.zones.add(name=name, points=[pb.Point(x=x, y=y) for x, y in points])
+        for points in rule_set.ignore_zones:
+            out.ignore_zones.add(points=[pb.Point(x=x, y=y) for x, y in points])
+        return out
+
+
+class VerdictConverter:
+    @staticmethod
+    def to_types(verdict: pb.InspectionVerdict) -> types.InspectionVerdict:
+        return types.InspectionVerdict(
+            # a newer server's verdict this client does not know reads as REVIEW: look at it
+            verdict=_VERDICTS_FROM_PB.get(verdict.verdict, types.Verdict.REVIEW),
+            hits=tuple(
+                types.RuleHit(
+                    rule=h.rule,
+                    verdict=_VERDICTS_FROM_PB.get(h.verdict, types.Verdict.REVIEW),
+                    metric=_METRICS_FROM_PB.get(h.metric, types.Metric.COUNT),
+                    value=h.value,
+                    class_name=h.class_name,
+                    minimum=_opt(h, "min"),
+                    maximum=_opt(h, "max"),
+                    detection=_opt(h, "detection"),
+                    zone=h.zone,
+                )
+                for h in verdict.hits
+            ),
+        )
+
+    @staticmethod
+    def from_types(verdict: types.InspectionVerdict) -> pb.InspectionVerdict:
+        out = pb.InspectionVerdict(verdict=_VERDICTS[verdict.verdict])
+        for h in verdict.hits:
+            out.hits.add(
+                rule=h.rule,
+                verdict=_VERDICTS[h.verdict],
+                metric=_METRICS[h.metric],
+                class_name=h.class_name,
+                value=h.value,
+                min=h.minimum,
+                max=h.maximum,
+                detection=h.detection,
+                zone=h.zone,
+            )
+        return out
 
 
 class ModelInfoConverter:
