@@ -16,11 +16,15 @@ import numpy as np
 class Task(StrEnum):
     DETECT = "detect"
     SEGMENT = "segment"
+    CLASSIFY = "classify"  # whole-image class scores, no boxes
+    POSE = "pose"  # boxes with keypoints
+    OBB = "obb"  # oriented (rotated) boxes
 
 
 class Layout(StrEnum):
     YOLOV8 = "yolov8"  # [B, 4+nc(+nm), N] raw anchors, needs NMS
     END2END = "end2end"  # [B, max_det, 6(+nm)] x1,y1,x2,y2,score,class(,coeffs), NMS-free
+    CLASSIFY = "classify"  # [B, nc] class probabilities
 
 
 class MaskFormat(StrEnum):
@@ -68,6 +72,7 @@ class InferenceOptions:
     return_masks: bool = False
     mask_format: MaskFormat = MaskFormat.RLE
     agnostic_nms: bool | None = None  # None: the model's default
+    top_k: int | None = None  # classification models: classes to return; None: the default
 
 
 @dataclass(frozen=True)
@@ -105,14 +110,54 @@ class EncodedMask:
     polygons: tuple[np.ndarray, ...] = ()  # POLYGON: (N, 2) float arrays, x/y
 
 
+# -- every Ultralytics task (issue 13 item 4): keypoints, rotated boxes, classifications --------
+
+
+@dataclass(frozen=True)
+class Keypoint:
+    """One keypoint in original-image pixels, in the model's keypoint order."""
+
+    x: float
+    y: float
+    visibility: float  # the model's confidence that the point is visible (0..1); 1 if it has none
+
+
+@dataclass(frozen=True)
+class RotatedBox:
+    """An oriented box in original-image pixels: centre, side lengths and rotation.
+
+    ``angle_deg`` is in [0, 90): the rotation of the ``width`` side from the image's x axis,
+    clockwise on screen (y points down), as Ultralytics reports it. ``corners`` are the four
+    corners in order around the box.
+    """
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle_deg: float
+    corners: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One class of a classification model's answer for the whole image."""
+
+    class_id: int
+    class_name: str
+    score: float
+
+
 @dataclass(frozen=True)
 class Detection:
-    box: BoxXYXY
+    box: BoxXYXY  # for an oriented box, the axis-aligned box around it
     score: float
     class_id: int
     class_name: str
     mask: EncodedMask | None = None
     mask_area_px: int | None = None  # set for segmentation models, even when no mask is returned
+    keypoints: tuple[Keypoint, ...] = ()  # pose models
+    rotated_box: RotatedBox | None = None  # oriented-box models
 
 
 @dataclass(frozen=True)
@@ -148,6 +193,7 @@ class InferenceResult:
     defects: tuple[DefectSummary, ...]
     timings: Timings = field(default_factory=Timings)
     request_id: str = ""
+    classifications: tuple[Classification, ...] = ()  # classification models: best first
 
 
 @dataclass(frozen=True)
@@ -171,6 +217,7 @@ class ModelDescription:
     default_agnostic_nms: bool = False
     state: ModelState = ModelState.READY
     state_reason: str = ""  # why it is not READY, or why its last reload failed
+    keypoint_shape: tuple[int, ...] = ()  # pose models: (keypoints, 2 or 3 values each)
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,13 @@ def infer_request(
     return_masks: bool = False,
     mask_format: MaskFormat | str = MaskFormat.RLE,
     agnostic_nms: bool | None = None,
+    top_k: int | None = None,
     request_id: str = "",
 ) -> inference_pb2.InferRequest:
     """Build an ``InferRequest`` from any supported image type (arrays and PIL images go raw).
 
     ``None`` (and 0 for the thresholds) leave the choice to the model's configuration.
+    ``top_k`` is for classification models: how many of the best classes to answer with.
     """
     request = inference_pb2.InferRequest(
         model=model,
@@ -69,6 +71,7 @@ def infer_request(
         return_masks=return_masks,
         mask_format=_MASK_FORMATS[MaskFormat(mask_format)],
         request_id=request_id,
+        top_k=top_k or 0,
     )
     if agnostic_nms is not None:
         request.agnostic_nms = agnostic_nms

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
-from visionrpc.runtime import raw
+from visionrpc.runtime import raw, tasks
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
+from visionrpc.runtime.classify import DEFAULT_TOP_K, centre_crop_uint8
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.imaging import (
     DecodedImage,
@@ -49,6 +50,7 @@ from visionrpc.runtime.yolo import DecodeParams, decode_detections, instance_mas
 from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
     BoxXYXY,
+    Classification,
     DefectSummary,
     Detection,
     EncodedMask,
@@ -74,6 +76,7 @@ class ResolvedOptions:
     params: DecodeParams
     return_masks: bool
     mask_format: MaskFormat
+    top_k: int = DEFAULT_TOP_K  # classification models
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,28 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
         DecodeParams(confidence, iou, max_det, class_ids, agnostic),
         options.return_masks,
         options.mask_format,
+        resolve_top_k(options.top_k, model),
     )
+
+
+def resolve_top_k(top_k: int | None, model: LoadedModel) -> int:
+    """Classes a classification model answers with: the request's, else 5, at most all."""
+    nc = model.onnx.num_classes
+    if top_k is None or top_k == 0:
+        return min(DEFAULT_TOP_K, nc) if nc else DEFAULT_TOP_K
+    if model.onnx.task is not Task.CLASSIFY:
+        raise InvalidInputError(
+            f"top_k is {top_k} but model {model.name!r} is a {model.onnx.task.value} model; "
+            "top_k is for classification models, send 0 or choose one",
+            field="top_k",
+        )
+    if not 1 <= top_k <= nc:
+        raise InvalidInputError(
+            f"top_k is {top_k}; model {model.name!r} has {nc} classes, send 1..{nc} or 0 for "
+            f"the default ({min(DEFAULT_TOP_K, nc)})",
+            field="top_k",
+        )
+    return top_k
 
 
 MASK_DETECTIONS_SETTING = "limits.max_mask_detections (VISIONRPC_LIMITS__MAX_MASK_DETECTIONS)"
@@ -655,7 +679,8 @@ class InferencePipeline:
         if trim_above and image.rgb.nbytes > trim_above:
             self._trim_pending = True
         deadline.check("after decode")
-        canvas, transform = letterbox_uint8(image, model.onnx.input_size)
+        fit = centre_crop_uint8 if model.onnx.task is Task.CLASSIFY else letterbox_uint8
+        canvas, transform = fit(image, model.onnx.input_size)
         return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1), deadline)
 
     def _decode(self, item: InferenceInput, model: LoadedModel) -> DecodedImage:
@@ -689,9 +714,14 @@ class InferencePipeline:
     ) -> InferenceResult:
         prepared.deadline.check("before post-processing")
         t0 = time.perf_counter()
-        detections = self._detections(
-            model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
-        )
+        classified: tuple[Classification, ...] = ()
+        if model.onnx.task is Task.CLASSIFY:
+            detections: tuple[Detection, ...] = ()
+            classified = tasks.classifications(outputs, options.top_k, model.class_name)
+        else:
+            detections = self._detections(
+                model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
+            )
         tr = prepared.transform
         timings = Timings(
             decode_ms=prepared.decode_ms,
@@ -710,6 +740,7 @@ class InferencePipeline:
             defects=summarize_defects(detections, tr.orig_width, tr.orig_height),
             timings=timings,
             request_id=item.request_id,
+            classifications=classified,
         )
 
     @staticmethod
@@ -722,8 +753,14 @@ class InferencePipeline:
         limits: LimitsSettings,
     ) -> tuple[Detection, ...]:
         spec = model.onnx.spec
+        if spec.task is Task.OBB:
+            return tasks.rotated_detections(
+                outputs, spec, options.params, transform, model.class_name
+            )
         raw = decode_detections(outputs, spec, options.params)
         boxes = transform.boxes_to_original(raw.boxes)
+        if spec.task is Task.POSE:
+            return tasks.pose_detections(raw, boxes, spec, transform, model.class_name)
         areas: list[int | None] = [None] * len(raw)
         encoded: list[EncodedMask | None] = [None] * len(raw)
         if spec.task is Task.SEGMENT and raw.coeffs is not None and len(raw):

@@ -286,6 +286,7 @@ class LoadedModel:
             layout=self.onnx.spec.layout,
             dynamic_batch=self.onnx.dynamic_batch,
             max_batch_size=self.max_batch_size,
+            keypoint_shape=self.onnx.spec.keypoint_shape or (),
         )
 
 

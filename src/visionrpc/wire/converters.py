@@ -35,7 +35,13 @@ _PIXEL_FORMATS = {
     pb.PIXEL_FORMAT_RGBA: types.PixelFormat.RGBA,
     pb.PIXEL_FORMAT_BGRA: types.PixelFormat.BGRA,
 }
-_TASKS = {types.Task.DETECT: pb.TASK_DETECT, types.Task.SEGMENT: pb.TASK_SEGMENT}
+_TASKS = {
+    types.Task.DETECT: pb.TASK_DETECT,
+    types.Task.SEGMENT: pb.TASK_SEGMENT,
+    types.Task.CLASSIFY: pb.TASK_CLASSIFY,
+    types.Task.POSE: pb.TASK_POSE,
+    types.Task.OBB: pb.TASK_OBB,
+}
 _TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
 _LAYOUTS = {layout.value: layout for layout in types.Layout}
 _STATES = {
@@ -75,6 +81,7 @@ class InferRequestConverter:
             return_masks=request.return_masks,
             mask_format=_MASK_FORMATS[request.mask_format],
             agnostic_nms=request.agnostic_nms if request.HasField("agnostic_nms") else None,
+            top_k=request.top_k or None,
         )
         which = request.WhichOneof("image")
         if which == "raw":
@@ -152,6 +159,50 @@ class MaskConverter:
         return out
 
 
+class TaskConverter:
+    """Keypoints, rotated boxes and classifications (the pose, OBB and classify tasks)."""
+
+    @staticmethod
+    def keypoints_to_types(detection: pb.Detection) -> tuple[types.Keypoint, ...]:
+        return tuple(types.Keypoint(k.x, k.y, k.visibility) for k in detection.keypoints)
+
+    @staticmethod
+    def rotated_to_types(detection: pb.Detection) -> types.RotatedBox | None:
+        if not detection.HasField("rotated_box"):
+            return None
+        r = detection.rotated_box
+        return types.RotatedBox(
+            r.cx, r.cy, r.width, r.height, r.angle_deg, tuple((p.x, p.y) for p in r.corners)
+        )
+
+    @staticmethod
+    def to_proto(detection: types.Detection, out: pb.Detection) -> None:
+        out.keypoints.extend(
+            pb.Keypoint(x=k.x, y=k.y, visibility=k.visibility) for k in detection.keypoints
+        )
+        r = detection.rotated_box
+        if r is not None:
+            out.rotated_box.CopyFrom(
+                pb.RotatedBox(
+                    cx=r.cx,
+                    cy=r.cy,
+                    width=r.width,
+                    height=r.height,
+                    angle_deg=r.angle_deg,
+                    corners=[pb.Point(x=x, y=y) for x, y in r.corners],
+                )
+            )
+
+    @staticmethod
+    def classifications_to_types(
+        response: pb.InferResponse,
+    ) -> tuple[types.Classification, ...]:
+        return tuple(
+            types.Classification(c.class_id, c.class_name, c.score)
+            for c in response.classifications
+        )
+
+
 class InferResponseConverter:
     """:class:`types.InferenceResult` ↔ ``InferResponse``."""
 
@@ -171,6 +222,8 @@ class InferResponseConverter:
                     class_name=d.class_name,
                     mask=MaskConverter.to_types(d.mask) if d.HasField("mask") else None,
                     mask_area_px=d.mask_area_px if d.HasField("mask_area_px") else None,
+                    keypoints=TaskConverter.keypoints_to_types(d),
+                    rotated_box=TaskConverter.rotated_to_types(d),
                 )
                 for d in response.detections
             ),
@@ -186,6 +239,7 @@ class InferResponseConverter:
             ),
             timings=types.Timings(**{f.name: getattr(t, f.name) for f in fields(types.Timings)}),
             request_id=response.request_id,
+            classifications=TaskConverter.classifications_to_types(response),
         )
 
     @staticmethod
@@ -211,6 +265,11 @@ class InferResponseConverter:
                 det.mask.CopyFrom(MaskConverter.from_types(d.mask))
             if d.mask_area_px is not None:
                 det.mask_area_px = d.mask_area_px
+            TaskConverter.to_proto(d, det)
+        response.classifications.extend(
+            pb.Classification(class_id=c.class_id, class_name=c.class_name, score=c.score)
+            for c in result.classifications
+        )
         for s in result.defects:
             response.defects.add(
                 class_name=s.class_name,
@@ -243,6 +302,7 @@ class ModelInfoConverter:
             default_agnostic_nms=info.default_agnostic_nms,
             state=_STATES_FROM_PB.get(info.state, types.ModelState.UNAVAILABLE),
             state_reason=info.state_reason,
+            keypoint_shape=tuple(info.keypoint_shape),
         )
 
     @staticmethod
@@ -275,4 +335,5 @@ class ModelInfoConverter:
             default_agnostic_nms=info.default_agnostic_nms,
             state=_STATES[info.state],
             state_reason=info.state_reason,
+            keypoint_shape=list(info.keypoint_shape),
         )
