@@ -5,9 +5,10 @@ angle in radians: YOLOV8 layout [B, 4+nc+1, N], needing NMS; END2END layout [B, 
 cx, cy, w, h, score, class, angle. Boxes are reported as Ultralytics' ``regularize_rboxes`` leaves
 them: the angle in [0, pi/2), width and height swapped where the raw angle said so, so one box
 always has one description (the raw angle range differs between YOLOv8 and YOLO26 heads).
-NMS is OpenCV's ``NMSBoxesRotated`` (polygon IoU of the rectangles), per class unless agnostic;
-Ultralytics uses a Gaussian approximation of the IoU (probiou), which only differs for boxes whose
-overlap is near the threshold.
+NMS is OpenCV's ``NMSBoxesRotated``: greedy, with the exact polygon IoU of the rectangles, per
+class unless agnostic. Ultralytics' predictor runs Fast-NMS with a Gaussian approximation of the
+IoU (probiou) instead: a box also falls to a higher-scoring box that was itself suppressed, so in
+a crowd of overlapping boxes it keeps a subset of what greedy NMS keeps.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from visionrpc.types import BoxXYXY, Layout, RotatedBox
 class RawRotated:
     """Oriented boxes of one image in model-input pixels, best score first."""
 
-    xywhr: np.ndarray  # (K, 5) float64 cx, cy, w, h, angle (radians, [0, pi/2))
+    xywhr: np.ndarray  # (K, 5) float64 cx, cy, w, h, angle (radians, as the model gave it)
     scores: np.ndarray  # (K,) float32
     class_ids: np.ndarray  # (K,) int64
 
@@ -64,7 +65,7 @@ def decode_rotated(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> 
         kept = rotated_nms(xywhr, scores, None if params.agnostic else class_ids, params.iou)
         idx = kept[np.argsort(-scores[kept], kind="stable")]
     idx = idx[: params.max_detections]
-    return RawRotated(regularize(xywhr[idx]), scores[idx], class_ids[idx])
+    return RawRotated(xywhr[idx], scores[idx], class_ids[idx])
 
 
 def _kept(scores: np.ndarray, class_ids: np.ndarray, params: DecodeParams) -> np.ndarray:
@@ -131,7 +132,8 @@ def to_original(
     """Oriented boxes in original-image pixels, and the axis-aligned box around each (clipped).
 
     The centre moves like any point; width and height scale with the letterbox gain of their
-    axis, as Ultralytics' ``scale_boxes(xywh=True)`` does (the gains only differ by rounding).
+    axis before the angle is regularised, as Ultralytics' ``scale_boxes(xywh=True)`` does (the
+    gains only differ by rounding).
     """
     kx, ky = transform.input_to_original
     b = raw.xywhr.copy()
@@ -139,6 +141,7 @@ def to_original(
     b[:, 1] = (b[:, 1] - transform.pad_y) * ky
     b[:, 2] *= kx
     b[:, 3] *= ky
+    b = regularize(b)
     pts = corners(b)
     rotated: list[RotatedBox] = []
     boxes: list[BoxXYXY] = []

@@ -127,9 +127,10 @@ def detect_layout(
 ) -> OutputSpec:
     """Tell YOLOV8 from END2END (and plain from transposed) by output shapes; metadata breaks ties.
 
-    Shapes win over the ``end2end`` metadata key, which some exports get wrong. Ambiguity only
-    arises when 4+nc equals 6 (two classes); then an N equal to the anchor count of the input size
-    wins, then the metadata flag, then the usual [B, C, N] with N > C. Pose and oriented-box models
+    Shapes win over the ``end2end`` metadata key, which exports made with ``nms=True`` leave False.
+    Ambiguity only arises when 4+nc equals 6 (two classes); then a true ``end2end`` key wins (a
+    YOLO26 head at a small input has as many rows as anchors), then an N equal to the anchor count
+    of the input size, then a false key, then the usual [B, C, N] with N > C. Pose and oriented-box models
     are told by the metadata's ``task`` (and ``kpt_shape``), since their extra values look like
     anything else's.
     """
@@ -193,6 +194,10 @@ def detect_layout(
         )
     if len(candidates) == 1:
         return candidates[0]
+    if end2end_hint:  # an end-to-end head whose rows (max_det) happen to equal the anchor count
+        for spec in candidates:
+            if spec.layout is Layout.END2END:
+                return spec
     for spec in candidates:
         if spec.layout is Layout.YOLOV8 and spec.capacity == anchors:
             return spec
