@@ -31,6 +31,7 @@ from visionrpc.types import Layout, Task
 
 MAX_NMS_CANDIDATES = 30_000  # like Ultralytics' max_nms: bounds NMS time at very low thresholds
 MASK_THRESHOLD = 0.5
+END2END_DEFAULT_ROWS = 300  # Ultralytics' max_det: the rows of an end-to-end head, or fewer
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,10 @@ def detect_layout(
     """Tell YOLOV8 from END2END (and plain from transposed) by output shapes; metadata breaks ties.
 
     Shapes win over the ``end2end`` metadata key, which exports made with ``nms=True`` leave False.
-    Ambiguity only arises when 4+nc equals 6 (two classes); then a true ``end2end`` key wins (a
-    YOLO26 head at a small input has as many rows as anchors), then an N equal to the anchor count
-    of the input size, then a false key, then the usual [B, C, N] with N > C. Pose and oriented-box models
+    Ambiguity only arises when 4+nc equals 6 (two classes); then a true ``end2end`` key wins if
+    there are at most 300 rows (a YOLO26 head at an input of 128 px or less has as many rows as
+    anchors), then an N equal to the anchor count of the input size, then the key, then the usual
+    [B, C, N] with N > C. Pose and oriented-box models
     are told by the metadata's ``task`` (and ``kpt_shape``), since their extra values look like
     anything else's.
     """
@@ -196,7 +198,7 @@ def detect_layout(
         return candidates[0]
     if end2end_hint:  # an end-to-end head whose rows (max_det) happen to equal the anchor count
         for spec in candidates:
-            if spec.layout is Layout.END2END:
+            if spec.layout is Layout.END2END and spec.capacity <= END2END_DEFAULT_ROWS:
                 return spec
     for spec in candidates:
         if spec.layout is Layout.YOLOV8 and spec.capacity == anchors:
