@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import StartServer, make_settings
-from visionrpc.client import AsyncClient, InferenceResult
+from visionrpc.client import AsyncClient, InferenceResult, RotatedBox
 from visionrpc.server.inference_servicer import InferenceServicer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tasks"
@@ -79,6 +79,10 @@ def rect(box: Any) -> Any:
     return ((box[0], box[1]), (box[2], box[3]), float(np.degrees(box[4])))
 
 
+def xywhr(r: RotatedBox) -> list[float]:
+    return [r.cx, r.cy, r.width, r.height, float(np.radians(r.angle_deg))]
+
+
 def same_as_ultralytics_nms(result: InferenceResult, expected: dict[str, Any]) -> InferenceResult:
     """Ours, less the boxes the two rotated NMS treat differently, checked one by one.
 
@@ -111,15 +115,8 @@ def same_as_ultralytics_nms(result: InferenceResult, expected: dict[str, Any]) -
             for d in dets
             if d.class_id == cls
             and d.score > score
-            and cv2.rotatedRectangleIntersection(
-                rect(box),
-                rect(
-                    [
-                        *(getattr(d.rotated_box, k) for k in ("cx", "cy", "width", "height")),
-                        np.radians(d.rotated_box.angle_deg),
-                    ]
-                ),
-            )[0]
+            and d.rotated_box is not None
+            and cv2.rotatedRectangleIntersection(rect(box), rect(xywhr(d.rotated_box)))[0]
             == cv2.INTERSECT_FULL
         ]
         assert inside, f"Ultralytics' box {box} (class {cls}, {score:.4f}) is not ours"
@@ -155,13 +152,13 @@ def check(result: InferenceResult, expected: dict[str, Any], task: str) -> None:
             np.reshape(boxes, (-1, 4)), np.reshape(expected["boxes"], (-1, 4)), atol=PIXELS
         )
         points = [[(k.x, k.y, k.visibility) for k in d.keypoints] for d in dets]
-        want = np.asarray(expected["keypoints"], np.float64)
-        got = np.asarray(points, np.float64).reshape(want.shape[0], -1, 3)[:, :, : want.shape[2]]
-        np.testing.assert_allclose(got[..., :2], want[..., :2], atol=PIXELS)
-        if want.shape[2] == 3:
-            np.testing.assert_allclose(got[..., 2], want[..., 2], atol=SCORE)
+        want_kpts = np.asarray(expected["keypoints"], np.float64)
+        got_kpts = np.asarray(points, np.float64).reshape(want_kpts.shape[0], -1, 3)
+        np.testing.assert_allclose(got_kpts[..., :2], want_kpts[..., :2], atol=PIXELS)
+        if want_kpts.shape[2] == 3:
+            np.testing.assert_allclose(got_kpts[..., 2], want_kpts[..., 2], atol=SCORE)
         else:  # no visibility in the model: every point reads as visible
-            assert (got.shape[0] == 0) or np.all(np.asarray(points)[..., 2] == 1.0)
+            assert np.all(got_kpts[..., 2] == 1.0)
         return
     rotated = [d.rotated_box for d in dets]
     assert all(r is not None for r in rotated)
