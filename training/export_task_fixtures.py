@@ -94,7 +94,7 @@ def calibrate(net: torch.nn.Module, imgsz: int) -> None:
         bn.momentum = 0.03
 
 
-def test_batch(folder: Path, imgsz: int) -> torch.Tensor:
+def image_batch(folder: Path, imgsz: int) -> torch.Tensor:
     """The test images, squeezed to the input size (near enough to measure activations)."""
     images = []
     for path in sorted(folder.glob("image-*.png")):
@@ -103,7 +103,9 @@ def test_batch(folder: Path, imgsz: int) -> torch.Tensor:
     return torch.stack(images)
 
 
-def rescale(net: torch.nn.Module, conv: torch.nn.Conv2d, target: float, batch: torch.Tensor) -> None:
+def rescale(
+    net: torch.nn.Module, conv: torch.nn.Conv2d, target: float, batch: torch.Tensor
+) -> None:
     """Scale a head's last convolution so that on the test images its outputs vary with (robust)
     standard deviation ``target``."""
     seen: list[torch.Tensor] = []
@@ -133,7 +135,7 @@ def build(arch: str, extra: dict[str, Any], work: Path, imgsz: int, images: Path
         scaled |= {"cv2": BOX_LOGIT_STD, "one2one_cv2": BOX_LOGIT_STD}
     for name, target in scaled.items():
         for seq in getattr(head, name, None) or ():
-            rescale(model.model, seq[-1], target, test_batch(images, imgsz))
+            rescale(model.model, seq[-1], target, image_batch(images, imgsz))
             if name.endswith("cv3"):
                 torch.nn.init.constant_(seq[-1].bias, CLASS_BIAS)
     model.model.names = dict(enumerate(NAMES[: extra["nc"]]))
