@@ -48,6 +48,8 @@ FIXTURES: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "obb-v8": ("v8/yolov8-obb.yaml", "obb", 64, {"nc": 3}),
     "pose-26": ("26/yolo26-pose.yaml", "pose", 64, {"nc": 2, "kpt_shape": [5, 3]}),
     "obb-26": ("26/yolo26-obb.yaml", "obb", 64, {"nc": 3}),
+    # the same weights as obb-v8, exported with nms=True: Ultralytics' NMS inside the graph
+    "obb-v8-nms": ("v8/yolov8-obb.yaml", "obb", 64, {"nc": 3}),
 }
 NAMES = ["scratch", "spot", "crack", "dent", "chip", "stain", "burr"]
 WIDTH = 0.03125  # a 32nd of the large models' channels (the heads keep a floor of their own)
@@ -58,7 +60,7 @@ CALIBRATION_BATCHES = 20
 DEFAULT_CONFIDENCE = 0.3
 # random boxes overlap in crowds, where greedy NMS (the server's) and Fast-NMS (Ultralytics')
 # keep different sets: a higher threshold leaves fewer boxes for the rotated NMS to settle
-CONFIDENCE = {"obb-v8": 0.6}
+CONFIDENCE = {"obb-v8": 0.6, "obb-v8-nms": 0.6}
 IOU = 0.7
 SEED = 13
 
@@ -183,6 +185,8 @@ def main() -> None:
             model.save(str(pt))
             # nms=False keeps a YOLO26 head's one-to-one (end-to-end) branch in the graph
             nms = {"nms": False} if arch.startswith("26/") else {}
+            if name.endswith("-nms"):
+                nms = {"nms": True, "conf": CONFIDENCE.get(name, DEFAULT_CONFIDENCE), "iou": IOU}
             exported = YOLO(str(pt)).export(
                 format="onnx", imgsz=imgsz, simplify=True, dynamic=False, opset=17, **nms
             )
