@@ -129,3 +129,49 @@ def test_labels_of_overlapping_boxes_do_not_cover_each_other() -> None:
         # the label is filled with its class colour and carries text in the contrasting colour
         assert (patch == background).all(axis=1).mean() > 0.5, label
         assert (patch == text_color_for(background)).all(axis=1).any(), label
+
+
+# -- every Ultralytics task (issue 13 item 4) ------------------------------------------------
+
+
+def test_rotated_boxes_are_drawn_along_their_corners() -> None:
+    from visionrpc.types import RotatedBox
+
+    corners = ((40.0, 10.0), (70.0, 30.0), (40.0, 50.0), (10.0, 30.0))  # a diamond
+    rotated = RotatedBox(40, 30, 36, 36, 33.7, corners)
+    det = Detection(BoxXYXY(10, 10, 70, 50), 0.9, 0, "blade", rotated_box=rotated)
+    canvas = draw(np.zeros((H, W, 3), np.uint8), result_with(det))
+    assert canvas[30, 10].any() and canvas[20, 55].any()  # on the diamond's edges
+    assert not canvas[48, 12].any() and not canvas[48, 68].any()  # the bounding box's corners
+
+
+def test_visible_keypoints_are_dots() -> None:
+    from visionrpc.types import Keypoint
+
+    det = Detection(
+        BoxXYXY(0, 0, 1, 1),
+        0.9,
+        0,
+        "hand",
+        keypoints=(Keypoint(30, 45, 0.9), Keypoint(60, 45, 0.1)),
+    )
+    canvas = draw(np.zeros((H, W, 3), np.uint8), result_with(det))
+    assert tuple(canvas[45, 30]) == color_for(0)  # keypoint 0 in the colour of index 0
+    assert not canvas[45, 60].any()  # not visible enough: not drawn
+
+
+def test_classifications_are_listed_at_the_top_left() -> None:
+    from visionrpc.types import Classification
+
+    result = InferenceResult(
+        model="m",
+        model_version="1",
+        image_width=W,
+        image_height=H,
+        detections=(),
+        defects=(),
+        classifications=(Classification(1, "scratch", 0.7), Classification(0, "ok", 0.2)),
+    )
+    canvas = draw(np.zeros((H, W, 3), np.uint8), result)
+    assert canvas[:8, :4].any()  # the first label's background
+    assert not canvas[40:, :].any()  # two short lines only

@@ -36,6 +36,7 @@ OPTIONS = types.InferenceOptions(
         ignore_zones=(((1.5, 1.0), (2.0, 1.0), (2.0, 2.5)),),
     ),
     tiling=types.TilingOptions(types.TilingMode.AUTO, 640, 0.25, True, 3.0),
+    top_k=3,
 )
 TILING = pb.Tiling(
     mode=pb.TILING_MODE_AUTO, tile_size=640, overlap=0.25, thumbnail=True, auto_factor=3.0
@@ -105,6 +106,7 @@ def test_request_with_encoded_bytes_carries_every_option() -> None:
             zones=[pb.Zone(name="z", points=[pb.Point(x=x, y=y) for x, y in ZONE])],
             ignore_zones=[pb.Polygon(points=[pb.Point(x=x, y=y) for x, y in IGNORED])],
         ),
+        top_k=3,
     )
     wire = pb.InferRequest.FromString(request.SerializeToString())
     expected = types.InferenceInput(
@@ -200,6 +202,11 @@ def _result() -> types.InferenceResult:
             mask=MASKS[0],
             mask_area_px=12,
             measurement=types.Measurement(12.0, 8.5, 1.5, 0.75, 2.125, 0.375, from_mask=True),
+            # no model gives all of these at once; the round trip covers every field
+            keypoints=(types.Keypoint(2.5, 3.5, 0.75),),
+            rotated_box=types.RotatedBox(
+                4.0, 5.0, 6.0, 2.0, 22.5, ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0))
+            ),
         ),
         # a segmentation result without masks requested: the area still travels
         types.Detection(
@@ -241,6 +248,7 @@ def _result() -> types.InferenceResult:
             ),
         ),
         pixels_per_mm=4.0,
+        classifications=(types.Classification(1, "spot", 0.75),),
     )
 
 
@@ -304,6 +312,7 @@ def test_model_info_round_trips(task: types.Task, layout: types.Layout) -> None:
         state=types.ModelState.READY,
         state_reason="reload failed, version interim still serving: cannot load model.onnx",
         default_tiling=types.TilingOptions(types.TilingMode.ON, 640, 0.25, True, 3.0),
+        keypoint_shape=(17, 3),
     )
     assert_every_field_set(info)
     proto = ModelInfoConverter.from_types(info)
@@ -324,3 +333,60 @@ def test_model_states_round_trip_and_a_stateless_server_means_ready() -> None:
         )
     # a server from before model control sends no state: what it lists serves
     assert ModelInfoConverter.to_types(pb.ModelInfo(name="m")).state is types.ModelState.READY
+
+
+# -- every Ultralytics task (issue 13 item 4) ------------------------------------------------
+
+
+def test_keypoints_rotated_boxes_and_classifications_round_trip() -> None:
+    rotated = types.RotatedBox(
+        10.5, 20.25, 8.0, 4.0, 30.0, ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0))
+    )
+    result = types.InferenceResult(
+        model="m",
+        model_version="1",
+        image_width=64,
+        image_height=48,
+        detections=(
+            types.Detection(
+                types.BoxXYXY(1, 2, 3, 4),
+                0.5,
+                1,
+                "hand",
+                keypoints=(types.Keypoint(1.5, 2.5, 0.75), types.Keypoint(3.0, 4.0, 1.0)),
+            ),
+            types.Detection(types.BoxXYXY(1, 2, 3, 4), 0.25, 0, "blade", rotated_box=rotated),
+        ),
+        defects=(),
+        classifications=(types.Classification(2, "crack", 0.5),),
+    )
+    back = InferResponseConverter.to_types(InferResponseConverter.from_types(result))
+    assert back.detections == result.detections
+    assert back.classifications == result.classifications
+    assert back.detections[0].rotated_box is None and back.detections[1].keypoints == ()
+
+
+def test_new_tasks_and_top_k_cross_the_wire() -> None:
+    base = types.ModelDescription(
+        name="m",
+        version="1",
+        display_name="m",
+        task=types.Task.DETECT,
+        input_width=64,
+        input_height=64,
+        class_names=("a",),
+        execution_provider="CPUExecutionProvider",
+        default_confidence_threshold=0.25,
+        default_iou_threshold=0.5,
+        default_max_detections=10,
+        layout=types.Layout.CLASSIFY,
+        dynamic_batch=True,
+        max_batch_size=1,
+    )
+    for task in types.Task:
+        info = dataclasses.replace(base, task=task, keypoint_shape=(17, 3))
+        back = ModelInfoConverter.to_types(ModelInfoConverter.from_types(info))
+        assert back == info
+    request = InferRequestConverter.to_types(pb.InferRequest(image_bytes=b"x", top_k=3))
+    assert request.options.top_k == 3
+    assert InferRequestConverter.to_types(pb.InferRequest(image_bytes=b"x")).options.top_k is None

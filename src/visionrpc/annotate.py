@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from visionrpc.types import EncodedMask, InferenceResult, MaskFormat
+from visionrpc.types import EncodedMask, InferenceResult, Keypoint, MaskFormat
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),  # red
@@ -127,9 +128,14 @@ def draw(image_rgb: np.ndarray, result: InferenceResult) -> np.ndarray:
             tint = np.array(color_for(det.class_id))
             canvas[region] = (0.55 * canvas[region] + 0.45 * tint).astype(np.uint8)
     for det in result.detections:
-        p1 = (round(det.box.x_min), round(det.box.y_min))
-        p2 = (round(det.box.x_max), round(det.box.y_max))
-        cv2.rectangle(canvas, p1, p2, color_for(det.class_id), thickness, cv2.LINE_AA)
+        if det.rotated_box is not None:
+            quad = np.round(np.asarray(det.rotated_box.corners)).astype(np.int32)
+            cv2.polylines(canvas, [quad], True, color_for(det.class_id), thickness, cv2.LINE_AA)
+        else:
+            p1 = (round(det.box.x_min), round(det.box.y_min))
+            p2 = (round(det.box.x_max), round(det.box.y_max))
+            cv2.rectangle(canvas, p1, p2, color_for(det.class_id), thickness, cv2.LINE_AA)
+        draw_keypoints(canvas, det.keypoints, thickness)
     for det, label in zip(result.detections, layout_labels(result, height, width), strict=True):
         color = color_for(det.class_id)
         cv2.rectangle(canvas, (label.x0, label.y0), (label.x1 - 1, label.y1 - 1), color, -1)
@@ -138,4 +144,42 @@ def draw(image_rgb: np.ndarray, result: InferenceResult) -> np.ndarray:
         cv2.putText(
             canvas, label.text, origin, FONT, scale, text_color_for(color), thickness, cv2.LINE_AA
         )
+    draw_classifications(canvas, result, thickness, scale)
     return canvas
+
+
+VISIBLE = 0.5  # keypoints the model is less sure are visible are not drawn (as Ultralytics does)
+
+
+def draw_keypoints(canvas: np.ndarray, keypoints: Sequence[Keypoint], thickness: int) -> None:
+    """Each visible keypoint as a dot in a colour of its index (the model's keypoint order)."""
+    radius = 2 + thickness
+    for i, point in enumerate(keypoints):
+        if point.visibility < VISIBLE:
+            continue
+        centre = (round(point.x), round(point.y))
+        cv2.circle(canvas, centre, radius, color_for(i), -1, cv2.LINE_AA)
+        cv2.circle(canvas, centre, radius, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def draw_classifications(
+    canvas: np.ndarray, result: InferenceResult, thickness: int, scale: float
+) -> None:
+    """A classification model's classes, best first, one line each at the top left."""
+    y = 0
+    for c in result.classifications:
+        text = f"{c.class_name} {c.score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
+        color = color_for(c.class_id)
+        cv2.rectangle(canvas, (0, y), (tw + 2, y + th + base + 2), color, -1)
+        cv2.putText(
+            canvas,
+            text,
+            (1, y + th + 1),
+            FONT,
+            scale,
+            text_color_for(color),
+            thickness,
+            cv2.LINE_AA,
+        )
+        y += th + base + 2

@@ -16,11 +16,15 @@ import numpy as np
 class Task(StrEnum):
     DETECT = "detect"
     SEGMENT = "segment"
+    CLASSIFY = "classify"  # whole-image class scores, no boxes
+    POSE = "pose"  # boxes with keypoints
+    OBB = "obb"  # oriented (rotated) boxes
 
 
 class Layout(StrEnum):
     YOLOV8 = "yolov8"  # [B, 4+nc(+nm), N] raw anchors, needs NMS
     END2END = "end2end"  # [B, max_det, 6(+nm)] x1,y1,x2,y2,score,class(,coeffs), NMS-free
+    CLASSIFY = "classify"  # [B, nc] class probabilities
 
 
 class MaskFormat(StrEnum):
@@ -106,6 +110,8 @@ class InferenceOptions:
     measure: bool = False  # length and width of each detection (area is always cheap)
     pixels_per_mm: float | None = None  # None: the model's scale, if any
     rules: RuleSet | None = None  # None: the model's rules; replaces them when set
+
+    top_k: int | None = None  # classification models: classes to return; None: the default
 
 
 @dataclass(frozen=True)
@@ -224,15 +230,55 @@ class InspectionVerdict:
     hits: tuple[RuleHit, ...] = ()
 
 
+# -- every Ultralytics task (issue 13 item 4): keypoints, rotated boxes, classifications --------
+
+
+@dataclass(frozen=True)
+class Keypoint:
+    """One keypoint in original-image pixels, in the model's keypoint order."""
+
+    x: float
+    y: float
+    visibility: float  # the model's confidence that the point is visible (0..1); 1 if it has none
+
+
+@dataclass(frozen=True)
+class RotatedBox:
+    """An oriented box in original-image pixels: centre, side lengths and rotation.
+
+    ``angle_deg`` is in [0, 90): the rotation of the ``width`` side from the image's x axis,
+    clockwise on screen (y points down), as Ultralytics reports it. ``corners`` are the four
+    corners in order around the box.
+    """
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle_deg: float
+    corners: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One class of a classification model's answer for the whole image."""
+
+    class_id: int
+    class_name: str
+    score: float
+
+
 @dataclass(frozen=True)
 class Detection:
-    box: BoxXYXY
+    box: BoxXYXY  # for an oriented box, the axis-aligned box around it
     score: float
     class_id: int
     class_name: str
     mask: EncodedMask | None = None
     mask_area_px: int | None = None  # set for segmentation models, even when no mask is returned
     measurement: Measurement | None = None  # when measuring was asked for (or rules need it)
+    keypoints: tuple[Keypoint, ...] = ()  # pose models
+    rotated_box: RotatedBox | None = None  # oriented-box models
 
 
 @dataclass(frozen=True)
@@ -274,6 +320,7 @@ class InferenceResult:
     tiling: TilingReport | None = None  # set when the frame ran as tiles
     verdict: InspectionVerdict | None = None  # when rules applied (the model's or the request's)
     pixels_per_mm: float | None = None  # the scale the mm values use
+    classifications: tuple[Classification, ...] = ()  # classification models: best first
 
 
 @dataclass(frozen=True)
@@ -298,6 +345,7 @@ class ModelDescription:
     state: ModelState = ModelState.READY
     state_reason: str = ""  # why it is not READY, or why its last reload failed
     default_tiling: TilingOptions | None = None  # every field set for a loaded model
+    keypoint_shape: tuple[int, ...] = ()  # pose models: (keypoints, 2 or 3 values each)
 
 
 @dataclass(frozen=True)

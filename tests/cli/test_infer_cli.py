@@ -432,3 +432,41 @@ def test_agnostic_nms_flag_overrides_the_models_setting(tmp_path: Path) -> None:
         assert "agnostic nms" in listed.stdout and "off" in listed.stdout
     finally:
         thread.close()
+
+
+def test_infer_json_carries_keypoints_rotated_boxes_and_classes() -> None:
+    from visionrpc.cli.infer import result_to_json
+    from visionrpc.types import (
+        BoxXYXY,
+        Classification,
+        Detection,
+        InferenceResult,
+        Keypoint,
+        RotatedBox,
+    )
+
+    corners = ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0))
+    result = InferenceResult(
+        model="m",
+        model_version="1",
+        image_width=10,
+        image_height=10,
+        detections=(
+            Detection(BoxXYXY(0, 0, 4, 4), 0.5, 0, "hand", keypoints=(Keypoint(1, 2, 0.25),)),
+            Detection(
+                BoxXYXY(1, 2, 7, 8),
+                0.75,
+                1,
+                "blade",
+                rotated_box=RotatedBox(4, 5, 6, 2, 30.0, corners),
+            ),
+        ),
+        defects=(),
+        classifications=(Classification(2, "crack", 0.5),),
+    )
+    data = result_to_json(result)
+    hand, blade = data["detections"]
+    assert hand["keypoints"] == [[1, 2, 0.25]] and "rotated_box" not in hand
+    assert blade["rotated_box"]["angle_deg"] == 30.0
+    assert blade["rotated_box"]["corners"] == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    assert data["classifications"] == [{"class_id": 2, "class_name": "crack", "score": 0.5}]

@@ -189,3 +189,105 @@ def broken_model_file(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"this is not an onnx protobuf \x00\x01\x02")
     return path
+
+
+# -- every Ultralytics task (issue 13 item 4) ------------------------------------------------
+
+
+def pose_outputs(
+    rows: Sequence[tuple[tuple[float, float, float, float], int, float, Sequence[float]]],
+    num_classes: int,
+    keypoint_values: int,
+    num_anchors: int = 64,
+) -> np.ndarray:
+    """A [4+nc+K*D, N] YOLOv8 pose output: (cx,cy,w,h), class, score and K*D keypoint values per
+    given anchor, zero scores elsewhere."""
+    out = np.zeros((4 + num_classes + keypoint_values, num_anchors), np.float32)
+    out[:4, :] = np.array([10, 10, 4, 4], np.float32)[:, None]
+    for i, (box, cls, score, kpts) in enumerate(rows):
+        out[:4, i] = box
+        out[4 + cls, i] = score
+        out[4 + num_classes :, i] = kpts
+    return out
+
+
+def obb_outputs(
+    rows: Sequence[tuple[tuple[float, float, float, float, float], int, float]],
+    num_classes: int,
+    num_anchors: int = 64,
+) -> np.ndarray:
+    """A [4+nc+1, N] YOLOv8 OBB output: (cx,cy,w,h,angle in radians), class and score per given
+    anchor, zero scores elsewhere."""
+    out = np.zeros((4 + num_classes + 1, num_anchors), np.float32)
+    out[:4, :] = np.array([10, 10, 4, 4], np.float32)[:, None]
+    for i, (box, cls, score) in enumerate(rows):
+        out[:4, i] = box[:4]
+        out[-1, i] = box[4]
+        out[4 + cls, i] = score
+    return out
+
+
+def task_models(root: Path) -> Path:
+    """A model directory with one tiny constant model per task: ``classify``, ``pose``, ``obb``
+    (YOLOv8 layouts, 64x64 input) and ``pose-e2e``, ``obb-e2e`` (end-to-end layouts).
+
+    ``pose`` finds person A (box input 22..42 x 12..52, score 0.9, keypoints (30, 20, 0.95) and
+    (34, 44, 0.2)) and, suppressed by NMS, a near copy of it (score 0.8). ``obb`` finds box A at
+    (32, 32), 30 x 10, 2.0 rad (score 0.9, class 'blade'), its rotated near copy (0.7, suppressed)
+    and box B at (12, 50), 8 x 4, 0.3 rad (0.6, class 'shim'). ``classify`` scores four classes
+    0.1, 0.55, 0.25, 0.1.
+    """
+    people = {0: "person", 1: "robot"}
+    pose = pose_outputs(
+        [
+            ((32, 32, 20, 40), 0, 0.9, (30, 20, 0.95, 34, 44, 0.2)),
+            ((33, 32, 20, 40), 0, 0.8, (31, 21, 0.9, 35, 45, 0.3)),
+        ],
+        num_classes=2,
+        keypoint_values=6,
+    )
+    meta = {"kpt_shape": "[2, 3]"}
+    constant_model(
+        root / "pose.onnx", [pose], input_size=(64, 64), names=people, task="pose", metadata=meta
+    )
+    e2e = np.zeros((4, 6 + 6), np.float32)
+    e2e[0] = [22, 12, 42, 52, 0.9, 1, 30, 20, 0.95, 34, 44, 0.2]
+    e2e[1] = [2, 2, 6, 6, 0.1, 0, 3, 3, 0.5, 4, 4, 0.5]  # under the threshold
+    constant_model(
+        root / "pose-e2e.onnx",
+        [e2e],
+        input_size=(64, 64),
+        names=people,
+        task="pose",
+        metadata={**meta, "end2end": "True"},
+    )
+    parts = {0: "blade", 1: "shim", 2: "bolt"}
+    obb = obb_outputs(
+        [
+            ((32, 32, 30, 10, 2.0), 0, 0.9),
+            ((32, 32, 30, 10, 2.05), 0, 0.7),
+            ((12, 50, 8, 4, 0.3), 1, 0.6),
+        ],
+        num_classes=3,
+    )
+    constant_model(root / "obb.onnx", [obb], input_size=(64, 64), names=parts, task="obb")
+    rows = np.zeros((3, 7), np.float32)
+    rows[0] = [32, 32, 30, 10, 0.9, 0, 2.0]
+    rows[1] = [12, 50, 8, 4, 0.6, 1, 0.3]
+    constant_model(
+        root / "obb-e2e.onnx",
+        [rows],
+        input_size=(64, 64),
+        names=parts,
+        task="obb",
+        metadata={"end2end": "True"},
+    )
+    probs = np.array([0.1, 0.55, 0.25, 0.1], np.float32)
+    constant_model(
+        root / "classify.onnx",
+        [probs],
+        input_size=(64, 64),
+        names={0: "ok", 1: "scratch", 2: "spot", 3: "crack"},
+        task="classify",
+    )
+    return root

@@ -240,3 +240,22 @@ def test_mask_region_maps_to_original_pixels() -> None:
     ys, xs = np.nonzero(m.mask)
     assert abs(xs.min() + m.x - 100) <= 2 and abs(xs.max() + m.x - 199) <= 2
     assert abs(ys.min() + m.y - 50) <= 2 and abs(ys.max() + m.y - 99) <= 2
+
+
+def test_layout_small_end2end_head_has_as_many_rows_as_anchors() -> None:
+    # a YOLO26 pose head (2 classes, 5x3 keypoints) at 64 px: min(max_det, anchors) = 84 rows
+    kpts = (5, 3)
+    shape = [(1, 84, 6 + 15)]
+    hinted = detect_layout(
+        shape,
+        num_classes=2,
+        input_size=(64, 64),
+        end2end_hint=True,
+        task_hint=Task.POSE,
+        keypoint_shape=kpts,
+    )
+    assert hinted.layout is Layout.END2END and hinted.capacity == 84
+    plain = detect_layout(
+        shape, num_classes=2, input_size=(64, 64), task_hint=Task.POSE, keypoint_shape=kpts
+    )
+    assert plain.layout is Layout.YOLOV8 and plain.transposed

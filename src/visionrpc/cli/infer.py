@@ -153,7 +153,26 @@ def result_to_json(result: InferenceResult) -> dict[str, Any]:
                 det["mask"]["png"] = {"origin": list(m.png_origin), "bytes": len(m.png)}
             else:
                 det["mask"]["polygons"] = [np.round(p, 1).tolist() for p in m.polygons]
+        if d.keypoints:  # pose models
+            det["keypoints"] = [
+                [round(k.x, 2), round(k.y, 2), round(k.visibility, 4)] for k in d.keypoints
+            ]
+        if d.rotated_box is not None:  # oriented-box models
+            r = d.rotated_box
+            det["rotated_box"] = {
+                "cx": round(r.cx, 2),
+                "cy": round(r.cy, 2),
+                "width": round(r.width, 2),
+                "height": round(r.height, 2),
+                "angle_deg": round(r.angle_deg, 3),
+                "corners": [[round(x, 2), round(y, 2)] for x, y in r.corners],
+            }
         out["detections"].append(det)
+    if result.classifications:  # classification models
+        out["classifications"] = [
+            {"class_id": c.class_id, "class_name": c.class_name, "score": round(c.score, 4)}
+            for c in result.classifications
+        ]
     return out
 
 
@@ -189,6 +208,9 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
             str(d.mask.area_px if d.mask is not None else d.mask_area_px or ""),
         )
     out.print(table)
+    if result.classifications:
+        for c in result.classifications:
+            out.print(f"  {c.class_name} {c.score:.3f}", markup=False, highlight=False)
     if result.defects:
         defects = Table(title="defects")
         for col in ("class", "count", "max score", "area px", "area %"):

@@ -60,6 +60,7 @@ def infer_request(
     return_masks: bool = False,
     mask_format: MaskFormat | str = MaskFormat.RLE,
     agnostic_nms: bool | None = None,
+    top_k: int | None = None,
     request_id: str = "",
     tiling: TilingMode | str | None = None,
     tile_size: int = 0,
@@ -76,6 +77,7 @@ def infer_request(
     at model resolution (the README's "Tiled inference of large frames").
     ``measure`` asks for each detection's length and width; ``pixels_per_mm`` replaces the model's
     scale; ``rules`` replace the model's rules (an empty RuleSet: no verdict).
+    ``top_k`` is for classification models: how many of the best classes to answer with.
     """
     request = inference_pb2.InferRequest(
         model=model,
@@ -86,6 +88,7 @@ def infer_request(
         return_masks=return_masks,
         mask_format=_MASK_FORMATS[MaskFormat(mask_format)],
         request_id=request_id,
+        top_k=top_k or 0,
     )
     if agnostic_nms is not None:
         request.agnostic_nms = agnostic_nms

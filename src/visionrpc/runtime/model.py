@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from visionrpc.errors import ModelLoadError
+from visionrpc.runtime.classify import classify_layout
 from visionrpc.runtime.yolo import OutputSpec, detect_layout
 from visionrpc.settings import Device, ExecutionMode, GraphOptimization, RuntimeSettings
 from visionrpc.types import Task
@@ -187,6 +188,38 @@ def parse_imgsz(raw: str | None) -> tuple[int, int] | None:
     return None
 
 
+def parse_kpt_shape(raw: str | None) -> tuple[int, int] | None:
+    """ "[17, 3]" -> (17, 3): a pose model's keypoints and values per keypoint (2 or 3)."""
+    if not raw:
+        return None
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError) as exc:
+        raise ModelLoadError(f"metadata 'kpt_shape' is not a list literal: {raw[:80]!r}") from exc
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int) for v in value)
+        or value[0] < 1
+        or value[1] not in (2, 3)
+    ):
+        raise ModelLoadError(
+            f"metadata 'kpt_shape' is {raw[:80]!r}; expected [keypoints, 2 or 3] such as [17, 3]"
+        )
+    return int(value[0]), int(value[1])
+
+
+def _looks_like_classifier(shapes: list[list[int]], num_classes: int) -> bool:
+    """One [B, nc] output matching the class names: a classifier even without a ``task`` key."""
+    return (
+        num_classes > 0
+        and len(shapes) == 1
+        and len(shapes[0]) == 2
+        and shapes[0][1] == num_classes
+        and shapes[0][0] in (1, -1)
+    )
+
+
 class OnnxModel:
     """A loaded, warmed-up ONNX model: session, input geometry, batch axis and output layout."""
 
@@ -237,6 +270,9 @@ class OnnxModel:
         self.names: dict[int, str] = parse_names(meta.get("names"))
         e2e = meta.get("end2end")
         self.end2end_hint: bool | None = None if e2e is None else e2e.strip().lower() == "true"
+        meta_task = meta.get("task", "").strip().lower()
+        self.task_hint: Task | None = Task(meta_task) if meta_task in set(Task) else None
+        self.keypoint_shape: tuple[int, int] | None = parse_kpt_shape(meta.get("kpt_shape"))
 
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
@@ -272,7 +308,6 @@ class OnnxModel:
             w, h = self.input_size
             zeros = np.zeros((self.fixed_batch_size or 1, 3, h, w), self.input_dtype)
             self.lone_session.run(None, {self.input_name: zeros})
-        meta_task = meta.get("task", "").lower()
         if meta_task in ("detect", "segment") and Task(meta_task) is not self.spec.task:
             log.warning(
                 "%s: metadata says task=%s but the outputs are a %s model; using the outputs",
@@ -322,11 +357,15 @@ class OnnxModel:
 
     def _layout(self, shapes: list[list[int]]) -> OutputSpec:
         try:
+            if self.task_hint is Task.CLASSIFY or _looks_like_classifier(shapes, len(self.names)):
+                return classify_layout(shapes, len(self.names) or None)
             return detect_layout(
                 shapes,
                 num_classes=len(self.names) or None,
                 input_size=self.input_size,
                 end2end_hint=self.end2end_hint,
+                task_hint=self.task_hint,
+                keypoint_shape=self.keypoint_shape,
             )
         except ModelLoadError as exc:
             raise ModelLoadError(f"{self.path}: {exc}") from None

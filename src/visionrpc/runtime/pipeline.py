@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from visionrpc.errors import InvalidInputError, NotReadyError, ResourceLimitError, shorten
-from visionrpc.runtime import measure, raw, rules, tiling
+from visionrpc.runtime import measure, raw, rules, tasks, tiling
 from visionrpc.runtime.batching import DynamicBatcher, Occupancy, shutting_down
 from visionrpc.runtime.budget import Deadline, trim_memory
+from visionrpc.runtime.classify import DEFAULT_TOP_K, centre_crop_uint8
 from visionrpc.runtime.fairness import ClientSlots
 from visionrpc.runtime.imaging import (
     DecodedImage,
@@ -54,6 +55,7 @@ from visionrpc.runtime.yolo import BoxMask, DecodeParams, decode_detections, ins
 from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
     BoxXYXY,
+    Classification,
     DefectSummary,
     Detection,
     EncodedMask,
@@ -81,6 +83,7 @@ class ResolvedOptions:
     return_masks: bool
     mask_format: MaskFormat
     inspection: rules.InspectionPlan | None = None  # None: no measurements, no verdict
+    top_k: int = DEFAULT_TOP_K  # classification models
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,28 @@ def resolve_options(options: InferenceOptions, model: LoadedModel) -> ResolvedOp
         options.return_masks,
         options.mask_format,
         rules.plan_inspection(options, model),
+        resolve_top_k(options.top_k, model),
     )
+
+
+def resolve_top_k(top_k: int | None, model: LoadedModel) -> int:
+    """Classes a classification model answers with: the request's, else 5, at most all."""
+    nc = model.onnx.num_classes
+    if top_k is None or top_k == 0:
+        return min(DEFAULT_TOP_K, nc) if nc else DEFAULT_TOP_K
+    if model.onnx.task is not Task.CLASSIFY:
+        raise InvalidInputError(
+            f"top_k is {top_k} but model {model.name!r} is a {model.onnx.task.value} model; "
+            "top_k is for classification models, send 0 or choose one",
+            field="top_k",
+        )
+    if not 1 <= top_k <= nc:
+        raise InvalidInputError(
+            f"top_k is {top_k}; model {model.name!r} has {nc} classes, send 1..{nc} or 0 for "
+            f"the default ({min(DEFAULT_TOP_K, nc)})",
+            field="top_k",
+        )
+    return top_k
 
 
 MASK_DETECTIONS_SETTING = "limits.max_mask_detections (VISIONRPC_LIMITS__MAX_MASK_DETECTIONS)"
@@ -675,7 +699,8 @@ class InferencePipeline:
         if trim_above and image.rgb.nbytes > trim_above:
             self._trim_pending = True
         deadline.check("after decode")
-        canvas, transform = letterbox_uint8(image, model.onnx.input_size)
+        fit = centre_crop_uint8 if model.onnx.task is Task.CLASSIFY else letterbox_uint8
+        canvas, transform = fit(image, model.onnx.input_size)
         return PreparedImage(canvas, transform, (t1 - t0) * 1000, _ms_since(t1), deadline)
 
     def _decode(
@@ -711,9 +736,15 @@ class InferencePipeline:
     ) -> InferenceResult:
         prepared.deadline.check("before post-processing")
         t0 = time.perf_counter()
-        detections, masks = self._detections(
-            model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
-        )
+        classified: tuple[Classification, ...] = ()
+        masks: list[BoxMask] | None = None
+        if model.onnx.task is Task.CLASSIFY:
+            detections: tuple[Detection, ...] = ()
+            classified = tasks.classifications(outputs, options.top_k, model.class_name)
+        else:
+            detections, masks = self._detections(
+                model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
+            )
         plan, verdict = options.inspection, None
         if plan is not None:
             prepared.deadline.check("before measuring")
@@ -742,6 +773,7 @@ class InferencePipeline:
             request_id=item.request_id,
             verdict=verdict,
             pixels_per_mm=plan.pixels_per_mm if plan is not None else None,
+            classifications=classified,
         )
 
     @staticmethod
@@ -755,8 +787,15 @@ class InferencePipeline:
     ) -> tuple[tuple[Detection, ...], list[BoxMask] | None]:
         """The detections, and their masks (in original pixels) when the model segments."""
         spec = model.onnx.spec
+        if spec.task is Task.OBB:
+            rotated = tasks.rotated_detections(
+                outputs, spec, options.params, transform, model.class_name
+            )
+            return rotated, None
         raw = decode_detections(outputs, spec, options.params)
         boxes = transform.boxes_to_original(raw.boxes)
+        if spec.task is Task.POSE:
+            return tasks.pose_detections(raw, boxes, spec, transform, model.class_name), None
         areas: list[int | None] = [None] * len(raw)
         encoded: list[EncodedMask | None] = [None] * len(raw)
         masks: list[BoxMask] | None = None
@@ -804,6 +843,14 @@ class InferencePipeline:
         )
         if spec.mode is TilingMode.OFF:
             return None
+        if model.onnx.task not in (Task.DETECT, Task.SEGMENT):
+            if spec.mode is TilingMode.AUTO:
+                return None  # tiles are for finding small things; this model does not find
+            raise InvalidInputError(
+                f"tiling is for detection and segmentation models; model {model.name!r} is a "
+                f"{model.onnx.task.value} model: send tiling mode off or auto",
+                field="tiling.mode",
+            )
         if spec.mode is TilingMode.AUTO:
             size = tiling.frame_size(item)
             if size is None or not tiling.wants_tiles(*size, spec):

@@ -334,6 +334,7 @@ class LoadedModel:
             dynamic_batch=self.onnx.dynamic_batch,
             max_batch_size=self.max_batch_size,
             default_tiling=self.config.tiling.options(),
+            keypoint_shape=self.onnx.spec.keypoint_shape or (),
         )
 
 

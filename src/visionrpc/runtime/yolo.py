@@ -1,11 +1,15 @@
 """YOLO output decoding: layout detection, thresholds, NMS and instance masks.
 
 Two layouts are understood (see types.Layout):
-* YOLOV8 (YOLOv8/YOLO11): output0 [B, 4+nc(+nm), N] of cx,cy,w,h (input pixels) and sigmoid class
-  scores, no objectness; needs NMS. Segment models add output1 protos [B, nm, H/4, W/4].
-* END2END (YOLOv10/YOLO26, Ultralytics ``nms=True``): output0 [B, max_det, 6(+nm)] of
-  x1,y1,x2,y2,score,class(,coeffs); already de-duplicated within each class, so only thresholds
+* YOLOV8 (YOLOv8/YOLO11): output0 [B, 4+nc(+extra), N] of cx,cy,w,h (input pixels) and sigmoid
+  class scores, no objectness; needs NMS. Segment models add output1 protos [B, nm, H/4, W/4].
+* END2END (YOLOv10/YOLO26, Ultralytics ``nms=True``): output0 [B, max_det, 6(+extra)] of
+  x1,y1,x2,y2,score,class(,extra); already de-duplicated within each class, so only thresholds
   apply, plus a class-agnostic NMS pass when asked for.
+The extra values per candidate are the task's: mask coefficients (segment), K keypoints of 2 or 3
+values (pose: x, y in input pixels, visibility after a sigmoid) or one angle (obb, radians; its
+boxes are cx,cy,w,h in both layouts, decoded by :mod:`visionrpc.runtime.obb`). Classification
+models ([B, nc] probabilities) have their own layout, read by :mod:`visionrpc.runtime.classify`.
 All work is vectorised with numpy. NMS is OpenCV's: class-aware ``NMSBoxesBatched`` by default,
 ``NMSBoxes`` over every candidate when class-agnostic (``DecodeParams.agnostic``), so one defect
 reported under two classes with overlapping boxes counts once, under its best-scoring class.
@@ -27,6 +31,7 @@ from visionrpc.types import Layout, Task
 
 MAX_NMS_CANDIDATES = 30_000  # like Ultralytics' max_nms: bounds NMS time at very low thresholds
 MASK_THRESHOLD = 0.5
+END2END_DEFAULT_ROWS = 300  # Ultralytics' max_det: the rows of an end-to-end head, or fewer
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,16 @@ class OutputSpec:
     capacity: int  # anchors (YOLOV8) or rows (END2END): the most detections the model can give
     transposed: bool = False  # YOLOV8 only: [B, N, C] instead of [B, C, N]
     batched: bool = True  # False when output0 is 2-D (no batch axis)
+    keypoint_shape: tuple[int, int] | None = None  # pose models: (K, 2 or 3)
+
+    @property
+    def num_extra(self) -> int:
+        """Values after the class scores (YOLOV8) or the class id (END2END) of each candidate."""
+        if self.task is Task.POSE and self.keypoint_shape:
+            return self.keypoint_shape[0] * self.keypoint_shape[1]
+        if self.task is Task.OBB:
+            return 1
+        return self.num_masks
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,7 @@ class RawDetections:
     boxes: np.ndarray  # (K, 4) float32 x1,y1,x2,y2
     scores: np.ndarray  # (K,) float32
     class_ids: np.ndarray  # (K,) int64
-    coeffs: np.ndarray | None  # (K, nm) float32 mask coefficients, segment models only
+    coeffs: np.ndarray | None  # (K, extra) float32: mask coefficients or keypoints; else None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -108,12 +123,18 @@ def detect_layout(
     num_classes: int | None,
     input_size: tuple[int, int],
     end2end_hint: bool | None = None,
+    task_hint: Task | None = None,
+    keypoint_shape: tuple[int, int] | None = None,
 ) -> OutputSpec:
     """Tell YOLOV8 from END2END (and plain from transposed) by output shapes; metadata breaks ties.
 
-    Shapes win over the ``end2end`` metadata key, which some exports get wrong. Ambiguity only
-    arises when 4+nc equals 6 (two classes); then an N equal to the anchor count of the input size
-    wins, then the metadata flag, then the usual [B, C, N] with N > C.
+    Shapes win over the ``end2end`` metadata key, which exports made with ``nms=True`` leave False.
+    Ambiguity only arises when 4+nc equals 6 (two classes); then a true ``end2end`` key wins if
+    there are at most 300 rows (a YOLO26 head at an input of 128 px or less has as many rows as
+    anchors), then an N equal to the anchor count of the input size, then the key, then the usual
+    [B, C, N] with N > C. Pose and oriented-box models
+    are told by the metadata's ``task`` (and ``kpt_shape``), since their extra values look like
+    anything else's.
     """
     if not shapes:
         raise ModelLoadError("the model has no outputs")
@@ -122,7 +143,16 @@ def detect_layout(
         raise ModelLoadError(f"unsupported YOLO output0 shape {list(out0)}: expected 2 or 3 dims")
     batched = len(out0) == 3
     nm, task = 0, Task.DETECT
-    if len(shapes) > 1:
+    if task_hint is Task.POSE:
+        if not keypoint_shape:
+            raise ModelLoadError(
+                "a pose model needs 'kpt_shape' (e.g. [17, 3]) in its metadata; export it with "
+                "Ultralytics or add the key"
+            )
+        task = Task.POSE
+    elif task_hint is Task.OBB:
+        task = Task.OBB
+    elif len(shapes) > 1:
         protos = tuple(shapes[1])
         if len(protos) != (4 if batched else 3):
             raise ModelLoadError(
@@ -130,35 +160,46 @@ def detect_layout(
             )
         nm, task = protos[-3], Task.SEGMENT
     a, b = out0[-2], out0[-1]
-    e2e_cols = 6 + nm
+    extra = (
+        keypoint_shape[0] * keypoint_shape[1]
+        if task is Task.POSE and keypoint_shape
+        else (1 if task is Task.OBB else nm)
+    )
+    e2e_cols = 6 + extra
     anchors = expected_anchor_count(input_size)
     candidates: list[OutputSpec] = []
 
     def add(layout: Layout, nc: int, capacity: int, transposed: bool = False) -> None:
-        candidates.append(OutputSpec(layout, task, nc, nm, capacity, transposed, batched))
+        kpt = keypoint_shape if task is Task.POSE else None
+        candidates.append(OutputSpec(layout, task, nc, nm, capacity, transposed, batched, kpt))
 
     if num_classes:
-        c = 4 + num_classes + nm
+        c = 4 + num_classes + extra
         if a == c:
             add(Layout.YOLOV8, num_classes, b)
         if b == c:
             add(Layout.YOLOV8, num_classes, a, transposed=True)
     else:
-        if 4 + nm < a < b:
-            add(Layout.YOLOV8, a - 4 - nm, b)
-        if 4 + nm < b < a:
-            add(Layout.YOLOV8, b - 4 - nm, a, transposed=True)
+        if 4 + extra < a < b:
+            add(Layout.YOLOV8, a - 4 - extra, b)
+        if 4 + extra < b < a:
+            add(Layout.YOLOV8, b - 4 - extra, a, transposed=True)
     if b == e2e_cols:
         add(Layout.END2END, num_classes or 0, a)
     if not candidates:
         nc_text = f"{num_classes} classes" if num_classes else "unknown class count"
         raise ModelLoadError(
-            f"unsupported YOLO output layout {[list(s) for s in shapes]} ({nc_text}, {nm} mask "
-            f"coefficients): expected [B, 4+nc+nm, N] (YOLOv8/YOLO11) or [B, max_det, 6+nm] "
-            "(end-to-end); check the export and the class names in the metadata"
+            f"unsupported YOLO output layout {[list(s) for s in shapes]} for a {task.value} model "
+            f"({nc_text}, {extra} extra values per box): expected [B, 4+nc+{extra}, N] "
+            f"(YOLOv8/YOLO11) or [B, max_det, {e2e_cols}] (end-to-end); check the export and the "
+            "class names, task and kpt_shape in the metadata"
         )
     if len(candidates) == 1:
         return candidates[0]
+    if end2end_hint:  # an end-to-end head whose rows (max_det) happen to equal the anchor count
+        for spec in candidates:
+            if spec.layout is Layout.END2END and spec.capacity <= END2END_DEFAULT_ROWS:
+                return spec
     for spec in candidates:
         if spec.layout is Layout.YOLOV8 and spec.capacity == anchors:
             return spec
@@ -189,7 +230,7 @@ def _empty(nm: int) -> RawDetections:
 
 
 def _decode_yolov8(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> RawDetections:
-    nc, nm = spec.num_classes, spec.num_masks
+    nc, nm = spec.num_classes, spec.num_extra
     cls_scores = pred[4 : 4 + nc]  # (nc, N)
     class_ids = cls_scores.argmax(axis=0)
     scores = np.take_along_axis(cls_scores, class_ids[None, :], axis=0)[0]
@@ -217,7 +258,7 @@ def _decode_yolov8(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> 
 
 
 def _decode_end2end(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> RawDetections:
-    nm = spec.num_masks
+    nm = spec.num_extra
     scores = pred[:, 4]
     class_ids = np.rint(pred[:, 5]).astype(np.int64)
     keep = scores >= params.confidence

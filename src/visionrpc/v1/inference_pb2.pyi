@@ -135,12 +135,28 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     TASK_UNSPECIFIED: _Task.ValueType  # 0
     TASK_DETECT: _Task.ValueType  # 1
     TASK_SEGMENT: _Task.ValueType  # 2
+    TASK_CLASSIFY: _Task.ValueType  # 3
+    """-- every Ultralytics task (issue 13 item 4) --
+    whole-image classes (InferResponse.classifications)
+    """
+    TASK_POSE: _Task.ValueType  # 4
+    """boxes with keypoints (Detection.keypoints)"""
+    TASK_OBB: _Task.ValueType  # 5
+    """oriented boxes (Detection.rotated_box)"""
 
 class Task(_Task, metaclass=_TaskEnumTypeWrapper): ...
 
 TASK_UNSPECIFIED: Task.ValueType  # 0
 TASK_DETECT: Task.ValueType  # 1
 TASK_SEGMENT: Task.ValueType  # 2
+TASK_CLASSIFY: Task.ValueType  # 3
+"""-- every Ultralytics task (issue 13 item 4) --
+whole-image classes (InferResponse.classifications)
+"""
+TASK_POSE: Task.ValueType  # 4
+"""boxes with keypoints (Detection.keypoints)"""
+TASK_OBB: Task.ValueType  # 5
+"""oriented boxes (Detection.rotated_box)"""
 Global___Task: _TypeAlias = Task  # noqa: Y015
 
 class _ModelState:
@@ -252,6 +268,7 @@ class InferRequest(_message.Message):
     MEASURE_FIELD_NUMBER: _builtins.int
     PIXELS_PER_MM_FIELD_NUMBER: _builtins.int
     RULES_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
     image_bytes: _builtins.bytes
     """JPEG, PNG, BMP, WebP or TIFF"""
     model: _builtins.str
@@ -277,6 +294,11 @@ class InferRequest(_message.Message):
     """
     pixels_per_mm: _builtins.float
     """Scale for the millimetre values; 0: the model's (model.yaml pixels_per_mm or calibration)."""
+    top_k: _builtins.int
+    """-- every Ultralytics task (issue 13 item 4) --
+    Classification models: how many of the best classes to answer with, 1..classes; 0: 5 (or all
+    classes when the model has fewer). Other models refuse a non-zero top_k.
+    """
     @_builtins.property
     def raw(self) -> Global___RawImage: ...
     @_builtins.property
@@ -311,10 +333,11 @@ class InferRequest(_message.Message):
         measure: _builtins.bool = ...,
         pixels_per_mm: _builtins.float = ...,
         rules: Global___RuleSet | None = ...,
+        top_k: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "image", b"image", "image_bytes", b"image_bytes", "raw", b"raw", "rules", b"rules", "tiling", b"tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "classes", b"classes", "confidence_threshold", b"confidence_threshold", "image", b"image", "image_bytes", b"image_bytes", "iou_threshold", b"iou_threshold", "mask_format", b"mask_format", "max_detections", b"max_detections", "measure", b"measure", "model", b"model", "pixels_per_mm", b"pixels_per_mm", "raw", b"raw", "request_id", b"request_id", "return_masks", b"return_masks", "rules", b"rules", "tiling", b"tiling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms", "agnostic_nms", b"agnostic_nms", "classes", b"classes", "confidence_threshold", b"confidence_threshold", "image", b"image", "image_bytes", b"image_bytes", "iou_threshold", b"iou_threshold", "mask_format", b"mask_format", "max_detections", b"max_detections", "measure", b"measure", "model", b"model", "pixels_per_mm", b"pixels_per_mm", "raw", b"raw", "request_id", b"request_id", "return_masks", b"return_masks", "rules", b"rules", "tiling", b"tiling", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agnostic_nms: _TypeAlias = _typing.Literal["agnostic_nms"]  # noqa: Y015
     _WhichOneofArgType__agnostic_nms: _TypeAlias = _typing.Literal["_agnostic_nms", b"_agnostic_nms"]  # noqa: Y015
@@ -518,6 +541,8 @@ class Detection(_message.Message):
     MASK_FIELD_NUMBER: _builtins.int
     MASK_AREA_PX_FIELD_NUMBER: _builtins.int
     MEASUREMENT_FIELD_NUMBER: _builtins.int
+    KEYPOINTS_FIELD_NUMBER: _builtins.int
+    ROTATED_BOX_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     class_id: _builtins.int
     class_name: _builtins.str
@@ -535,6 +560,16 @@ class Detection(_message.Message):
     def measurement(self) -> Global___Measurement:
         """Issue 13: set when the request measures (measure, a scale, or rules)."""
 
+    @_builtins.property
+    def keypoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Keypoint]:
+        """-- every Ultralytics task (issue 13 item 4) --
+        Pose models: the model's keypoints in its order (ModelInfo.keypoint_shape says how many).
+        """
+
+    @_builtins.property
+    def rotated_box(self) -> Global___RotatedBox:
+        """Oriented-box models: the rotated box; `box` is then the axis-aligned box around it."""
+
     def __init__(
         self,
         *,
@@ -545,16 +580,121 @@ class Detection(_message.Message):
         mask: Global___Mask | None = ...,
         mask_area_px: _builtins.int | None = ...,
         measurement: Global___Measurement | None = ...,
+        keypoints: _abc.Iterable[Global___Keypoint] | None = ...,
+        rotated_box: Global___RotatedBox | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "mask", b"mask", "mask_area_px", b"mask_area_px", "measurement", b"measurement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "mask", b"mask", "mask_area_px", b"mask_area_px", "measurement", b"measurement", "rotated_box", b"rotated_box"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "class_id", b"class_id", "class_name", b"class_name", "mask", b"mask", "mask_area_px", b"mask_area_px", "measurement", b"measurement", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px", "box", b"box", "class_id", b"class_id", "class_name", b"class_name", "keypoints", b"keypoints", "mask", b"mask", "mask_area_px", b"mask_area_px", "measurement", b"measurement", "rotated_box", b"rotated_box", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mask_area_px: _TypeAlias = _typing.Literal["mask_area_px"]  # noqa: Y015
     _WhichOneofArgType__mask_area_px: _TypeAlias = _typing.Literal["_mask_area_px", b"_mask_area_px"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mask_area_px) -> _WhichOneofReturnType__mask_area_px | None: ...
 
 Global___Detection: _TypeAlias = Detection  # noqa: Y015
+
+@_typing.final
+class Keypoint(_message.Message):
+    """-- every Ultralytics task (issue 13 item 4): keypoints, rotated boxes, classifications --
+
+    A keypoint in original-image pixels.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
+    x: _builtins.float
+    y: _builtins.float
+    visibility: _builtins.float
+    """The model's confidence (0..1) that the point is visible; 1 when the model has no visibility
+    (ModelInfo.keypoint_shape [K, 2]).
+    """
+    def __init__(
+        self,
+        *,
+        x: _builtins.float = ...,
+        y: _builtins.float = ...,
+        visibility: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["visibility", b"visibility", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Keypoint: _TypeAlias = Keypoint  # noqa: Y015
+
+@_typing.final
+class RotatedBox(_message.Message):
+    """An oriented box in original-image pixels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CX_FIELD_NUMBER: _builtins.int
+    CY_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    ANGLE_DEG_FIELD_NUMBER: _builtins.int
+    CORNERS_FIELD_NUMBER: _builtins.int
+    cx: _builtins.float
+    cy: _builtins.float
+    width: _builtins.float
+    height: _builtins.float
+    angle_deg: _builtins.float
+    """Rotation of the `width` side from the x axis in degrees, [0, 90), clockwise on screen (image
+    y points down): Ultralytics' convention (xywhr with r in [0, pi/2)).
+    """
+    @_builtins.property
+    def corners(self) -> _containers.RepeatedCompositeFieldContainer[Global___Point]:
+        """the four corners, in order around the box"""
+
+    def __init__(
+        self,
+        *,
+        cx: _builtins.float = ...,
+        cy: _builtins.float = ...,
+        width: _builtins.float = ...,
+        height: _builtins.float = ...,
+        angle_deg: _builtins.float = ...,
+        corners: _abc.Iterable[Global___Point] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["angle_deg", b"angle_deg", "corners", b"corners", "cx", b"cx", "cy", b"cy", "height", b"height", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotatedBox: _TypeAlias = RotatedBox  # noqa: Y015
+
+@_typing.final
+class Classification(_message.Message):
+    """One class of a classification model's answer for the whole image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_ID_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    class_id: _builtins.int
+    class_name: _builtins.str
+    score: _builtins.float
+    """the model's probability for the class"""
+    def __init__(
+        self,
+        *,
+        class_id: _builtins.int = ...,
+        class_name: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_id", b"class_id", "class_name", b"class_name", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Classification: _TypeAlias = Classification  # noqa: Y015
 
 @_typing.final
 class Defect(_message.Message):
@@ -661,6 +801,7 @@ class InferResponse(_message.Message):
     DEFECTS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    CLASSIFICATIONS_FIELD_NUMBER: _builtins.int
     TILING_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     PIXELS_PER_MM_FIELD_NUMBER: _builtins.int
@@ -682,6 +823,12 @@ class InferResponse(_message.Message):
         """InferStream only: set when this frame failed; the other fields are then empty but request_id."""
 
     @_builtins.property
+    def classifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Classification]:
+        """-- every Ultralytics task (issue 13 item 4) --
+        Classification models: the request's top_k best classes, best first (detections are empty).
+        """
+
+    @_builtins.property
     def tiling(self) -> Global___TilingReport:
         """Set when the frame ran as tiles: how many, and how they were laid out."""
 
@@ -701,13 +848,14 @@ class InferResponse(_message.Message):
         defects: _abc.Iterable[Global___Defect] | None = ...,
         timings: Global___Timings | None = ...,
         error: _status_pb2.Status | None = ...,
+        classifications: _abc.Iterable[Global___Classification] | None = ...,
         tiling: Global___TilingReport | None = ...,
         verdict: Global___InspectionVerdict | None = ...,
         pixels_per_mm: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "tiling", b"tiling", "timings", b"timings", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defects", b"defects", "detections", b"detections", "error", b"error", "image_height", b"image_height", "image_width", b"image_width", "model", b"model", "model_version", b"model_version", "pixels_per_mm", b"pixels_per_mm", "request_id", b"request_id", "tiling", b"tiling", "timings", b"timings", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classifications", b"classifications", "defects", b"defects", "detections", b"detections", "error", b"error", "image_height", b"image_height", "image_width", b"image_width", "model", b"model", "model_version", b"model_version", "pixels_per_mm", b"pixels_per_mm", "request_id", b"request_id", "tiling", b"tiling", "timings", b"timings", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1061,6 +1209,7 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
     DEFAULT_TILING_FIELD_NUMBER: _builtins.int
+    KEYPOINT_SHAPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     display_name: _builtins.str
@@ -1073,7 +1222,7 @@ class ModelInfo(_message.Message):
     default_iou_threshold: _builtins.float
     default_max_detections: _builtins.int
     layout: _builtins.str
-    """"yolov8" (raw anchors + NMS) or "end2end" (NMS-free)"""
+    """"yolov8" (raw anchors + NMS), "end2end" (NMS-free) or "classify" ([B, classes] scores)"""
     dynamic_batch: _builtins.bool
     max_batch_size: _builtins.int
     default_agnostic_nms: _builtins.bool
@@ -1088,6 +1237,12 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def default_tiling(self) -> Global___Tiling:
         """How the model tiles large frames unless a request says otherwise (`tiling` in model.yaml)."""
+
+    @_builtins.property
+    def keypoint_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """-- every Ultralytics task (issue 13 item 4) --
+        Pose models: [keypoints, values per keypoint] (values 3: x, y, visibility; 2: no visibility).
+        """
 
     def __init__(
         self,
@@ -1110,10 +1265,11 @@ class ModelInfo(_message.Message):
         state: Global___ModelState.ValueType = ...,
         state_reason: _builtins.str = ...,
         default_tiling: Global___Tiling | None = ...,
+        keypoint_shape: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["default_tiling", b"default_tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "default_agnostic_nms", b"default_agnostic_nms", "default_confidence_threshold", b"default_confidence_threshold", "default_iou_threshold", b"default_iou_threshold", "default_max_detections", b"default_max_detections", "default_tiling", b"default_tiling", "display_name", b"display_name", "dynamic_batch", b"dynamic_batch", "execution_provider", b"execution_provider", "input_height", b"input_height", "input_width", b"input_width", "layout", b"layout", "max_batch_size", b"max_batch_size", "name", b"name", "state", b"state", "state_reason", b"state_reason", "task", b"task", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "default_agnostic_nms", b"default_agnostic_nms", "default_confidence_threshold", b"default_confidence_threshold", "default_iou_threshold", b"default_iou_threshold", "default_max_detections", b"default_max_detections", "default_tiling", b"default_tiling", "display_name", b"display_name", "dynamic_batch", b"dynamic_batch", "execution_provider", b"execution_provider", "input_height", b"input_height", "input_width", b"input_width", "keypoint_shape", b"keypoint_shape", "layout", b"layout", "max_batch_size", b"max_batch_size", "name", b"name", "state", b"state", "state_reason", b"state_reason", "task", b"task", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,7 +36,13 @@ _PIXEL_FORMATS = {
     pb.PIXEL_FORMAT_RGBA: types.PixelFormat.RGBA,
     pb.PIXEL_FORMAT_BGRA: types.PixelFormat.BGRA,
 }
-_TASKS = {types.Task.DETECT: pb.TASK_DETECT, types.Task.SEGMENT: pb.TASK_SEGMENT}
+_TASKS = {
+    types.Task.DETECT: pb.TASK_DETECT,
+    types.Task.SEGMENT: pb.TASK_SEGMENT,
+    types.Task.CLASSIFY: pb.TASK_CLASSIFY,
+    types.Task.POSE: pb.TASK_POSE,
+    types.Task.OBB: pb.TASK_OBB,
+}
 _TASKS_FROM_PB = {v: k for k, v in _TASKS.items()}
 _LAYOUTS = {layout.value: layout for layout in types.Layout}
 _STATES = {
@@ -80,6 +86,7 @@ class InferRequestConverter:
             measure=request.measure,
             pixels_per_mm=request.pixels_per_mm or None,
             rules=RuleSetConverter.to_types(request.rules) if request.HasField("rules") else None,
+            top_k=request.top_k or None,
         )
         which = request.WhichOneof("image")
         if which == "raw":
@@ -157,6 +164,50 @@ class MaskConverter:
         return out
 
 
+class TaskConverter:
+    """Keypoints, rotated boxes and classifications (the pose, OBB and classify tasks)."""
+
+    @staticmethod
+    def keypoints_to_types(detection: pb.Detection) -> tuple[types.Keypoint, ...]:
+        return tuple(types.Keypoint(k.x, k.y, k.visibility) for k in detection.keypoints)
+
+    @staticmethod
+    def rotated_to_types(detection: pb.Detection) -> types.RotatedBox | None:
+        if not detection.HasField("rotated_box"):
+            return None
+        r = detection.rotated_box
+        return types.RotatedBox(
+            r.cx, r.cy, r.width, r.height, r.angle_deg, tuple((p.x, p.y) for p in r.corners)
+        )
+
+    @staticmethod
+    def to_proto(detection: types.Detection, out: pb.Detection) -> None:
+        out.keypoints.extend(
+            pb.Keypoint(x=k.x, y=k.y, visibility=k.visibility) for k in detection.keypoints
+        )
+        r = detection.rotated_box
+        if r is not None:
+            out.rotated_box.CopyFrom(
+                pb.RotatedBox(
+                    cx=r.cx,
+                    cy=r.cy,
+                    width=r.width,
+                    height=r.height,
+                    angle_deg=r.angle_deg,
+                    corners=[pb.Point(x=x, y=y) for x, y in r.corners],
+                )
+            )
+
+    @staticmethod
+    def classifications_to_types(
+        response: pb.InferResponse,
+    ) -> tuple[types.Classification, ...]:
+        return tuple(
+            types.Classification(c.class_id, c.class_name, c.score)
+            for c in response.classifications
+        )
+
+
 class InferResponseConverter:
     """:class:`types.InferenceResult` ↔ ``InferResponse``."""
 
@@ -181,6 +232,8 @@ class InferResponseConverter:
                         if d.HasField("measurement")
                         else None
                     ),
+                    keypoints=TaskConverter.keypoints_to_types(d),
+                    rotated_box=TaskConverter.rotated_to_types(d),
                 )
                 for d in response.detections
             ),
@@ -208,6 +261,7 @@ class InferResponseConverter:
                 else None
             ),
             pixels_per_mm=response.pixels_per_mm or None,
+            classifications=TaskConverter.classifications_to_types(response),
         )
 
     @staticmethod
@@ -237,6 +291,11 @@ class InferResponseConverter:
                 det.mask_area_px = d.mask_area_px
             if d.measurement is not None:
                 det.measurement.CopyFrom(MeasurementConverter.from_types(d.measurement))
+            TaskConverter.to_proto(d, det)
+        response.classifications.extend(
+            pb.Classification(class_id=c.class_id, class_name=c.class_name, score=c.score)
+            for c in result.classifications
+        )
         for s in result.defects:
             response.defects.add(
                 class_name=s.class_name,
@@ -427,6 +486,7 @@ class ModelInfoConverter:
             default_tiling=TilingConverter.to_types(info.default_tiling)
             if info.HasField("default_tiling")
             else None,
+            keypoint_shape=tuple(info.keypoint_shape),
         )
 
     @staticmethod
@@ -459,6 +519,7 @@ class ModelInfoConverter:
             default_agnostic_nms=info.default_agnostic_nms,
             state=_STATES[info.state],
             state_reason=info.state_reason,
+            keypoint_shape=list(info.keypoint_shape),
             default_tiling=TilingConverter.from_types(info.default_tiling)
             if info.default_tiling is not None
             else None,

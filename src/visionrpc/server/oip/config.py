@@ -101,6 +101,8 @@ def vision_config(model: LoadedModel, name: str) -> mc.ModelConfig:
         "max_detections": str(model.default_max_detections),
         "raw_view": name + RAW_SUFFIX,
     }
+    if model.onnx.spec.keypoint_shape:  # pose models: K keypoints of 2 or 3 values
+        parameters["keypoint_shape"] = json.dumps(list(model.onnx.spec.keypoint_shape))
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return config

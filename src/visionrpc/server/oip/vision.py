@@ -13,6 +13,17 @@ for neither:
 - ``RESULT`` (only when the request names it in ``outputs``): per image, the serialized
   ``visionrpc.v1.InferResponse`` that the typed Infer returns (defect summaries, timings, masks
   in PNG when ``masks`` is set), for a client that wants the typed result over this protocol.
+
+The other Ultralytics tasks (issue 13 item 4) add their own outputs, always sent:
+
+- pose models: ``KEYPOINTS`` FP32 [n, K, 3], per detection its K keypoints as x, y (original
+  pixels) and visibility (1 where the model has none);
+- oriented-box models: ``ROTATED_BOXES`` FP32 [n, 5] (cx, cy, width, height, angle in degrees in
+  [0, 90), clockwise on screen) and ``CORNERS`` FP32 [n, 4, 2]; ``BOXES`` holds the axis-aligned
+  box around each;
+- classification models answer per image, not per detection: ``CLASS_IDS`` INT64 [images, k] and
+  ``SCORES`` FP32 [images, k], the k best classes best first (k: the parameter ``top_k``, default
+  5 or every class when fewer), and no BOXES or IMAGE_INDEX.
 """
 
 from __future__ import annotations
@@ -52,17 +63,44 @@ RESULT = "RESULT"
 RESULT_OUTPUT: TensorSpec = (RESULT, "BYTES", (-1,))
 """Per image, a serialized visionrpc.v1.InferResponse; only when the request names it."""
 
+KEYPOINTS = "KEYPOINTS"
+ROTATED_BOXES = "ROTATED_BOXES"
+CORNERS = "CORNERS"
+TASK_OUTPUTS: dict[Task, tuple[TensorSpec, ...]] = {
+    Task.POSE: ((KEYPOINTS, "FP32", (-1, -1, 3)),),  # per detection: K keypoints x, y, visibility
+    Task.OBB: (
+        (ROTATED_BOXES, "FP32", (-1, 5)),  # per detection: cx, cy, width, height, angle_deg
+        (CORNERS, "FP32", (-1, 4, 2)),  # per detection: its four corners
+    ),
+}
+"""Sent with the detections by pose and oriented-box models."""
+CLASSIFICATIONS: tuple[TensorSpec, ...] = (
+    ("CLASS_IDS", "INT64", (-1, -1)),  # per image: the top_k best class ids, best first
+    ("SCORES", "FP32", (-1, -1)),  # per image: their scores
+)
+"""What a classification model answers instead of detections, one row per image."""
+
 PLATFORM = "visionrpc_vision"
 
-PARAMETERS = ("confidence", "iou", "max_detections", "classes", "masks")
+PARAMETERS = ("confidence", "iou", "max_detections", "classes", "masks", "top_k")
 """Request parameters of ModelInfer: ``classes`` is a comma-separated string of class names;
-``masks`` (bool) adds MASKS and MASK_ORIGINS (segmentation models)."""
+``masks`` (bool) adds MASKS and MASK_ORIGINS (segmentation models); ``top_k`` (classification
+models) is how many of the best classes each image answers with."""
 
 
 def outputs(task: Task) -> tuple[TensorSpec, ...]:
     """Every output a model of ``task`` can answer with (what ModelMetadata lists)."""
+    if task is Task.CLASSIFY:
+        return (*CLASSIFICATIONS, RESULT_OUTPUT)
     masks = MASK_OUTPUTS if task is Task.SEGMENT else ()
-    return (*DETECTIONS, *masks, RESULT_OUTPUT)
+    return (*DETECTIONS, *masks, *TASK_OUTPUTS.get(task, ()), RESULT_OUTPUT)
+
+
+def default_outputs(task: Task) -> set[str]:
+    """What an answer holds when the request names no outputs (masks aside)."""
+    if task is Task.CLASSIFY:
+        return {name for name, _, _ in CLASSIFICATIONS}
+    return {name for name, _, _ in (*DETECTIONS, *TASK_OUTPUTS.get(task, ()))}
 
 
 @dataclass(frozen=True)
@@ -160,7 +198,7 @@ def requested_outputs(
             field="outputs",
         )
     if not wanted:
-        wanted = {name for name, _, _ in DETECTIONS} | (mask_names if masks else set())
+        wanted = default_outputs(task) | (mask_names if masks else set())
     return tuple(spec for spec in available if spec[0] in wanted)
 
 
@@ -182,6 +220,11 @@ def options(request: oip.ModelInferRequest, model: str, task: Task) -> Inference
             "parameter 'classes' must be a string of comma-separated class names",
             field="parameters",
         )
+    top_k = number(params, "top_k")
+    if top_k is not None and (not top_k.is_integer() or top_k < 0):
+        raise InvalidInputError(
+            "parameter 'top_k' must be a non-negative integer", field="parameters"
+        )
     masks = parameter(params, "masks")
     if masks is not None and not isinstance(masks, bool):
         raise InvalidInputError("parameter 'masks' must be a bool_param", field="parameters")
@@ -199,6 +242,7 @@ def options(request: oip.ModelInferRequest, model: str, task: Task) -> Inference
         classes=tuple(c.strip() for c in (classes or "").split(",") if c.strip()),
         return_masks=bool(masks),
         mask_format=MaskFormat.PNG,
+        top_k=None if top_k is None else int(top_k),
     )
 
 
@@ -212,6 +256,7 @@ def output_tensors(results: list[InferenceResult], wanted: tuple[TensorSpec, ...
     arrays: dict[str, np.ndarray] = {}
     if names & {name for name, _, _ in DETECTIONS}:
         arrays.update(_detection_arrays(results))
+    arrays.update(task_arrays(results, names))
     if MASK_ORIGINS in names:
         arrays[MASK_ORIGINS] = np.asarray(
             [d.mask.png_origin if d.mask else (0, 0) for r in results for d in r.detections],
@@ -229,6 +274,33 @@ def output_tensors(results: list[InferenceResult], wanted: tuple[TensorSpec, ...
             array = arrays[name]
             tensors.append((name, datatype, array.shape, array.tobytes()))
     return tensors
+
+
+def task_arrays(results: list[InferenceResult], names: set[str]) -> dict[str, np.ndarray]:
+    """The pose, oriented-box and classification outputs among ``names``."""
+    arrays: dict[str, np.ndarray] = {}
+    dets = [d for r in results for d in r.detections]
+    if KEYPOINTS in names:
+        k = max((len(d.keypoints) for d in dets), default=0)
+        arrays[KEYPOINTS] = np.asarray(
+            [[(p.x, p.y, p.visibility) for p in d.keypoints] for d in dets], dtype="<f4"
+        ).reshape(len(dets), k, 3)
+    rotated = [d.rotated_box for d in dets if d.rotated_box is not None]
+    if ROTATED_BOXES in names:
+        arrays[ROTATED_BOXES] = np.asarray(
+            [(r.cx, r.cy, r.width, r.height, r.angle_deg) for r in rotated], dtype="<f4"
+        ).reshape(-1, 5)
+    if CORNERS in names:
+        arrays[CORNERS] = np.asarray([r.corners for r in rotated], dtype="<f4").reshape(-1, 4, 2)
+    if any(r.classifications for r in results):
+        k = len(results[0].classifications)
+        arrays["CLASS_IDS"] = np.asarray(
+            [[c.class_id for c in r.classifications] for r in results], dtype="<i8"
+        ).reshape(len(results), k)
+        arrays["SCORES"] = np.asarray(
+            [[c.score for c in r.classifications] for r in results], dtype="<f4"
+        ).reshape(len(results), k)
+    return arrays
 
 
 def _detection_arrays(results: list[InferenceResult]) -> dict[str, np.ndarray]:
