@@ -76,7 +76,8 @@ async def typed(stubs: Stubs, image: bytes, scale: float, rules: str = "") -> pb
 
 
 def sizes(m: pb.Measurement) -> list[float]:
-    return [getattr(m, c) if c == "area_px" or m.HasField(c) else math.nan for c in COLUMNS]
+    present = {field.name for field, _ in m.ListFields()} | {"area_px"}
+    return [getattr(m, c) if c in present else math.nan for c in COLUMNS]
 
 
 @pytest.mark.parametrize("scale", [8.0, "8"], ids=["double_param", "string_param (KServe)"])
