@@ -490,6 +490,7 @@ def test_infer_rules_show_the_verdict_and_measurements(
     long_hit = f"long (REVIEW): {detections[0]['class_name']} #0 length_mm "
     assert long_hit + f"{first['length_mm']:.3g} >= 0.01" in out
     assert "length mm" in out and f"{first['length_mm']:.2f}" in out
+    assert out.count("area mm²") == 2  # per detection, and the per-class totals
     # --pixels-per-mm replaces the file's scale
     rescaled = json.loads(invoke(*args, "--pixels-per-mm", "5", "--json").stdout)[0]["result"]
     assert rescaled["pixels_per_mm"] == 5

@@ -267,7 +267,9 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
     out.print(table)
     if result.defects:
         defects = Table(title="defects")
-        for col in ("class", "count", "max score", "area px", "area %"):
+        scaled = any(s.total_area_mm2 is not None for s in result.defects)
+        totals = ("area mm²", "length mm") if scaled else ()
+        for col in ("class", "count", "max score", "area px", "area %", *totals):
             defects.add_column(col, justify="left" if col == "class" else "right", overflow="fold")
         for s in result.defects:
             defects.add_row(
@@ -276,6 +278,7 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
                 f"{s.max_score:.3f}",
                 f"{s.total_area_px:.0f}",
                 f"{100 * s.area_fraction:.2f}",
+                *((_size(s.total_area_mm2), _size(s.total_length_mm)) if scaled else ()),
             )
         out.print(defects)
     else:
