@@ -146,9 +146,9 @@ def banner_lines(result: InferenceResult) -> list[str]:
 def draw_banner(canvas: np.ndarray, result: InferenceResult) -> np.ndarray:
     """``canvas`` below a banner in the verdict's colour that lists the fired rules; the image
     keeps every pixel (the banner is added above it, not drawn over it)."""
-    lines = banner_lines(result)
     if result.verdict is None:
         return canvas
+    lines = banner_lines(result)
     height, width = canvas.shape[:2]
     thickness, scale = _style(height, width)
     (_, th), base = cv2.getTextSize("Ag", FONT, scale, thickness)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from tests.helpers import StartServer, make_settings
 from tests.server import test_oip_vision
-from tests.server.test_inference_service import LOW_CONF, encode
+from tests.server.test_inference_service import LOW_CONF, copy_model, encode
 from tests.server.test_oip_vision import (
     DETECT,
     JPEG_A,
@@ -24,8 +26,11 @@ from tests.server.test_oip_vision import (
     unframe,
 )
 from visionrpc.runtime.rules import rules_document
+from visionrpc.server.inference_servicer import InferenceServicer
+from visionrpc.server.oip import OpenInferenceServicer
 from visionrpc.synthetic import generate_sample
 from visionrpc.v1 import grpc_service_pb2 as oip
+from visionrpc.v1 import grpc_service_pb2_grpc
 from visionrpc.v1 import inference_pb2 as pb
 from visionrpc.wire.converters import RuleSetConverter
 
@@ -222,3 +227,31 @@ async def test_bad_inspection_parameters_are_invalid_argument(
         assert word in (caught.value.details() or ""), caught.value.details()
     response = await stubs.oip.ModelInfer(infer_request(DETECT, JPEG_A))  # still serving
     assert len(response.outputs) == 4
+
+
+async def test_a_models_own_rules_send_the_verdict_unasked(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    copy_model(
+        tmp_path / "judged",
+        {
+            "pixels_per_mm": 8.0,
+            "rules": [{"name": "any", "metric": "count", "min": 1, "verdict": "FAIL"}],
+        },
+    )
+    overrides = {"models_dir": tmp_path, "access_log": False}
+    inference = InferenceServicer(make_settings(**overrides))
+    running = await start_server([inference, OpenInferenceServicer(inference)], **overrides)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        out = by_name(await stub.ModelInfer(infer_request("judged", JPEG_A)))
+        assert list(out)[4:] == ["MEASUREMENTS", "VERDICT", "VERDICT_HITS"]
+        assert unframe(out["VERDICT"][1]) == [b"FAIL"]
+        [hits] = [json.loads(h) for h in unframe(out["VERDICT_HITS"][1])]
+        assert [h["rule"] for h in hits] == ["any"] and hits[0]["row"] is None
+        rows = np.frombuffer(out["MEASUREMENTS"][1], "<f4").reshape(-1, 6)
+        assert len(rows) == hits[0]["value"]  # the count rule counted every row
+        assert np.isfinite(rows[:, 3]).all()  # the model's scale gives mm²
+        # a request's empty rules document turns the model's rules off
+        off = with_params(infer_request("judged", JPEG_A), rules="rules: []")
+        assert "VERDICT" not in by_name(await stub.ModelInfer(off))
