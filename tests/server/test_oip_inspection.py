@@ -32,6 +32,7 @@ from visionrpc.synthetic import generate_sample
 from visionrpc.v1 import grpc_service_pb2 as oip
 from visionrpc.v1 import grpc_service_pb2_grpc
 from visionrpc.v1 import inference_pb2 as pb
+from visionrpc.v1 import model_config_pb2 as mc
 from visionrpc.wire.converters import RuleSetConverter
 
 models = test_oip_vision.models  # the same fixtures: the shipped model and a detect-only one
@@ -252,6 +253,16 @@ async def test_a_models_own_rules_send_the_verdict_unasked(
         rows = np.frombuffer(out["MEASUREMENTS"][1], "<f4").reshape(-1, 6)
         assert len(rows) == hits[0]["value"]  # the count rule counted every row
         assert np.isfinite(rows[:, 3]).all()  # the model's scale gives mm²
+        config = (await stub.ModelConfig(oip.ModelConfigRequest(name="judged"))).config
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        assert json.loads(params["measurement_columns"]) == list(COLUMNS)
+        assert (params["pixels_per_mm"], json.loads(params["rules"])) == ("8.0", ["any"])
+        outputs = [(t.name, t.data_type, list(t.dims)) for t in config.output]
+        assert outputs[-4:-1] == [
+            ("MEASUREMENTS", mc.TYPE_FP32, [-1, 6]),
+            ("VERDICT", mc.TYPE_STRING, [-1]),
+            ("VERDICT_HITS", mc.TYPE_STRING, [-1]),
+        ]
         # a request's empty rules document turns the model's rules off
         off = with_params(infer_request("judged", JPEG_A), rules="rules: []")
         assert "VERDICT" not in by_name(await stub.ModelInfer(off))
