@@ -563,3 +563,17 @@ def test_infer_stream_shows_each_frames_verdict(
     assert last["summary"]["verdicts"] == {"FAIL": 3}
     plain = invoke(*args).stdout.splitlines()[-1]
     assert "verdicts" not in plain
+
+
+def test_infer_stream_tiles_large_frames(inference_server: RunningServer, tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    frame = generate_sample(7000, 0, size=(1600, 1200), defect_unit=1.0, jpeg=False)
+    assert cv2.imwrite(str(path), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+    args = ["infer-stream", str(path), "--target", inference_server.address, "--json"]
+    tiled = invoke(*args, "--tiling", "on", "--tile-overlap", "0")
+    assert tiled.exit_code == 0, tiled.output
+    first = json.loads(tiled.stdout.splitlines()[0])
+    tiling = first["result"]["tiling"]
+    assert (tiling["columns"], tiling["rows"], tiling["tiles"]) == (5, 4, 20)
+    plain = json.loads(invoke(*args).stdout.splitlines()[0])
+    assert "tiling" not in plain["result"]

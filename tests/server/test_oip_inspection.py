@@ -266,3 +266,22 @@ async def test_a_models_own_rules_send_the_verdict_unasked(
         # a request's empty rules document turns the model's rules off
         off = with_params(infer_request("judged", JPEG_A), rules="rules: []")
         assert "VERDICT" not in by_name(await stub.ModelInfer(off))
+
+
+async def test_a_stream_judges_each_request_and_a_bad_rule_fails_only_its_own(
+    stubs: Stubs,
+) -> None:
+    good = with_params(infer_request(SEGMENT, JPEG_A), pixels_per_mm=8.0, rules=RULES)
+    bad = with_params(
+        infer_request(SEGMENT, JPEG_B),
+        rules="rules: [{name: dents, class: dent, metric: count, min: 1, verdict: FAIL}]",
+    )
+    answers = [a async for a in stubs.oip.ModelStreamInfer(iter([good, bad, good]))]
+    assert [a.error_message == "" for a in answers] == [True, False, True]
+    assert "rule 'dents'" in answers[1].error_message
+    expected = await typed(stubs, JPEG_A, 8.0, RULES)
+    for answer in (answers[0], answers[2]):
+        out = by_name(answer.infer_response)
+        assert unframe(out["VERDICT"][1]) == [VERDICTS[expected.verdict.verdict].encode()]
+        hits = json.loads(unframe(out["VERDICT_HITS"][1])[0])
+        assert [h["rule"] for h in hits] == [h.rule for h in expected.verdict.hits]
