@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from visionrpc.annotate import (
+    BANNER_MAX_HITS,
+    IGNORE_ZONE_COLOR,
     PALETTE,
+    VERDICT_COLORS,
+    ZONE_COLOR,
+    banner_lines,
     color_for,
     contrast_ratio,
     decode_mask,
@@ -14,9 +21,23 @@ from visionrpc.annotate import (
     layout_labels,
     text_color_for,
 )
+from visionrpc.inspection import size_text
 from visionrpc.runtime.masks import encode_png, encode_polygons, encode_rle
 from visionrpc.runtime.yolo import BoxMask
-from visionrpc.types import BoxXYXY, Detection, EncodedMask, InferenceResult, MaskFormat
+from visionrpc.types import (
+    BoxXYXY,
+    Detection,
+    EncodedMask,
+    InferenceResult,
+    InspectionVerdict,
+    MaskFormat,
+    Measurement,
+    Metric,
+    Rule,
+    RuleHit,
+    RuleSet,
+    Verdict,
+)
 
 H, W = 60, 80
 
@@ -175,3 +196,92 @@ def test_classifications_are_listed_at_the_top_left() -> None:
     canvas = draw(np.zeros((H, W, 3), np.uint8), result)
     assert canvas[:8, :4].any()  # the first label's background
     assert not canvas[40:, :].any()  # two short lines only
+
+
+# -- verdicts, measurements and zones ------------------------------------------------------------
+
+BH, BW = 200, 400
+
+
+def judged(verdict: Verdict, *hits: RuleHit) -> InferenceResult:
+    crack = Detection(
+        BoxXYXY(100, 120, 180, 150),
+        0.9,
+        2,
+        "crack",
+        measurement=Measurement(area_px=300.0, length_px=41.0, length_mm=4.1, area_mm2=3.0),
+    )
+    base = result_with(crack, height=BH, width=BW)
+    return replace(base, verdict=InspectionVerdict(verdict, hits), pixels_per_mm=10.0)
+
+
+CRACK_HIT = RuleHit("crack-long", Verdict.FAIL, Metric.LENGTH_MM, 4.1, "crack", 2.0, None, 0)
+COUNT_HIT = RuleHit("many", Verdict.REVIEW, Metric.COUNT, 1.0, "", 1.0, None, None)
+
+
+def ink_rows(band: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """Rows of ``band`` with pixels that are not the background (text)."""
+    return np.flatnonzero(np.any(np.any(band != background, axis=2), axis=1))
+
+
+@pytest.mark.parametrize("verdict", list(Verdict))
+def test_verdict_banner_above_the_image_in_the_verdicts_colour(verdict: Verdict) -> None:
+    image = np.full((BH, BW, 3), 128, np.uint8)
+    hits = (CRACK_HIT, COUNT_HIT) if verdict is not Verdict.PASS else ()
+    result = judged(verdict, *hits)
+    drawn = draw(image, result)
+    extra = drawn.shape[0] - BH
+    assert extra > 0 and drawn.shape[1:] == (BW, 3)
+    # the image itself is drawn below the banner exactly as without a verdict
+    assert np.array_equal(drawn[extra:], draw(image, replace(result, verdict=None)))
+    banner = drawn[:extra]
+    color = VERDICT_COLORS[verdict]
+    assert np.all(banner == color, axis=2).mean() > 0.6  # mostly the verdict's colour
+    # one line of text per entry: the verdict, then each fired rule
+    lines = banner_lines(result)
+    assert len(lines) == 1 + len(hits)
+    assert lines[0].startswith(verdict.value)
+    rows = ink_rows(banner, color)
+    bands = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    assert len(bands) == len(lines)
+
+
+def test_banner_names_each_fired_rule_with_value_and_bounds() -> None:
+    lines = banner_lines(judged(Verdict.FAIL, CRACK_HIT, COUNT_HIT))
+    assert lines == [
+        "FAIL: 2 rule hit(s)",
+        "crack-long (FAIL): crack #0 length_mm 4.1 >= 2",
+        "many (REVIEW): all count 1 >= 1",
+    ]
+    many = [replace(CRACK_HIT, detection=i) for i in range(BANNER_MAX_HITS + 3)]
+    lines = banner_lines(judged(Verdict.FAIL, *many))
+    assert len(lines) == 1 + BANNER_MAX_HITS + 1 and lines[-1] == "... 3 more"
+
+
+def test_labels_carry_the_measured_size() -> None:
+    result = judged(Verdict.PASS)
+    [label] = layout_labels(result, BH, BW)
+    assert label.text == "crack 0.90 4.1 mm"
+    unscaled = replace(result.detections[0], measurement=Measurement(area_px=300.0, length_px=41.0))
+    assert size_text(unscaled) == "41 px"
+    assert size_text(replace(unscaled, measurement=Measurement(area_px=12.0))) == "12 px2"
+    assert size_text(replace(unscaled, measurement=None)) == ""
+
+
+def test_zones_are_outlined_in_their_colours() -> None:
+    image = np.full((BH, BW, 3), 128, np.uint8)
+    zone = ((20.0, 20.0), (380.0, 20.0), (380.0, 100.0), (20.0, 100.0))
+    ignored = ((250.0, 130.0), (350.0, 130.0), (350.0, 190.0))
+    rules = RuleSet(
+        rules=(Rule("r", Metric.COUNT, Verdict.FAIL, minimum=1),),
+        zones=(("seal", zone),),
+        ignore_zones=(ignored,),
+    )
+    drawn = draw(image, result_with(height=BH, width=BW), rules=rules)
+    assert drawn.shape == image.shape  # no verdict, no banner
+    assert np.all(drawn[60, 20] == ZONE_COLOR) and np.all(drawn[100, 200] == ZONE_COLOR)
+    assert np.all(drawn[130, 300] == IGNORE_ZONE_COLOR)
+    assert np.all(drawn[60, 200] == 128)  # inside is left alone
+    # the zone's name is written inside its top-left corner
+    corner = drawn[22:40, 22:80]
+    assert np.any(np.all(corner == ZONE_COLOR, axis=2))

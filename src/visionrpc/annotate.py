@@ -1,4 +1,6 @@
-"""Turn results back into pixels: decode wire masks and draw boxes, labels and masks on an image."""
+"""Turn results back into pixels: decode wire masks and draw boxes, labels and masks on an image,
+with the verdict in a banner above it, each detection's size in its label and the rules' zones
+outlined."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from visionrpc.types import EncodedMask, InferenceResult, Keypoint, MaskFormat
+from visionrpc.inspection import hit_text, size_text
+from visionrpc.types import EncodedMask, InferenceResult, Keypoint, MaskFormat, RuleSet, Verdict
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),  # red
@@ -29,6 +32,17 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 far apart (class ids beyond twelve reuse them)."""
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+VERDICT_COLORS: dict[Verdict, tuple[int, int, int]] = {
+    Verdict.PASS: (20, 140, 40),  # green
+    Verdict.REVIEW: (255, 176, 0),  # amber
+    Verdict.FAIL: (200, 20, 30),  # red
+}
+"""RGB banner colour of each verdict."""
+ZONE_COLOR = (255, 225, 25)  # yellow: a rule's region of interest
+IGNORE_ZONE_COLOR = (160, 160, 160)  # grey: detections there take part in no rule
+BANNER_MAX_HITS = 6
+"""Fired rules listed in the banner; more are summed up in one line."""
 
 
 def color_for(class_id: int) -> tuple[int, int, int]:
@@ -83,7 +97,8 @@ def layout_labels(result: InferenceResult, height: int, width: int) -> list[Labe
     thickness, scale = _style(height, width)
     placed: list[LabelBox] = []
     for det in result.detections:
-        text = f"{det.class_name} {det.score:.2f}"
+        size = size_text(det)
+        text = f"{det.class_name} {det.score:.2f}" + (f" {size}" if size else "")
         (tw, th), base = cv2.getTextSize(text, FONT, scale, thickness)
         w, h = tw + 2, th + base + 2
         x = min(max(round(det.box.x_min), 0), max(width - w, 0))
@@ -117,11 +132,65 @@ def decode_mask(mask: EncodedMask, height: int, width: int) -> np.ndarray:
     return out > 0
 
 
-def draw(image_rgb: np.ndarray, result: InferenceResult) -> np.ndarray:
-    """A copy of ``image_rgb`` with each detection's mask (translucent), box and label drawn."""
+def banner_lines(result: InferenceResult) -> list[str]:
+    """The banner's text: the verdict, then the rules that fired (the first few)."""
+    if result.verdict is None:
+        return []
+    hits = result.verdict.hits
+    lines = [f"{result.verdict.verdict.value}" + (f": {len(hits)} rule hit(s)" if hits else "")]
+    lines += [hit_text(h) for h in hits[:BANNER_MAX_HITS]]
+    if len(hits) > BANNER_MAX_HITS:
+        lines.append(f"... {len(hits) - BANNER_MAX_HITS} more")
+    return lines
+
+
+def draw_banner(canvas: np.ndarray, result: InferenceResult) -> np.ndarray:
+    """``canvas`` below a banner in the verdict's colour that lists the fired rules; the image
+    keeps every pixel (the banner is added above it, not drawn over it)."""
+    if result.verdict is None:
+        return canvas
+    lines = banner_lines(result)
+    height, width = canvas.shape[:2]
+    thickness, scale = _style(height, width)
+    (_, th), base = cv2.getTextSize("Ag", FONT, scale, thickness)
+    row = th + base + 4
+    color = VERDICT_COLORS[result.verdict.verdict]
+    banner = np.empty((row * len(lines) + 4, width, 3), np.uint8)
+    banner[:] = color
+    ink = text_color_for(color)
+    for i, line in enumerate(lines):
+        origin = (4, 2 + row * (i + 1) - base - 2)
+        bold = thickness + 1 if i == 0 else thickness
+        cv2.putText(banner, line, origin, FONT, scale, ink, bold, cv2.LINE_AA)
+    return np.vstack([banner, canvas])
+
+
+def draw_zones(canvas: np.ndarray, rules: RuleSet) -> None:
+    """Outline the rules' zones (named) and ignore zones on ``canvas``."""
+    height, width = canvas.shape[:2]
+    thickness, scale = _style(height, width)
+    named = [(name, points, ZONE_COLOR) for name, points in rules.zones]
+    ignored = [("ignore", points, IGNORE_ZONE_COLOR) for points in rules.ignore_zones]
+    for name, points, color in (*named, *ignored):
+        polygon = np.round(np.asarray(points, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(canvas, [polygon], True, color, thickness, cv2.LINE_8)
+        x, y = polygon[:, 0, 0].min(), polygon[:, 0, 1].min()
+        (_, th), _ = cv2.getTextSize(name, FONT, scale, thickness)
+        origin = (int(max(x, 0)) + 2, int(max(y, 0)) + th + 2)
+        cv2.putText(canvas, name, origin, FONT, scale, color, thickness, cv2.LINE_AA)
+
+
+def draw(
+    image_rgb: np.ndarray, result: InferenceResult, rules: RuleSet | None = None
+) -> np.ndarray:
+    """A copy of ``image_rgb`` with each detection's mask (translucent), box and label (with its
+    size when measured) drawn, the zones of ``rules`` outlined, and, when the result has a
+    verdict, a banner above the image (the output is then taller than the input)."""
     canvas = image_rgb.copy()
     height, width = canvas.shape[:2]
     thickness, scale = _style(height, width)
+    if rules is not None:
+        draw_zones(canvas, rules)
     for det in result.detections:
         if det.mask is not None:
             region = decode_mask(det.mask, height, width)
@@ -145,7 +214,7 @@ def draw(image_rgb: np.ndarray, result: InferenceResult) -> np.ndarray:
             canvas, label.text, origin, FONT, scale, text_color_for(color), thickness, cv2.LINE_AA
         )
     draw_classifications(canvas, result, thickness, scale)
-    return canvas
+    return draw_banner(canvas, result)
 
 
 VISIBLE = 0.5  # keypoints the model is less sure are visible are not drawn (as Ultralytics does)

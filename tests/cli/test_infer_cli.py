@@ -15,10 +15,12 @@ from typer.testing import CliRunner, Result
 
 from tests.helpers import RunningServer, StartThreadedServer, make_settings
 from tests.runtime.onnx_builders import constant_model, yolov8_detect_outputs
+from visionrpc.annotate import VERDICT_COLORS, ZONE_COLOR
 from visionrpc.cli.main import app
 from visionrpc.server.inference_servicer import InferenceServicer
 from visionrpc.server.local import ServerThread
 from visionrpc.synthetic import generate_sample
+from visionrpc.types import Verdict
 
 runner = CliRunner()
 SAMPLES = [(1001, 11), (1001, 19), (1000, 15)]  # small held-out images with visible defects
@@ -470,3 +472,146 @@ def test_infer_json_carries_keypoints_rotated_boxes_and_classes() -> None:
     assert blade["rotated_box"]["angle_deg"] == 30.0
     assert blade["rotated_box"]["corners"] == [[1, 2], [3, 4], [5, 6], [7, 8]]
     assert data["classifications"] == [{"class_id": 2, "class_name": "crack", "score": 0.5}]
+
+
+RULES_YAML = """\
+pixels_per_mm: 10
+zones:
+  top: [[0, 0], [10000, 0], [10000, 5], [0, 5]]
+rules:
+  - {name: any-defect, metric: count, min: 1, verdict: FAIL}
+  - {name: long, metric: length_mm, min: 0.01, verdict: REVIEW}
+  - {name: in-top, zone: top, metric: count, min: 1, verdict: FAIL}
+"""
+
+
+def test_infer_rules_show_the_verdict_and_measurements(
+    inference_server: RunningServer, images: list[Path], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_YAML)
+    args = ["infer", str(images[0]), "--target", inference_server.address, "--rules", str(rules)]
+    as_json = invoke(*args, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)[0]["result"]
+    assert data["pixels_per_mm"] == 10  # the rules file's scale
+    detections = data["detections"]
+    verdict = data["verdict"]
+    assert verdict["verdict"] == "FAIL"
+    fired = [h["rule"] for h in verdict["hits"]]
+    # a count rule fires once, a per-detection rule once per detection it matched
+    assert fired.count("any-defect") == 1 and fired.count("long") == len(detections)
+    assert "in-top" not in fired
+    [count] = [h for h in verdict["hits"] if h["rule"] == "any-defect"]
+    assert count == {
+        "rule": "any-defect",
+        "verdict": "FAIL",
+        "metric": "count",
+        "value": len(detections),
+        "class_name": "",
+        "min": 1.0,
+        "max": None,
+        "detection": None,
+        "zone": "",
+    }
+    for det in detections:  # length rules measure lengths, in mm with the scale
+        m = det["measurement"]
+        assert m["length_mm"] == pytest.approx(m["length_px"] / 10, abs=0.002)
+        assert m["area_mm2"] == pytest.approx(m["area_px"] / 100, abs=0.002)
+    table = invoke(*args)
+    assert table.exit_code == 0, table.output
+    out = table.stdout
+    hits = len(verdict["hits"])
+    assert f"verdict: FAIL ({hits} rule hits); scale 10 px/mm" in out
+    assert f"any-defect (FAIL): all count {len(detections)} >= 1" in out
+    first = detections[0]["measurement"]
+    long_hit = f"long (REVIEW): {detections[0]['class_name']} #0 length_mm "
+    assert long_hit + f"{first['length_mm']:.3g} >= 0.01" in out
+    assert "length mm" in out and f"{first['length_mm']:.2f}" in out
+    assert out.count("area mm²") == 2  # per detection, and the per-class totals
+    # --pixels-per-mm replaces the file's scale
+    rescaled = json.loads(invoke(*args, "--pixels-per-mm", "5", "--json").stdout)[0]["result"]
+    assert rescaled["pixels_per_mm"] == 5
+
+
+def test_infer_measure_without_rules_has_no_verdict(
+    inference_server: RunningServer, images: list[Path]
+) -> None:
+    args = ["infer", str(images[0]), "--target", inference_server.address, "--measure"]
+    data = json.loads(invoke(*args, "--json").stdout)[0]["result"]
+    assert "verdict" not in data and "pixels_per_mm" not in data
+    m = data["detections"][0]["measurement"]
+    assert m["length_px"] > 0 and m["width_px"] > 0 and "length_mm" not in m
+    table = invoke(*args).stdout
+    assert "verdict" not in table and "length px" in table and "width px" in table
+
+
+def test_infer_bad_rules_file_is_a_usage_error(
+    inference_server: RunningServer, images: list[Path], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: big, metric: area_px, min: 5, verdict: MAYBE}\n")
+    args = ["infer", str(images[0]), "--target", inference_server.address, "--rules", str(rules)]
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: --rules: invalid ") and "rule 'big'" in result.stderr
+    # a rule the server refuses (an unknown class) fails the image with the rule's name
+    rules.write_text(
+        "rules:\n  - {name: dents, class: dent, metric: count, min: 1, verdict: FAIL}\n"
+    )
+    refused = invoke(*args)
+    assert refused.exit_code == 1
+    assert "INVALID_ARGUMENT" in refused.stderr and "rule 'dents'" in refused.stderr
+
+
+def test_infer_save_annotated_with_a_verdict_adds_a_banner(
+    inference_server: RunningServer, images: list[Path], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_YAML)
+    out = tmp_path / "drawn.png"
+    args = ["infer", str(images[0]), "--target", inference_server.address, "--rules", str(rules)]
+    assert invoke(*args, "--save-annotated", str(out)).exit_code == 0
+    drawn, original = cv2.imread(str(out)), cv2.imread(str(images[0]))
+    assert drawn is not None and original is not None
+    extra = drawn.shape[0] - original.shape[0]
+    assert extra > 0 and drawn.shape[1] == original.shape[1]
+    fail_bgr = VERDICT_COLORS[Verdict.FAIL][::-1]
+    assert np.all(drawn[:extra] == fail_bgr, axis=2).mean() > 0.6  # a red FAIL banner
+    # the "top" zone is outlined on the image
+    assert np.any(np.all(drawn[extra : extra + 6] == ZONE_COLOR[::-1], axis=2))
+
+
+def test_infer_stream_shows_each_frames_verdict(
+    inference_server: RunningServer, images: list[Path], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_YAML)
+    folder = images[0].parent
+    args = ["infer-stream", str(folder), "--target", inference_server.address]
+    result = invoke(*args, "--rules", str(rules))
+    assert result.exit_code == 0, result.output
+    *lines, summary = [line for line in result.stdout.splitlines() if line.strip()]
+    for line in lines:
+        assert "  FAIL (any-defect, long)  (" in line, line
+    assert summary.endswith("; verdicts: 3× FAIL"), summary
+    as_json = invoke(*args, "--rules", str(rules), "--json")
+    *frames, last = [json.loads(line) for line in as_json.stdout.splitlines() if line.strip()]
+    assert all(f["result"]["verdict"]["verdict"] == "FAIL" for f in frames)
+    assert last["summary"]["verdicts"] == {"FAIL": 3}
+    plain = invoke(*args).stdout.splitlines()[-1]
+    assert "verdicts" not in plain
+
+
+def test_infer_stream_tiles_large_frames(inference_server: RunningServer, tmp_path: Path) -> None:
+    path = tmp_path / "large.png"
+    frame = generate_sample(7000, 0, size=(1600, 1200), defect_unit=1.0, jpeg=False)
+    assert cv2.imwrite(str(path), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+    args = ["infer-stream", str(path), "--target", inference_server.address, "--json"]
+    tiled = invoke(*args, "--tiling", "on", "--tile-overlap", "0")
+    assert tiled.exit_code == 0, tiled.output
+    first = json.loads(tiled.stdout.splitlines()[0])
+    tiling = first["result"]["tiling"]
+    assert (tiling["columns"], tiling["rows"], tiling["tiles"]) == (5, 4, 20)
+    plain = json.loads(invoke(*args).stdout.splitlines()[0])
+    assert "tiling" not in plain["result"]

@@ -145,6 +145,9 @@ async def test_model_metadata_describes_the_vision_view(stubs: Stubs) -> None:
         ("IMAGE_INDEX", "INT64", [-1]),
         ("MASKS", "BYTES", [-1]),
         ("MASK_ORIGINS", "INT64", [-1, 2]),
+        ("MEASUREMENTS", "FP32", [-1, 6]),
+        ("VERDICT", "BYTES", [-1]),
+        ("VERDICT_HITS", "BYTES", [-1]),
         ("RESULT", "BYTES", [-1]),
     ]
 

@@ -72,6 +72,9 @@ def test_kserve_model_metadata(probed: Probed) -> None:
         "IMAGE_INDEX": ("INT64", ["-1"]),
         "MASKS": ("BYTES", ["-1"]),
         "MASK_ORIGINS": ("INT64", ["-1", "2"]),
+        "MEASUREMENTS": ("FP32", ["-1", "6"]),
+        "VERDICT": ("BYTES", ["-1"]),
+        "VERDICT_HITS": ("BYTES", ["-1"]),
         "RESULT": ("BYTES", ["-1"]),
     }
 

@@ -432,6 +432,9 @@ async def test_model_config_of_the_vision_view(served: Served) -> None:
         ("IMAGE_INDEX", mc.TYPE_INT64, [-1]),
         ("MASKS", mc.TYPE_STRING, [-1]),  # a segmentation model: with the parameter masks
         ("MASK_ORIGINS", mc.TYPE_INT64, [-1, 2]),
+        ("MEASUREMENTS", mc.TYPE_FP32, [-1, 6]),  # when measuring or rules apply
+        ("VERDICT", mc.TYPE_STRING, [-1]),  # when rules apply
+        ("VERDICT_HITS", mc.TYPE_STRING, [-1]),
         ("RESULT", mc.TYPE_STRING, [-1]),  # only when a request names it
     ]
     params = {k: v.string_value for k, v in config.parameters.items()}

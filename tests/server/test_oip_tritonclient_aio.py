@@ -73,6 +73,9 @@ def test_aio_health_and_metadata(probed: Probed) -> None:
         "IMAGE_INDEX",
         "MASKS",
         "MASK_ORIGINS",
+        "MEASUREMENTS",
+        "VERDICT",
+        "VERDICT_HITS",
         "RESULT",
     ]
 

@@ -159,8 +159,10 @@ async def test_metadata_lists_exactly_the_outputs_each_model_can_return(stubs: S
     segment = await stubs.oip.ModelMetadata(oip.ModelMetadataRequest(name=SEGMENT))
     detect = await stubs.oip.ModelMetadata(oip.ModelMetadataRequest(name=DETECT))
     detections = ["BOXES", "SCORES", "CLASS_IDS", "IMAGE_INDEX"]
-    assert [t.name for t in segment.outputs] == [*detections, "MASKS", "MASK_ORIGINS", "RESULT"]
-    assert [t.name for t in detect.outputs] == [*detections, "RESULT"]
+    inspection = ["MEASUREMENTS", "VERDICT", "VERDICT_HITS"]
+    masks = ["MASKS", "MASK_ORIGINS"]
+    assert [t.name for t in segment.outputs] == [*detections, *masks, *inspection, "RESULT"]
+    assert [t.name for t in detect.outputs] == [*detections, *inspection, "RESULT"]
     # and each can come back: ask for all the segmentation model lists
     names = tuple(t.name for t in segment.outputs)
     response = await stubs.oip.ModelInfer(infer_request(SEGMENT, JPEG_A, masks=True, outputs=names))

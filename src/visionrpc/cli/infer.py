@@ -34,7 +34,16 @@ from visionrpc.cli.common import (
     table_console,
     usage_error,
 )
-from visionrpc.types import InferenceResult, MaskFormat, TilingMode
+from visionrpc.inspection import hit_text
+from visionrpc.types import (
+    Detection,
+    InferenceResult,
+    MaskFormat,
+    Measurement,
+    RuleHit,
+    RuleSet,
+    TilingMode,
+)
 
 if TYPE_CHECKING:
     from visionrpc.client import Client
@@ -79,6 +88,28 @@ TileOverlap = Annotated[
         show_default=False,
     ),
 ]
+Measure = Annotated[
+    bool,
+    typer.Option("--measure", help="Measure each detection's length and width (area always)."),
+]
+PixelsPerMm = Annotated[
+    float | None,
+    typer.Option(
+        "--pixels-per-mm",
+        help="Scale for sizes in mm (default: the rules file's, else the model's).",
+        show_default=False,
+    ),
+]
+RulesFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--rules",
+        help="Judge each image by these rules instead of the model's: a YAML file with "
+        "model.yaml's rules, zones, ignore_zones (and pixels_per_mm), as `visionrpc eval "
+        "--rules` reads.",
+        show_default=False,
+    ),
+]
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -111,6 +142,30 @@ def expand_images(source: str) -> list[Path]:
     return files
 
 
+def _rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def measurement_json(m: Measurement) -> dict[str, Any]:
+    """A measurement with its unknown sizes left out."""
+    values = {k: _rounded(v) for k, v in asdict(m).items() if k != "from_mask"}
+    return {**{k: v for k, v in values.items() if v is not None}, "from_mask": m.from_mask}
+
+
+def hit_json(hit: RuleHit) -> dict[str, Any]:
+    return {
+        "rule": hit.rule,
+        "verdict": hit.verdict.value,
+        "metric": hit.metric.value,
+        "value": round(hit.value, 4),
+        "class_name": hit.class_name,
+        "min": hit.minimum,
+        "max": hit.maximum,
+        "detection": hit.detection,
+        "zone": hit.zone,
+    }
+
+
 def result_to_json(result: InferenceResult) -> dict[str, Any]:
     """A JSON-friendly dict of a result: pixel coordinates to 2 decimals, scores to 4, masks as
     their encodings (PNG bytes as their length only)."""
@@ -135,6 +190,17 @@ def result_to_json(result: InferenceResult) -> dict[str, Any]:
     }
     if result.tiling is not None:
         out["tiling"] = asdict(result.tiling)
+    if result.pixels_per_mm is not None:
+        out["pixels_per_mm"] = result.pixels_per_mm
+    if result.verdict is not None:
+        out["verdict"] = {
+            "verdict": result.verdict.verdict.value,
+            "hits": [hit_json(h) for h in result.verdict.hits],
+        }
+    for summary, s in zip(out["defects"], result.defects, strict=True):
+        for key in ("total_area_mm2", "total_length_px", "total_length_mm"):
+            if getattr(s, key) is not None:
+                summary[key] = _rounded(getattr(s, key))
     for d in result.detections:
         det: dict[str, Any] = {
             "box": {k: round(v, 2) for k, v in asdict(d.box).items()},
@@ -144,6 +210,8 @@ def result_to_json(result: InferenceResult) -> dict[str, Any]:
         }
         if d.mask_area_px is not None:
             det["mask_area_px"] = d.mask_area_px
+        if d.measurement is not None:
+            det["measurement"] = measurement_json(d.measurement)
         if d.mask is not None:
             m = d.mask
             det["mask"] = {"format": m.format.value, "area_px": m.area_px}
@@ -194,11 +262,18 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if result.verdict is not None:
+        _print_verdict(out, result)
+    measured = any(d.measurement is not None for d in result.detections)
+    in_mm = result.pixels_per_mm is not None
+    size_columns = ("area mm²", "length mm", "width mm") if in_mm else ("length px", "width px")
     table = Table()
-    for col in ("class", "score", "x_min", "y_min", "x_max", "y_max", "mask px"):
+    columns = ("#", "class", "score", "x_min", "y_min", "x_max", "y_max", "mask px")
+    for col in (*columns, *(size_columns if measured else ())):
         table.add_column(col, justify="left" if col == "class" else "right", overflow="fold")
-    for d in result.detections:
+    for i, d in enumerate(result.detections):
         table.add_row(
+            str(i),
             d.class_name,
             f"{d.score:.3f}",
             f"{d.box.x_min:.1f}",
@@ -206,6 +281,7 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
             f"{d.box.x_max:.1f}",
             f"{d.box.y_max:.1f}",
             str(d.mask.area_px if d.mask is not None else d.mask_area_px or ""),
+            *(_sizes(d, in_mm) if measured else ()),
         )
     out.print(table)
     if result.classifications:
@@ -213,7 +289,9 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
             out.print(f"  {c.class_name} {c.score:.3f}", markup=False, highlight=False)
     if result.defects:
         defects = Table(title="defects")
-        for col in ("class", "count", "max score", "area px", "area %"):
+        scaled = any(s.total_area_mm2 is not None for s in result.defects)
+        totals = ("area mm²", "length mm") if scaled else ()
+        for col in ("class", "count", "max score", "area px", "area %", *totals):
             defects.add_column(col, justify="left" if col == "class" else "right", overflow="fold")
         for s in result.defects:
             defects.add_row(
@@ -222,10 +300,58 @@ def print_result(out: Console, name: str, result: InferenceResult) -> None:
                 f"{s.max_score:.3f}",
                 f"{s.total_area_px:.0f}",
                 f"{100 * s.area_fraction:.2f}",
+                *((_size(s.total_area_mm2), _size(s.total_length_mm)) if scaled else ()),
             )
         out.print(defects)
     else:
         out.print("no defects found")
+
+
+def _size(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _sizes(d: Detection, in_mm: bool) -> tuple[str, ...]:
+    m = d.measurement
+    if m is None:
+        return ("",) * (3 if in_mm else 2)
+    if in_mm:
+        return _size(m.area_mm2), _size(m.length_mm), _size(m.width_mm)
+    return _size(m.length_px), _size(m.width_px)
+
+
+def _print_verdict(out: Console, result: InferenceResult) -> None:
+    verdict = result.verdict
+    assert verdict is not None
+    fired = len(verdict.hits)
+    line = f"verdict: {verdict.verdict.value}" + (
+        f" ({fired} rule hit{'s' if fired != 1 else ''})" if fired else ""
+    )
+    scale = f"; scale {result.pixels_per_mm:g} px/mm" if result.pixels_per_mm is not None else ""
+    out.print(line + scale, markup=False, highlight=False, soft_wrap=True)
+    for hit in verdict.hits:
+        out.print(f"  {hit_text(hit)}", markup=False, highlight=False, soft_wrap=True)
+
+
+def inspection_options(
+    measure: bool, pixels_per_mm: float | None, rules_file: Path | None
+) -> dict[str, Any]:
+    """The Client.infer keywords of --measure, --pixels-per-mm and --rules (the file read as
+    ``visionrpc eval --rules`` reads it; its pixels_per_mm unless --pixels-per-mm is given)."""
+    if pixels_per_mm is not None and not pixels_per_mm > 0:
+        raise usage_error(f"--pixels-per-mm is {pixels_per_mm:g}; give a number > 0")
+    rules: RuleSet | None = None
+    if rules_file is not None:
+        require_extra("server", "--rules")
+        from visionrpc.runtime.rules import read_rules_file
+
+        try:
+            rules, file_scale = read_rules_file(rules_file)
+        except ValueError as exc:
+            raise usage_error(f"--rules: {exc}") from None
+        if pixels_per_mm is None:
+            pixels_per_mm = file_scale
+    return {"measure": measure, "pixels_per_mm": pixels_per_mm, "rules": rules}
 
 
 def check_model(client: Client, model: str, classes: Sequence[str]) -> None:
@@ -263,8 +389,11 @@ def annotated_paths(option: Path | None, images: Sequence[Path]) -> list[Path | 
     return outs
 
 
-def save_annotated_image(image: Path, result: InferenceResult, out: Path) -> None:
-    """Draw ``result`` on ``image`` and write it to ``out`` (format from its suffix)."""
+def save_annotated_image(
+    image: Path, result: InferenceResult, out: Path, rules: RuleSet | None = None
+) -> None:
+    """Draw ``result`` on ``image`` and write it to ``out`` (format from its suffix); the zones
+    of ``rules`` (the request's) are outlined."""
     import cv2
 
     from visionrpc.annotate import draw
@@ -272,7 +401,7 @@ def save_annotated_image(image: Path, result: InferenceResult, out: Path) -> Non
     bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
     if bgr is None:
         raise CliError(f"{image}: OpenCV cannot read this image to annotate it")
-    drawn = draw(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), result)
+    drawn = draw(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), result, rules=rules)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
         raise CliError(f"{image}: cannot write the annotated image to {out}")
@@ -335,6 +464,9 @@ def infer(
     tiling: Tiling = None,
     tile_size: TileSize = 0,
     tile_overlap: TileOverlap = None,
+    measure: Measure = False,
+    pixels_per_mm: PixelsPerMm = None,
+    rules_file: RulesFile = None,
     json_out: Json = False,
     save_annotated: Annotated[
         Path | None,
@@ -366,6 +498,7 @@ def infer(
         annotate_to = annotated_paths(save_annotated, paths)
         if save_annotated is not None:
             require_extra("images", "--save-annotated")
+        inspection = inspection_options(measure, pixels_per_mm, rules_file)
         with Client(target, **connection.client_kwargs()) as client:
             check_model(client, model, _class_list(classes))
             for path, annotated in zip(paths, annotate_to, strict=True):
@@ -373,6 +506,7 @@ def infer(
                     model, conf, iou, max_det, classes, agnostic_nms, masks or annotated is not None
                 )
                 options.update(tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
+                options.update(inspection)
                 result, error = _infer_one(client, path, mask_format=mask_format, **options)
                 entry = entry_json(str(path), result, error)
                 if result is None:
@@ -383,7 +517,7 @@ def infer(
                     print_result(out, str(path), result)
                 if result is not None and annotated is not None:
                     try:
-                        save_annotated_image(path, result, annotated)
+                        save_annotated_image(path, result, annotated, inspection["rules"])
                     except CliError as exc:
                         failed += 1
                         typer.echo(f"error: {exc}", err=True)
@@ -429,23 +563,32 @@ def _frames(source: str) -> tuple[int | None, Iterator[tuple[str, bytes]]]:
 
 
 def stream_summary(
-    frames: int, failed: int, seconds: float, defects: Counter[str]
+    frames: int,
+    failed: int,
+    seconds: float,
+    defects: Counter[str],
+    verdicts: Counter[str] | None = None,
 ) -> dict[str, Any]:
-    """What an infer-stream run did, for its last line."""
-    return {
+    """What an infer-stream run did, for its last line (``verdicts`` when rules judged frames)."""
+    summary: dict[str, Any] = {
         "frames": frames,
         "failed": failed,
         "images_per_s": round(frames / seconds, 1) if seconds > 0 else 0.0,
         "defects": dict(defects.most_common()),
     }
+    if verdicts:
+        summary["verdicts"] = dict(verdicts.most_common())
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """``42 frames, 0 failed, 18.3 images/s; defects: 12× crack, 3× spot``."""
     found = ", ".join(f"{n}× {name}" for name, n in summary["defects"].items()) or "none"
+    judged = ", ".join(f"{n}× {v}" for v, n in summary.get("verdicts", {}).items())
     return (
         f"{summary['frames']} frames, {summary['failed']} failed, "
         f"{summary['images_per_s']:.1f} images/s; defects: {found}"
+        + (f"; verdicts: {judged}" if judged else "")
     )
 
 
@@ -462,6 +605,12 @@ def infer_stream(
     classes: Classes = "",
     agnostic_nms: AgnosticNms = None,
     masks: Masks = False,
+    tiling: Tiling = None,
+    tile_size: TileSize = 0,
+    tile_overlap: TileOverlap = None,
+    measure: Measure = False,
+    pixels_per_mm: PixelsPerMm = None,
+    rules_file: RulesFile = None,
     json_out: Json = False,
     *,
     connection: Connection,
@@ -479,8 +628,12 @@ def infer_stream(
     names: list[str] = []
     failures = 0
     defects: Counter[str] = Counter()
+    verdicts: Counter[str] = Counter()
     with rpc_errors(target):
         total, frames = _frames(source)
+        options = request_options(model, conf, iou, max_det, classes, agnostic_nms, masks)
+        options.update(tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
+        options.update(inspection_options(measure, pixels_per_mm, rules_file))
 
         def named() -> Iterator[bytes]:
             for name, data in frames:
@@ -493,17 +646,14 @@ def infer_stream(
             with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
                 task = bar.add_task("frames", total=total)
                 index = -1
-                for index, item in enumerate(
-                    client.infer_stream(
-                        named(),
-                        **request_options(model, conf, iou, max_det, classes, agnostic_nms, masks),
-                    )
-                ):
+                for index, item in enumerate(client.infer_stream(named(), **options)):
                     name = names[index] if index < len(names) else str(index)
                     bar.advance(task)
                     failures += item.result is None
                     if item.result is not None:
                         defects.update({d.class_name: d.count for d in item.result.defects})
+                        if item.result.verdict is not None:
+                            verdicts[item.result.verdict.verdict.value] += 1
                     if json_out:
                         line = entry_json(name, item.result, (item.error_code, item.error_message))
                         _print_line(bar.console, json.dumps(line))
@@ -513,11 +663,20 @@ def infer_stream(
                     else:
                         r = item.result
                         found = ", ".join(f"{d.count}× {d.class_name}" for d in r.defects)
+                        judged = ""
+                        if r.verdict is not None:
+                            rules = sorted({h.rule for h in r.verdict.hits})
+                            judged = f"  {r.verdict.verdict.value}" + (
+                                f" ({', '.join(rules)})" if rules else ""
+                            )
                         _print_line(
                             bar.console,
-                            f"{name}: {found or 'no defects'}  ({r.timings.total_ms:.1f} ms)",
+                            f"{name}: {found or 'no defects'}{judged}  "
+                            f"({r.timings.total_ms:.1f} ms)",
                         )
-            summary = stream_summary(index + 1, failures, time.perf_counter() - started, defects)
+            summary = stream_summary(
+                index + 1, failures, time.perf_counter() - started, defects, verdicts
+            )
     if json_out:
         _print_line(console, json.dumps({"summary": summary}))
     else:

@@ -110,19 +110,29 @@ def read_rules_file(path: Path) -> tuple[RuleSet, float | None]:
     """A YAML file with the model.yaml keys ``rules``, ``zones``, ``ignore_zones`` (and optionally
     ``pixels_per_mm``): the rules to send with requests, and the scale. Raises ValueError."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        config = InspectionConfig.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"invalid {path}: {problems}") from None
+    config = rules_document(text, str(path))
     rule_set = config.rule_set()
     if rule_set is None:
         raise ValueError(f"{path} holds no rules")
     return rule_set, config.pixels_per_mm
+
+
+def rules_document(text: str, source: str) -> InspectionConfig:
+    """A rules file's text (YAML, or JSON, which YAML reads too) checked against the model.yaml
+    keys; ``source`` names it in the ValueError."""
+    try:
+        raw = yaml.safe_load(text) or {}
+        return InspectionConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"cannot read {source}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"invalid {source}: {problems}") from None
 
 
 def model_inspection(

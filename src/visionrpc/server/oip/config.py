@@ -86,7 +86,8 @@ def raw_config(model: LoadedModel, name: str) -> mc.ModelConfig:
 
 def vision_config(model: LoadedModel, name: str) -> mc.ModelConfig:
     """The vision view: one request carries any number of images (max_batch_size 0, IMAGE [-1]);
-    the parameters name the classes and the defaults of the request parameters."""
+    the parameters name the classes, the defaults of the request parameters, and what the
+    model measures and judges by itself (its scale, its rules' names)."""
     config = _common(model, name, vision.PLATFORM)
     for tensor_name, datatype, shape in vision.INPUTS:
         config.input.add(name=tensor_name, data_type=data_type(datatype), dims=shape)
@@ -100,6 +101,10 @@ def vision_config(model: LoadedModel, name: str) -> mc.ModelConfig:
         "iou": repr(settings.iou_threshold),
         "max_detections": str(model.default_max_detections),
         "raw_view": name + RAW_SUFFIX,
+        # measurements and verdicts: MEASUREMENTS' columns, the model's scale and rule names
+        "measurement_columns": json.dumps(list(vision.MEASUREMENT_COLUMNS)),
+        "pixels_per_mm": "" if model.pixels_per_mm is None else repr(model.pixels_per_mm),
+        "rules": json.dumps([r.name for r in model.rules.rules] if model.rules else []),
     }
     if model.onnx.spec.keypoint_shape:  # pose models: K keypoints of 2 or 3 values
         parameters["keypoint_shape"] = json.dumps(list(model.onnx.spec.keypoint_shape))

@@ -194,9 +194,9 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _vision_infer(
         self, request: oip.ModelInferRequest, run: RunInputs
     ) -> oip.ModelInferResponse:
-        name, version = self._version(request.model_name, request.model_version)
-        task = self._inference.repository.describe(name).task
-        wanted = vision.read(request, name, task)
+        _, model = self._model(request.model_name, request.model_version)
+        name, version = model.name, model.config.version
+        wanted = vision.read(request, model)
         results = await run(wanted.inputs())
         if results:  # the version that answered, should a reload have swapped it meanwhile
             version = results[0].model_version

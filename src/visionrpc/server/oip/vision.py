@@ -10,6 +10,12 @@ for neither:
   ``MASK_FORMAT_PNG``, placed in the image at ``MASK_ORIGINS`` (x, y of its top-left pixel). Any
   image library decodes it and its size follows the box, where COCO RLE would need pycocotools
   and an image size per image.
+- ``MEASUREMENTS``, ``VERDICT`` and ``VERDICT_HITS`` (see :data:`INSPECTION_OUTPUTS`): sent when
+  the request measures (parameters ``measure``, ``pixels_per_mm``, or a model that measures) or
+  is judged by rules (parameter ``rules``, else the model's), or when named in ``outputs``.
+  Per-request rules travel as one string parameter holding the same YAML (or JSON) document as
+  ``visionrpc infer --rules`` reads: the protocol's parameters are flat scalars, and a rule set is
+  a nested structure that already has one checked, documented text form.
 - ``RESULT`` (only when the request names it in ``outputs``): per image, the serialized
   ``visionrpc.v1.InferResponse`` that the typed Infer returns (defect summaries, timings, masks
   in PNG when ``masks`` is set), for a client that wants the typed result over this protocol.
@@ -28,13 +34,27 @@ The other Ultralytics tasks (issue 13 item 4) add their own outputs, always sent
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from visionrpc.errors import InvalidInputError
+from visionrpc.runtime.repository import LoadedModel
+from visionrpc.runtime.rules import plan_inspection, rules_document
 from visionrpc.server.oip.tensors import frame, number, parameter, unframe
-from visionrpc.types import InferenceInput, InferenceOptions, InferenceResult, MaskFormat, Task
+from visionrpc.types import (
+    InferenceInput,
+    InferenceOptions,
+    InferenceResult,
+    MaskFormat,
+    RuleSet,
+    Task,
+    TilingMode,
+    TilingOptions,
+)
 from visionrpc.v1 import grpc_service_pb2 as oip
 from visionrpc.wire.converters import InferResponseConverter
 
@@ -59,6 +79,20 @@ MASK_OUTPUTS: tuple[TensorSpec, ...] = (
     (MASK_ORIGINS, "INT64", (-1, 2)),  # per detection: x, y of that PNG's top-left pixel
 )
 """With the parameter ``masks`` (segmentation models only)."""
+MEASUREMENTS = "MEASUREMENTS"
+VERDICT = "VERDICT"
+VERDICT_HITS = "VERDICT_HITS"
+MEASUREMENT_COLUMNS = ("area_px", "length_px", "width_px", "area_mm2", "length_mm", "width_mm")
+"""The columns of MEASUREMENTS, in order; NaN where a size is unknown (not measured, no scale)."""
+INSPECTION_OUTPUTS: tuple[TensorSpec, ...] = (
+    (MEASUREMENTS, "FP32", (-1, len(MEASUREMENT_COLUMNS))),  # per detection, MEASUREMENT_COLUMNS
+    (VERDICT, "BYTES", (-1,)),  # per image: PASS, REVIEW or FAIL; empty when no rules applied
+    (VERDICT_HITS, "BYTES", (-1,)),  # per image: a JSON list of the rules that fired
+)
+"""Measurements and verdicts. Each element of VERDICT_HITS is a UTF-8 JSON list of objects
+``{"rule", "verdict", "metric", "value", "class_name", "min", "max", "row", "zone"}``: ``row`` is
+the detection's row in BOXES (the whole request's rows), null for a count rule; ``min``/``max``
+are the rule's bounds, null where open."""
 RESULT = "RESULT"
 RESULT_OUTPUT: TensorSpec = (RESULT, "BYTES", (-1,))
 """Per image, a serialized visionrpc.v1.InferResponse; only when the request names it."""
@@ -82,10 +116,27 @@ CLASSIFICATIONS: tuple[TensorSpec, ...] = (
 
 PLATFORM = "visionrpc_vision"
 
-PARAMETERS = ("confidence", "iou", "max_detections", "classes", "masks", "top_k")
+PARAMETERS = (
+    "confidence",
+    "iou",
+    "max_detections",
+    "classes",
+    "masks",
+    "top_k",
+    "measure",
+    "pixels_per_mm",
+    "rules",
+    "tiling",
+    "tile_size",
+    "tile_overlap",
+)
 """Request parameters of ModelInfer: ``classes`` is a comma-separated string of class names;
-``masks`` (bool) adds MASKS and MASK_ORIGINS (segmentation models); ``top_k`` (classification
-models) is how many of the best classes each image answers with."""
+``masks`` (bool) adds MASKS and MASK_ORIGINS (segmentation models); ``measure`` (bool) measures
+length and width; ``pixels_per_mm`` (number; 0: the model's) is the scale for mm; ``rules`` (string)
+is a rules document replacing the model's rules (no rules in it: no verdict); ``tiling`` (string
+off, on or auto), ``tile_size`` (integer, pixels) and ``tile_overlap`` (number, 0 to 0.5) cut a
+large frame into tiles; ``top_k`` (classification models) is how many of the best classes each
+image answers with. Numbers may also be sent as strings, as KServe's clients do."""
 
 
 def outputs(task: Task) -> tuple[TensorSpec, ...]:
@@ -93,7 +144,7 @@ def outputs(task: Task) -> tuple[TensorSpec, ...]:
     if task is Task.CLASSIFY:
         return (*CLASSIFICATIONS, RESULT_OUTPUT)
     masks = MASK_OUTPUTS if task is Task.SEGMENT else ()
-    return (*DETECTIONS, *masks, *TASK_OUTPUTS.get(task, ()), RESULT_OUTPUT)
+    return (*DETECTIONS, *masks, *TASK_OUTPUTS.get(task, ()), *INSPECTION_OUTPUTS, RESULT_OUTPUT)
 
 
 def default_outputs(task: Task) -> set[str]:
@@ -119,13 +170,22 @@ class VisionRequest:
         ]
 
 
-def read(request: oip.ModelInferRequest, model: str, task: Task) -> VisionRequest:
-    """Check and read ``request`` for ``model`` (a model of ``task``)."""
+def read(request: oip.ModelInferRequest, model: LoadedModel) -> VisionRequest:
+    """Check and read ``request`` for ``model``."""
+    task = model.onnx.task
     images_ = images(request)
-    options_ = options(request, model, task)
+    options_ = options(request, model.name, task)
+    plan = plan_inspection(options_, model)  # what the pipeline will measure and judge
+    extra = () if plan is None else (MEASUREMENTS,) if plan.rules is None else _INSPECTION_NAMES
     return VisionRequest(
-        images_, options_, requested_outputs(request, task, options_.return_masks), request.id
+        images_,
+        options_,
+        requested_outputs(request, task, options_.return_masks, extra),
+        request.id,
     )
+
+
+_INSPECTION_NAMES = tuple(name for name, _, _ in INSPECTION_OUTPUTS)
 
 
 def images(request: oip.ModelInferRequest) -> list[bytes]:
@@ -174,11 +234,11 @@ def images(request: oip.ModelInferRequest) -> list[bytes]:
 
 
 def requested_outputs(
-    request: oip.ModelInferRequest, task: Task, masks: bool
+    request: oip.ModelInferRequest, task: Task, masks: bool, inspection: tuple[str, ...] = ()
 ) -> tuple[TensorSpec, ...]:
-    """The outputs to send, in ModelMetadata's order. None named: the detections, and the masks
-    when ``masks`` is set. A name the model does not have, or a mask output without ``masks``,
-    is refused."""
+    """The outputs to send, in ModelMetadata's order. None named: the detections, the masks
+    when ``masks`` is set, and the ``inspection`` outputs the request's measuring and rules
+    fill. A name the model does not have, or a mask output without ``masks``, is refused."""
     available = outputs(task)
     known = {name for name, _, _ in available}
     wanted = {o.name for o in request.outputs}
@@ -199,6 +259,7 @@ def requested_outputs(
         )
     if not wanted:
         wanted = default_outputs(task) | (mask_names if masks else set())
+        wanted |= set(inspection)
     return tuple(spec for spec in available if spec[0] in wanted)
 
 
@@ -234,6 +295,13 @@ def options(request: oip.ModelInferRequest, model: str, task: Task) -> Inference
             "leave masks unset or ask a segmentation model",
             field="parameters",
         )
+    measure = parameter(params, "measure")
+    if measure is not None and not isinstance(measure, bool):
+        raise InvalidInputError("parameter 'measure' must be a bool_param", field="parameters")
+    rules, document_scale = _rules(params)
+    scale = number(params, "pixels_per_mm")
+    if scale is None:
+        scale = document_scale
     return InferenceOptions(
         model=model,
         confidence_threshold=number(params, "confidence"),
@@ -243,6 +311,46 @@ def options(request: oip.ModelInferRequest, model: str, task: Task) -> Inference
         return_masks=bool(masks),
         mask_format=MaskFormat.PNG,
         top_k=None if top_k is None else int(top_k),
+        tiling=_tiling(params),
+        measure=bool(measure),
+        pixels_per_mm=scale or None,  # 0: the model's scale, as in the typed API
+        rules=rules,
+    )
+
+
+def _rules(params: Any) -> tuple[RuleSet | None, float | None]:
+    """The ``rules`` parameter: its rule set (empty: no verdict) and the document's scale."""
+    text = parameter(params, "rules")
+    if text is None:
+        return None, None
+    if not isinstance(text, str):
+        raise InvalidInputError(
+            "parameter 'rules' must be a string_param holding a rules document (YAML or JSON "
+            "with model.yaml's keys rules, zones, ignore_zones, pixels_per_mm)",
+            field="parameters",
+        )
+    try:
+        document = rules_document(text, "parameter 'rules'")
+    except ValueError as exc:
+        raise InvalidInputError(str(exc), field="parameters") from None
+    return document.rule_set() or RuleSet(), document.pixels_per_mm
+
+
+def _tiling(params: Any) -> TilingOptions:
+    """The tiling parameters (the runtime checks their ranges, as for the typed API)."""
+    mode = parameter(params, "tiling")
+    modes = ", ".join(m.value for m in TilingMode)
+    if mode is not None and (not isinstance(mode, str) or mode not in set(TilingMode)):
+        raise InvalidInputError(
+            f"parameter 'tiling' is {mode!r}; send a string_param: {modes}", field="parameters"
+        )
+    size = number(params, "tile_size")
+    if size is not None and not size.is_integer():
+        raise InvalidInputError("parameter 'tile_size' must be an integer", field="parameters")
+    return TilingOptions(
+        mode=None if mode is None else TilingMode(mode),
+        tile_size=0 if size is None else int(size),
+        overlap=number(params, "tile_overlap"),
     )
 
 
@@ -257,6 +365,8 @@ def output_tensors(results: list[InferenceResult], wanted: tuple[TensorSpec, ...
     if names & {name for name, _, _ in DETECTIONS}:
         arrays.update(_detection_arrays(results))
     arrays.update(task_arrays(results, names))
+    if MEASUREMENTS in names:
+        arrays[MEASUREMENTS] = _measurements(results)
     if MASK_ORIGINS in names:
         arrays[MASK_ORIGINS] = np.asarray(
             [d.mask.png_origin if d.mask else (0, 0) for r in results for d in r.detections],
@@ -267,6 +377,12 @@ def output_tensors(results: list[InferenceResult], wanted: tuple[TensorSpec, ...
         if name == MASKS:
             pngs = [d.mask.png if d.mask else b"" for r in results for d in r.detections]
             tensors.append((name, datatype, (len(pngs),), frame(pngs)))
+        elif name == VERDICT:
+            verdicts = [r.verdict.verdict.value if r.verdict else "" for r in results]
+            tensors.append((name, datatype, (len(results),), frame([v.encode() for v in verdicts])))
+        elif name == VERDICT_HITS:
+            hits = [json.dumps(h).encode() for h in _hits(results)]
+            tensors.append((name, datatype, (len(hits),), frame(hits)))
         elif name == RESULT:
             typed = [InferResponseConverter.from_types(r).SerializeToString() for r in results]
             tensors.append((name, datatype, (len(typed),), frame(typed)))
@@ -320,3 +436,44 @@ def _detection_arrays(results: list[InferenceResult]) -> dict[str, np.ndarray]:
         "CLASS_IDS": np.asarray(class_ids, dtype="<i8"),
         "IMAGE_INDEX": np.asarray(index, dtype="<i8"),
     }
+
+
+def _measurements(results: list[InferenceResult]) -> np.ndarray:
+    rows = [
+        [math.nan if v is None else v for v in _sizes(d.measurement)]
+        for r in results
+        for d in r.detections
+    ]
+    return np.asarray(rows, dtype="<f4").reshape(-1, len(MEASUREMENT_COLUMNS))
+
+
+def _sizes(m: Any) -> tuple[float | None, ...]:
+    if m is None:
+        return (None,) * len(MEASUREMENT_COLUMNS)
+    return tuple(getattr(m, column) for column in MEASUREMENT_COLUMNS)
+
+
+def _hits(results: list[InferenceResult]) -> list[list[dict[str, Any]]]:
+    """Per image, its fired rules as VERDICT_HITS describes them (rows across the request)."""
+    out: list[list[dict[str, Any]]] = []
+    first_row = 0
+    for result in results:
+        hits = result.verdict.hits if result.verdict is not None else ()
+        out.append(
+            [
+                {
+                    "rule": h.rule,
+                    "verdict": h.verdict.value,
+                    "metric": h.metric.value,
+                    "value": h.value,
+                    "class_name": h.class_name,
+                    "min": h.minimum,
+                    "max": h.maximum,
+                    "row": None if h.detection is None else first_row + h.detection,
+                    "zone": h.zone,
+                }
+                for h in hits
+            ]
+        )
+        first_row += len(result.detections)
+    return out
