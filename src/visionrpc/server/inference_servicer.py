@@ -237,11 +237,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         """
         client = client_key(context)
         model = items[0].options.model if items else ""
-        if not self._in_flight.try_acquire(client):
-            refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
-            if self._meter is not None:
-                self._meter.failed(self._meter.begin(model), refusal)
-            raise refusal
+        self._take_slot(client, model)
         try:
             return await self.run_all(items, self._deadline(context), client)
         finally:
@@ -280,11 +276,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         ``batch``, in the model's batcher. It takes one of its client's in-flight slots, as an
         Infer call does."""
         client = client_key(context)
-        if not self._in_flight.try_acquire(client):
-            refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
-            if self._meter is not None:
-                self._meter.failed(self._meter.begin(model), refusal)
-            raise refusal
+        self._take_slot(client, model)
         try:
             return await self.run_raw(model, batch, self._deadline(context), client)
         finally:
@@ -315,14 +307,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         context.add_done_callback(lambda _: deadline.cancel())  # type: ignore[arg-type]
         return deadline
 
-    @map_errors
-    async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
-        client = client_key(context)
+    def _take_slot(self, client: str, model: str) -> None:
+        """One of ``client``'s in-flight slots for a call, or its refusal (counted as a failed
+        request of ``model``); the caller releases the slot when the call ends."""
         if not self._in_flight.try_acquire(client):
             refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
             if self._meter is not None:
-                self._meter.failed(self._meter.begin(request.model), refusal)
+                self._meter.failed(self._meter.begin(model), refusal)
             raise refusal
+
+    @map_errors
+    async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
+        client = client_key(context)
+        self._take_slot(client, request.model)
         try:
             return await self._infer(request, self._deadline(context), client)
         finally:
