@@ -22,6 +22,9 @@
 #   bench/run.sh --tiling        then print recall and images/s with and without tiled inference on
 #                                generated 4, 12 and 20 MP frames with small defects (bench/tiling.py,
 #                                a few minutes; also runs alone: PYTHONPATH=src:. python -m bench.tiling)
+#   bench/run.sh --inspection    then print what measurements and verdicts cost per request
+#                                (bench/measure_cost.py) and how accurate the measurements are against
+#                                the generator's exact shapes (bench/measure_accuracy.py), a few minutes
 # Extra arguments go to `python -m bench.harness` (run from any folder: PYTHONPATH is set here). Peer rows ($PEER_RESULTS, default
 # bench/peers/peers-results.json) are merged into the JSON and the Markdown when present.
 set -euo pipefail
@@ -38,10 +41,12 @@ args=()
 with_peers=0
 statistics_cost=0
 tiling=0
+inspection=0
 for arg in "$@"; do
   if [[ "$arg" == "--with-peers" ]]; then with_peers=1
   elif [[ "$arg" == "--statistics-cost" ]]; then statistics_cost=1
   elif [[ "$arg" == "--tiling" ]]; then tiling=1
+  elif [[ "$arg" == "--inspection" ]]; then inspection=1
   else args+=("$arg"); fi
 done
 
@@ -68,4 +73,8 @@ if [[ $statistics_cost == 1 ]]; then
 fi
 if [[ $tiling == 1 ]]; then
   "$root/.venv/bin/python" -m bench.tiling
+fi
+if [[ $inspection == 1 ]]; then
+  "$root/.venv/bin/python" -m bench.measure_cost
+  "$root/.venv/bin/python" -m bench.measure_accuracy
 fi
