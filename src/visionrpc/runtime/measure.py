@@ -215,8 +215,8 @@ def measure(
     out = []
     for i, det in enumerate(detections):
         mask = masks[i] if masks is not None else None
-        if mask is not None:
-            area = float(mask.area)
+        if mask is not None:  # the pipeline counted its pixels already (mask_area_px)
+            area = float(det.mask_area_px if det.mask_area_px is not None else mask.area)
             dims = shape_of(mask.mask, float(mask.step), method, area=area) if shape else None
         else:
             area = det.box.area

@@ -51,7 +51,13 @@ from visionrpc.runtime.raw import RawResult, RawSample
 from visionrpc.runtime.repository import LoadedModel, ModelRepository
 from visionrpc.runtime.statistics import InferenceStatistics
 from visionrpc.runtime.tiling import FrameDetections, TileJob, TilePlan, TilingSpec
-from visionrpc.runtime.yolo import BoxMask, DecodeParams, decode_detections, instance_masks
+from visionrpc.runtime.yolo import (
+    BoxMask,
+    DecodeParams,
+    decode_detections,
+    instance_masks,
+    mask_pixels,
+)
 from visionrpc.settings import LimitsSettings, Settings
 from visionrpc.types import (
     BoxXYXY,
@@ -62,6 +68,7 @@ from visionrpc.types import (
     InferenceInput,
     InferenceOptions,
     InferenceResult,
+    InspectionVerdict,
     MaskFormat,
     PixelFormat,
     RawImage,
@@ -216,16 +223,6 @@ def check_limits(options: ResolvedOptions, limits: LimitsSettings) -> None:
             "return_masks, or unset return_masks",
             limit="limits.max_mask_detections",
         )
-
-
-def mask_pixels(boxes_original: np.ndarray) -> int:
-    """Image pixels the masks of these boxes cover (what building and encoding them costs)."""
-    if not len(boxes_original):
-        return 0
-    b = np.asarray(boxes_original, dtype=np.float64)
-    w = np.maximum(0, np.ceil(b[:, 2]) - np.floor(b[:, 0]))
-    h = np.maximum(0, np.ceil(b[:, 3]) - np.floor(b[:, 1]))
-    return int((w * h).sum())
 
 
 class BatchRunner:
@@ -745,14 +742,8 @@ class InferencePipeline:
             detections, masks = self._detections(
                 model, options, prepared.transform, outputs, prepared.deadline, self.settings.limits
             )
-        plan, verdict = options.inspection, None
-        if plan is not None:
-            prepared.deadline.check("before measuring")
-            detections = measure.measure(
-                detections, masks, pixels_per_mm=plan.pixels_per_mm, shape=plan.shape
-            )
-            if plan.rules is not None:
-                verdict = rules.evaluate(plan.rules, detections)
+        plan = options.inspection
+        detections, verdict = _inspect(plan, detections, masks, prepared.deadline)
         tr = prepared.transform
         timings = Timings(
             decode_ms=prepared.decode_ms,
@@ -1065,18 +1056,10 @@ class InferencePipeline:
             )
             for m in merged
         )
-        plan, verdict = options.inspection, None
-        if plan is not None:  # measurements and verdicts, as for one image (see _finish)
-            deadline.check("before measuring")
-            masks = [m.mask for m in merged] if segment else None
-            detections = measure.measure(
-                detections,
-                None if masks is None or None in masks else [m for m in masks if m is not None],
-                pixels_per_mm=plan.pixels_per_mm,
-                shape=plan.shape,
-            )
-            if plan.rules is not None:
-                verdict = rules.evaluate(plan.rules, detections)
+        plan = options.inspection  # measurements and verdicts, as for one image
+        found = [m.mask for m in merged] if segment else None
+        masks = None if found is None or None in found else [m for m in found if m is not None]
+        detections, verdict = _inspect(plan, detections, masks, deadline)
         timings.postprocess_ms = _ms_since(t0)
         timings.total_ms = _ms_since(start)
         return InferenceResult(
@@ -1092,6 +1075,23 @@ class InferencePipeline:
             verdict=verdict,
             pixels_per_mm=plan.pixels_per_mm if plan is not None else None,
         )
+
+
+def _inspect(
+    plan: rules.InspectionPlan | None,
+    detections: tuple[Detection, ...],
+    masks: Sequence[BoxMask] | None,
+    deadline: Deadline,
+) -> tuple[tuple[Detection, ...], InspectionVerdict | None]:
+    """The detections measured and the verdict of the plan's rules; as they were without a plan."""
+    if plan is None:
+        return detections, None
+    deadline.check("before measuring")
+    detections = measure.measure(
+        detections, masks, pixels_per_mm=plan.pixels_per_mm, shape=plan.shape
+    )
+    verdict = rules.evaluate(plan.rules, detections) if plan.rules is not None else None
+    return detections, verdict
 
 
 @dataclass(frozen=True)

@@ -241,8 +241,11 @@ def _centre(det: Detection) -> tuple[float, float]:
     return (b.x_min + b.x_max) / 2, (b.y_min + b.y_max) / 2
 
 
-def _inside(points: Sequence[tuple[float, float]], xy: tuple[float, float]) -> bool:
-    contour = np.asarray(points, dtype=np.float32).reshape(-1, 1, 2)
+def _contour(points: Sequence[tuple[float, float]]) -> np.ndarray:
+    return np.asarray(points, dtype=np.float32).reshape(-1, 1, 2)
+
+
+def _inside(contour: np.ndarray, xy: tuple[float, float]) -> bool:
     return bool(cv2.pointPolygonTest(contour, (float(xy[0]), float(xy[1])), False) >= 0)
 
 
@@ -274,9 +277,10 @@ def _within(rule: Rule, value: float) -> bool:
 
 def evaluate(rule_set: RuleSet, detections: Sequence[Detection]) -> InspectionVerdict:
     """Every rule against ``detections`` (measured as the rules need): the verdict and hits."""
-    zones = dict(rule_set.zones)
+    zones = {name: _contour(points) for name, points in rule_set.zones}
+    ignored = [_contour(points) for points in rule_set.ignore_zones]
     centres = [_centre(d) for d in detections]
-    counted = [not any(_inside(z, c) for z in rule_set.ignore_zones) for c in centres]
+    counted = [not any(_inside(z, c) for z in ignored) for c in centres]
     hits: list[RuleHit] = []
     for rule in rule_set.rules:
         picked = [

@@ -44,6 +44,8 @@ from visionrpc.runtime.yolo import (
     OutputSpec,
     RawDetections,
     decode_detections,
+    mask_pixels,
+    nms,
 )
 from visionrpc.runtime.yolo import instance_masks as _instance_masks
 from visionrpc.types import InferenceInput, TilingMode, TilingOptions, TilingReport
@@ -293,7 +295,7 @@ def tile_detections(spec: OutputSpec, job: TileJob, outputs: Sequence[Any]) -> F
     masks: tuple[BoxMask | None, ...] = ()
     if raw.coeffs is not None:
         masks = (None,) * len(raw)
-        if len(raw) and _box_pixels(local) <= job.max_mask_pixels:
+        if len(raw) and mask_pixels(local) <= job.max_mask_pixels:
             job.deadline.check("before masks")
             built = _instance_masks(raw.coeffs, outputs[1], raw.boxes, local, tr)
             masks = tuple(
@@ -314,14 +316,6 @@ def tile_detections(spec: OutputSpec, job: TileJob, outputs: Sequence[Any]) -> F
             | ((boxes[:, 3] >= y1 - ey) & (y1 < job.frame_height))
         )
     return FrameDetections(tile.index, boxes, raw.scores, raw.class_ids, masks, cut)
-
-
-def _box_pixels(boxes: np.ndarray) -> int:
-    """Pixels the boxes cover: what building their masks costs."""
-    b = np.asarray(boxes, dtype=np.float64)
-    w = np.maximum(0, np.ceil(b[:, 2]) - np.floor(b[:, 0]))
-    h = np.maximum(0, np.ceil(b[:, 3]) - np.floor(b[:, 1]))
-    return int((w * h).sum())
 
 
 @dataclass(frozen=True)
@@ -463,13 +457,8 @@ def _nms(merged: list[Merged], iou: float, agnostic: bool) -> list[Merged]:
     b = np.array([m.box for m in merged], np.float64)
     xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
     scores = np.array([m.score for m in merged], np.float32)
-    dnn: Any = cv2.dnn  # its stubs ask for Sequences; numpy arrays are what it takes best
-    if agnostic:
-        kept = dnn.NMSBoxes(xywh, scores, 0.0, float(iou))
-    else:
-        classes = np.array([m.class_id for m in merged], np.int32)
-        kept = dnn.NMSBoxesBatched(xywh, scores, classes, 0.0, float(iou))
-    idx = np.asarray(kept, dtype=np.int64).reshape(-1)
+    classes = None if agnostic else np.array([m.class_id for m in merged], np.int32)
+    idx = nms(xywh, scores, classes, iou)
     idx = idx[np.argsort(-scores[idx], kind="stable")]
     return [merged[int(k)] for k in idx]
 

@@ -248,7 +248,7 @@ def _decode_yolov8(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) -> 
     xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1).astype(np.float64)
     cand_scores = scores[idx].astype(np.float32)
     cand_classes = class_ids[idx].astype(np.int32)
-    kept = _nms(xywh, cand_scores, None if params.agnostic else cand_classes, params.iou)
+    kept = nms(xywh, cand_scores, None if params.agnostic else cand_classes, params.iou)
     kept = kept[np.argsort(-cand_scores[kept], kind="stable")][: params.max_detections]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)[kept]
     coeffs = cand[kept, 4 + nc : 4 + nc + nm] if nm else None
@@ -269,7 +269,7 @@ def _decode_end2end(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) ->
     if params.agnostic and idx.size > 1:
         x1, y1, x2, y2 = (pred[idx, i].astype(np.float64) for i in range(4))
         xywh = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
-        kept = _nms(xywh, scores[idx].astype(np.float32), None, params.iou)
+        kept = nms(xywh, scores[idx].astype(np.float32), None, params.iou)
         idx = idx[np.sort(kept)]  # NMS keeps the best of each group; restore score order
     idx = idx[: params.max_detections]
     rows = pred[idx].astype(np.float32, copy=False)
@@ -281,9 +281,7 @@ def _decode_end2end(pred: np.ndarray, spec: OutputSpec, params: DecodeParams) ->
     )
 
 
-def _nms(
-    xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou: float
-) -> np.ndarray:
+def nms(xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou: float) -> np.ndarray:
     """Indices kept by OpenCV's NMS: within each class, or across all when ``classes`` is None."""
     dnn: Any = cv2.dnn  # its stubs ask for Sequences; numpy arrays are what it takes best
     if classes is None:
@@ -356,3 +354,13 @@ def instance_masks(
         )
         result.append(BoxMask(x0, y0, region > MASK_THRESHOLD, W, H, step, bw, bh))
     return result
+
+
+def mask_pixels(boxes_original: np.ndarray) -> int:
+    """Image pixels the masks of these boxes cover (what building and encoding them costs)."""
+    if not len(boxes_original):
+        return 0
+    b = np.asarray(boxes_original, dtype=np.float64)
+    w = np.maximum(0, np.ceil(b[:, 2]) - np.floor(b[:, 0]))
+    h = np.maximum(0, np.ceil(b[:, 3]) - np.floor(b[:, 1]))
+    return int((w * h).sum())

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -237,11 +237,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         """
         client = client_key(context)
         model = items[0].options.model if items else ""
-        self._take_slot(client, model)
-        try:
+        with self._slot(client, model):
             return await self.run_all(items, self._deadline(context), client)
-        finally:
-            self._in_flight.release(client)
 
     async def run_all(
         self, items: Sequence[InferenceInput], deadline: Deadline, client: str
@@ -276,11 +273,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         ``batch``, in the model's batcher. It takes one of its client's in-flight slots, as an
         Infer call does."""
         client = client_key(context)
-        self._take_slot(client, model)
-        try:
+        with self._slot(client, model):
             return await self.run_raw(model, batch, self._deadline(context), client)
-        finally:
-            self._in_flight.release(client)
 
     async def run_raw(
         self, model: str, batch: np.ndarray, deadline: Deadline, client: str
@@ -307,23 +301,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceMethodsServicer):
         context.add_done_callback(lambda _: deadline.cancel())  # type: ignore[arg-type]
         return deadline
 
-    def _take_slot(self, client: str, model: str) -> None:
-        """One of ``client``'s in-flight slots for a call, or its refusal (counted as a failed
-        request of ``model``); the caller releases the slot when the call ends."""
+    @contextlib.contextmanager
+    def _slot(self, client: str, model: str) -> Iterator[None]:
+        """One of ``client``'s in-flight slots for the length of a call, or its refusal (counted
+        as a failed request of ``model``)."""
         if not self._in_flight.try_acquire(client):
             refusal = in_flight_refusal(self._in_flight.held(client), self._in_flight.limit)
             if self._meter is not None:
                 self._meter.failed(self._meter.begin(model), refusal)
             raise refusal
+        try:
+            yield
+        finally:
+            self._in_flight.release(client)
 
     @map_errors
     async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
         client = client_key(context)
-        self._take_slot(client, request.model)
-        try:
+        with self._slot(client, request.model):
             return await self._infer(request, self._deadline(context), client)
-        finally:
-            self._in_flight.release(client)
 
     async def InferStream(
         self, request_iterator: AsyncIterator[pb.InferRequest], context: Context

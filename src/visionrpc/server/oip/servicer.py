@@ -102,7 +102,7 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> oip.ModelReadyResponse:
         """False for a model (or version) this server does not hold, as Triton answers."""
         try:
-            self._version(request.name, request.version)
+            self._model(request.name, request.version)
         except (ModelNotFoundError, NotReadyError):
             return oip.ModelReadyResponse(ready=False)
         return oip.ModelReadyResponse(ready=True)
@@ -267,11 +267,6 @@ class OpenInferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model_repository.check_unload_parameters(request.parameters)
         await self._inference.control.unload(model_repository.model_name(request.model_name))
         return oip.RepositoryModelUnloadResponse()
-
-    def _version(self, name: str, version: str) -> tuple[str, str]:
-        """The model's (name, version); ModelNotFoundError when this server does not hold it."""
-        _, model = self._model(name, version)
-        return model.name, model.config.version
 
     def _model(self, name: str, version: str) -> tuple[ViewName, LoadedModel]:
         """The view a protocol name asks for (with the model's own name when it named none) and
