@@ -173,15 +173,15 @@ def shape_of(
     h, w = mask.shape
     if area is None:
         area = float(np.count_nonzero(mask)) * cell * cell  # before any reduction
+    grid = mask.astype(np.uint8)
     if method != "skeleton":
-        (_, _), (rw, rh), _ = cv2.minAreaRect(cv2.findNonZero(mask.astype(np.uint8)))
+        (_, _), (rw, rh), _ = cv2.minAreaRect(cv2.findNonZero(grid))
         # a rectangle through pixel centres: each side one pixel short of the pixels it spans
         long, short = (max(rw, rh) + 1.0) * cell, (min(rw, rh) + 1.0) * cell
         compact = area >= COMPACT_FILL * long * short and long <= COMPACT_ASPECT * short
         if method == "rect" or compact:
             return long, short
     factor = max(1, math.ceil(max(h, w) / MAX_MEASURE_SIDE))
-    grid = mask.astype(np.uint8)
     if factor > 1:
         size = (max(1, round(w / factor)), max(1, round(h / factor)))
         coarse = cv2.resize(grid.astype(np.float32), size, interpolation=cv2.INTER_AREA)

@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,22 @@ def _looks_like_classifier(shapes: list[list[int]], num_classes: int) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class GraphTensor:
+    """An input or output as the ONNX graph declares it."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # -1 where the graph leaves the dimension open
+
+
+def _graph_tensor(arg: ort.NodeArg) -> GraphTensor:
+    dtype = ORT_DTYPES.get(arg.type)
+    if dtype is None:  # the runtime only loads graphs whose tensors are numeric
+        raise ValueError(f"graph tensor {arg.name!r} has type {arg.type}, not a numeric tensor")
+    return GraphTensor(arg.name, dtype, tuple(d if isinstance(d, int) else -1 for d in arg.shape))
+
+
 class OnnxModel:
     """A loaded, warmed-up ONNX model: session, input geometry, batch axis and output layout."""
 
@@ -315,6 +332,16 @@ class OnnxModel:
                 meta_task,
                 self.spec.task.value,
             )
+
+    @cached_property
+    def graph_inputs(self) -> tuple[GraphTensor, ...]:
+        """The graph's inputs as it declares them, read once (the raw view checks every request
+        against them)."""
+        return tuple(_graph_tensor(a) for a in self.session.get_inputs())
+
+    @cached_property
+    def graph_outputs(self) -> tuple[GraphTensor, ...]:
+        return tuple(_graph_tensor(a) for a in self.session.get_outputs())
 
     @property
     def task(self) -> Task:

@@ -14,41 +14,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-import onnxruntime as ort
 
 from visionrpc.errors import InvalidInputError, ResourceLimitError
 from visionrpc.runtime.budget import Deadline
-from visionrpc.runtime.model import ORT_DTYPES, OnnxModel
+from visionrpc.runtime.model import GraphTensor, OnnxModel
 from visionrpc.runtime.repository import LoadedModel
 
 ItemOutputs = list[np.ndarray]  # one sample's model outputs, batch axis removed
 
 
-@dataclass(frozen=True)
-class GraphTensor:
-    """An input or output as the ONNX graph declares it."""
-
-    name: str
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]  # -1 where the graph leaves the dimension open
-
-
-def _graph_tensor(arg: ort.NodeArg) -> GraphTensor:
-    dtype = ORT_DTYPES.get(arg.type)
-    if dtype is None:  # the runtime only loads graphs whose tensors are numeric
-        raise ValueError(f"graph tensor {arg.name!r} has type {arg.type}, not a numeric tensor")
-    return GraphTensor(arg.name, dtype, tuple(d if isinstance(d, int) else -1 for d in arg.shape))
-
-
 def graph_inputs(model: OnnxModel) -> tuple[GraphTensor, ...]:
-    return tuple(_graph_tensor(a) for a in model.session.get_inputs())
+    return model.graph_inputs
 
 
 def graph_outputs(model: OnnxModel) -> tuple[GraphTensor, ...]:
-    return tuple(_graph_tensor(a) for a in model.session.get_outputs())
+    return model.graph_outputs
 
 
 @dataclass(frozen=True)

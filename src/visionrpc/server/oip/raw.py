@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from visionrpc.errors import InvalidInputError
-from visionrpc.runtime.raw import GraphTensor, RawResult, graph_inputs, graph_outputs
+from visionrpc.runtime.model import GraphTensor
+from visionrpc.runtime.raw import RawResult, graph_inputs, graph_outputs
 from visionrpc.runtime.repository import LoadedModel
 from visionrpc.v1 import grpc_service_pb2 as oip
 
